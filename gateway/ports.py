@@ -1,0 +1,54 @@
+"""Roles the domain needs from the outside world, as Protocols (implementations live elsewhere)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SentSms:
+    """What a provider said when it accepted an SMS."""
+
+    provider_id: str
+    status: str  # the provider's first status, e.g. "queued" or "accepted"
+
+
+class SmsSender(Protocol):
+    """Sends one SMS. Raises ProviderTransient or ProviderPermanent (gateway.errors)."""
+
+    async def send_sms(
+        self, *, from_number: str, to_number: str, body: str, status_callback: str | None
+    ) -> SentSms: ...
+
+    async def redact_sms(self, provider_id: str) -> None:
+        """Remove the body of a stored message at the provider (Twilio: update body="")."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEmail:
+    """One mail to send; the sender builds headers from these fields, never from raw strings."""
+
+    from_address: str
+    from_name: str
+    to_address: str
+    subject: str
+    text: str
+    html: str | None
+    message_id: str
+    reply_to: str | None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class EmailSender(Protocol):
+    """Sends one mail. Raises ProviderTransient or ProviderPermanent (gateway.errors)."""
+
+    async def send_email(self, mail: OutgoingEmail) -> str: ...
+
+
+class Clock(Protocol):
+    """Where the time comes from (injected so tests can freeze it)."""
+
+    def now(self) -> datetime: ...
