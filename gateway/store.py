@@ -1,0 +1,131 @@
+"""MongoDB access: one client, the collections, the one place where indexes are declared."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, WriteConcern
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+logger = logging.getLogger(__name__)
+
+Doc = dict[str, Any]
+
+# Every index, declared once. Created idempotently at start-up (create_indexes is a no-op for
+# an index that already exists with the same spec).
+INDEXES: dict[str, list[IndexModel]] = {
+    "orgs": [
+        IndexModel([("sms_numbers", ASCENDING)], unique=True,
+                   partialFilterExpression={"sms_numbers": {"$type": "string"}}),
+        IndexModel([("reply_domain", ASCENDING)]),
+    ],
+    "staff": [
+        IndexModel([("email_norm", ASCENDING)], unique=True),
+        IndexModel([("org_id", ASCENDING)]),
+    ],
+    "sessions": [
+        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0),
+        IndexModel([("user_id", ASCENDING)]),
+    ],
+    "api_keys": [IndexModel([("key_hash", ASCENDING)], unique=True)],
+    "contacts": [
+        IndexModel([("org_id", ASCENDING), ("phone_bidx", ASCENDING)], unique=True,
+                   partialFilterExpression={"phone_bidx": {"$type": "string"}}),
+        IndexModel([("org_id", ASCENDING), ("email_bidx", ASCENDING)], unique=True,
+                   partialFilterExpression={"email_bidx": {"$type": "string"}}),
+    ],
+    "threads": [
+        IndexModel([("org_id", ASCENDING), ("contact_id", ASCENDING)], unique=True),
+        IndexModel([("org_id", ASCENDING), ("last_activity_at", DESCENDING)]),
+    ],
+    "messages": [
+        IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING), ("_id", ASCENDING)]),
+        IndexModel([("provider_id", ASCENDING)], partialFilterExpression={"provider_id": {"$type": "string"}}),
+        IndexModel([("org_id", ASCENDING), ("idempotency_key", ASCENDING)], unique=True,
+                   partialFilterExpression={"idempotency_key": {"$type": "string"}}),
+    ],
+    "links": [
+        IndexModel([("token_hash", ASCENDING)], unique=True),
+        IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING)]),
+    ],
+    "inbound_events": [
+        IndexModel([("provider", ASCENDING), ("provider_id", ASCENDING)], unique=True),
+        IndexModel([("state", ASCENDING), ("next_attempt_at", ASCENDING)]),
+    ],
+    "outbox": [
+        IndexModel([("state", ASCENDING), ("next_attempt_at", ASCENDING)]),
+        IndexModel([("message_id", ASCENDING)]),
+        IndexModel([("provider_id", ASCENDING)], partialFilterExpression={"provider_id": {"$type": "string"}}),
+    ],
+    "delivery_events": [
+        IndexModel([("provider_id", ASCENDING), ("status", ASCENDING)], unique=True),
+    ],
+    "audit": [
+        IndexModel([("org_id", ASCENDING), ("seq", ASCENDING)], unique=True),
+        IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING), ("seq", ASCENDING)]),
+    ],
+    "sandbox_sms": [IndexModel([("org_id", ASCENDING), ("created_at", ASCENDING)])],
+}
+
+
+class Store:
+    """The database and its collections. Writes are acknowledged by a majority, journaled."""
+
+    def __init__(self, client: AsyncMongoClient[Doc], name: str) -> None:
+        self.client = client
+        self.db: AsyncDatabase[Doc] = client.get_database(
+            name, write_concern=WriteConcern("majority", j=True)
+        )
+        self._transactions: bool | None = None
+
+    def __getattr__(self, name: str) -> AsyncCollection[Doc]:
+        # store.messages, store.outbox, ... — only the collections declared above.
+        if name in INDEXES or name in ("keys", "orgs"):
+            return self.db[name]
+        raise AttributeError(name)
+
+    async def ensure_indexes(self) -> None:
+        for collection, models in INDEXES.items():
+            await self.db[collection].create_indexes(models)
+
+    async def ping(self) -> bool:
+        try:
+            await self.client.admin.command("ping")
+        except PyMongoError:
+            return False
+        return True
+
+    async def supports_transactions(self) -> bool:
+        if self._transactions is None:
+            hello = await self.client.admin.command("hello")
+            self._transactions = bool(hello.get("setName") or hello.get("msg") == "isdbgrid")
+        return self._transactions
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncClientSession | None]:
+        """A transaction where the server has them; otherwise None (callers order their writes)."""
+        if not await self.supports_transactions():
+            yield None
+            return
+        async with self.client.start_session() as session:
+            async with await session.start_transaction():
+                yield session
+
+
+def make_client(uri: str, timeout_seconds: float) -> AsyncMongoClient[Doc]:
+    """A client with timeouts on every operation, so a dead database fails fast (503) not hangs."""
+    ms = int(timeout_seconds * 1000)
+    return AsyncMongoClient(
+        uri,
+        serverSelectionTimeoutMS=ms,
+        connectTimeoutMS=ms,
+        socketTimeoutMS=ms * 2,
+        tz_aware=True,
+        retryWrites=True,
+    )
