@@ -1,0 +1,215 @@
+"""The `hushlink` command: `serve` and `admin ...`. Bad config exits 2 before any port is bound."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.clock import SystemClock
+from gateway.config import Config, load_config
+from gateway.crypto import load_or_create_keyring, write_keyring
+from gateway.embedded import EmbeddedDatabase
+from gateway.errors import ConfigError, HushlinkError, ValidationError
+from gateway.redact import configure_logging
+from gateway.services import Services, build_services
+from gateway.store import Store, make_client
+
+logger = logging.getLogger("hushlink")
+
+DEMO_NUMBER = "+15005550006"
+
+
+def keyring_path(config: Config) -> Path:
+    return Path(config.keys.keyring_file) if config.keys.keyring_file else config.data_dir / "keyring.json"
+
+
+@contextlib.asynccontextmanager
+async def open_services(config: Config, *, own_database: bool = False) -> AsyncIterator[Services]:
+    """Connect (starting the embedded database when no URI is set) and yield the services."""
+    embedded = None
+    uri = config.database.uri
+    if not uri:
+        embedded = EmbeddedDatabase(config.data_dir)
+        running = None if own_database else await embedded.running_uri()
+        uri = running or await embedded.start()
+        if running:
+            embedded = None  # someone else's (e.g. `serve`): don't stop it
+    keyring = load_or_create_keyring(keyring_path(config))
+    client = make_client(uri, config.database.timeout_seconds)
+    store = Store(client, config.database.name)
+    try:
+        await store.ensure_indexes()
+        yield build_services(config, store, keyring, SystemClock())
+    finally:
+        await client.close()
+        if embedded is not None:
+            await embedded.stop()
+
+
+def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data) if getattr(args, "json", False) else text)
+
+
+# -- serve ----------------------------------------------------------------------------------
+async def serve(config: Config, role: str) -> int:
+    from gateway.api_keys import ApiKeys
+    from gateway.app import build_runtime, create_app
+
+    async with open_services(config, own_database=True) as services:
+        runtime = build_runtime(services)
+        app = create_app(runtime, role=role)
+        runner = web.AppRunner(app, access_log_format='%a "%r" %s %b %Tfs')
+        await runner.setup()
+        site = web.TCPSite(runner, config.server.host, config.server.port)
+        try:
+            await site.start()
+        except OSError as err:
+            await runner.cleanup()
+            raise ConfigError("server.port", f"cannot listen on {config.server.host}:{config.server.port}: "
+                                             f"{err.strerror}") from None
+        url = services.public_url
+        print(f"Hushlink is running: {url}  (role {role}; database "
+              f"{'embedded' if not config.database.uri else 'external'})", flush=True)
+        if runtime.sandbox is not None:
+            if not await services.orgs.all():
+                org = await services.orgs.create("Demo Clinic", DEMO_NUMBER)
+                key, _ = await ApiKeys(services.store, services.clock).create(org.id, "quick start")
+                print(f"Sandbox mode (no Twilio account configured). Demo org {org.id} with number {DEMO_NUMBER}.")
+                print(f"API key (shown once): {key}")
+                print("Send a secure message:\n"
+                      f"  curl -s -X POST {url}/api/v1/messages -H 'Authorization: Bearer {key}' "
+                      "-H 'Content-Type: application/json' "
+                      "-d '{\"to\": {\"phone\": \"+15551230001\", \"name\": \"Alex\"}, \"body\": \"Your lab results are ready.\"}'")
+            print(f"Sandbox phone (see what was sent, answer as the contact): {url}/sandbox", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logger.info("shutting down: draining workers")
+        await runner.cleanup()
+        await runtime.close()
+    return 0
+
+
+# -- admin ----------------------------------------------------------------------------------
+async def admin(config: Config, args: argparse.Namespace) -> int:
+    from gateway.api_keys import ApiKeys
+    from gateway.audit import SYSTEM
+    from gateway.staff import Staff
+
+    async with open_services(config) as s:
+        if args.command == "create-org":
+            org = await s.orgs.create(args.name, args.sms_number, messaging_service_sid=args.messaging_service_sid,
+                                      email_from=args.email_from, reply_domain=args.reply_domain)
+            await s.audit.append(org.id, "org.created", SYSTEM)
+            _print(args, {"id": org.id}, org.id)
+        elif args.command == "create-api-key":
+            org = await s.orgs.get(args.org)
+            key, doc = await ApiKeys(s.store, s.clock).create(org.id, args.name)
+            await s.audit.append(org.id, "api_key.created", SYSTEM, detail={"key_id": doc["_id"]})
+            _print(args, {"key": key, "id": doc["_id"]}, key)
+        elif args.command == "create-staff":
+            org = await s.orgs.get(args.org)
+            if not args.password_stdin:
+                raise ValidationError("--password-stdin", "is required (the password is read from standard input)")
+            password = sys.stdin.readline().rstrip("\r\n")
+            member = await Staff(s.store, s.clock).create(org.id, args.email, args.role, password)
+            await s.audit.append(org.id, "staff.created", SYSTEM, staff_id=member.id, detail={"role": member.role})
+            _print(args, {"id": member.id}, member.id)
+        elif args.command == "rotate-keys":
+            path = keyring_path(config)
+            ring = s.sealer.keyring.rotated()
+            write_keyring(path, ring)
+            from gateway.crypto import Sealer
+            from gateway.vault import Vault
+
+            n = await Vault(s.store, Sealer(ring), s.clock).rewrap_all()
+            _print(args, {"active": ring.active, "rewrapped": n}, f"active key {ring.active}; re-wrapped {n} data keys")
+        elif args.command == "verify-audit":
+            orgs = [await s.orgs.get(args.org)] if args.org else await s.orgs.all()
+            result = {}
+            for org in orgs:
+                bad = await s.audit.verify(org.id)
+                head = await s.audit.head(org.id)
+                result[org.id] = {"ok": bad is None, "first_bad_seq": bad,
+                                  "head_seq": head["seq"] if head else 0, "head_mac": head["mac"] if head else None}
+            _print(args, result, "\n".join(
+                f"{k}: {'ok' if v['ok'] else 'BROKEN at seq ' + str(v['first_bad_seq'])} "
+                f"(head seq {v['head_seq']} {v['head_mac']})" for k, v in result.items()))
+            return 0 if all(v["ok"] for v in result.values()) else 1
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hushlink", description="Self-hosted secure messaging gateway")
+    p.add_argument("--config", help="TOML config file (default: $HUSHLINK_CONFIG, else built-in defaults)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("serve", help="run the gateway")
+    sp.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
+    sp.add_argument("--role", choices=("all", "web", "worker", "smtp"), default="all")
+    ap = sub.add_parser("admin", help="administration")
+    ap.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
+    asub = ap.add_subparsers(dest="command", required=True)
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        c = asub.add_parser(name, help=help_)
+        c.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
+        c.add_argument("--json", action="store_true", help="print one JSON object")
+        return c
+
+    c = cmd("create-org", "create an organization")
+    c.add_argument("--name", required=True)
+    c.add_argument("--sms-number", help="the org's Twilio number, E.164")
+    c.add_argument("--messaging-service-sid")
+    c.add_argument("--email-from")
+    c.add_argument("--reply-domain")
+    c = cmd("create-api-key", "create an API key (printed once)")
+    c.add_argument("--org", required=True)
+    c.add_argument("--name", required=True)
+    c = cmd("create-staff", "create a staff account (password on standard input)")
+    c.add_argument("--org", required=True)
+    c.add_argument("--email", required=True)
+    c.add_argument("--role", choices=("admin", "agent"), required=True)
+    c.add_argument("--password-stdin", action="store_true")
+    cmd("rotate-keys", "add a new key-encryption key and re-wrap every data key")
+    c = cmd("verify-audit", "verify the audit hash chain; prints the head to anchor elsewhere")
+    c.add_argument("--org")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    config_path = getattr(args, "config_sub", None) or args.config or os.environ.get("HUSHLINK_CONFIG")
+    try:
+        config = load_config(config_path, os.environ)
+        configure_logging(config.server.log_level)
+        if args.cmd == "serve":
+            return asyncio.run(serve(config, args.role))
+        return asyncio.run(admin(config, args))
+    except ConfigError as err:
+        print(f"hushlink: {err}", file=sys.stderr)
+        return 2
+    except ValidationError as err:
+        print(f"hushlink: {err.field}: {err.message}", file=sys.stderr)
+        return 2
+    except HushlinkError as err:
+        print(f"hushlink: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

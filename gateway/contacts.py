@@ -1,0 +1,182 @@
+"""Contacts: sealed name/phone/email, blind indexes for lookup, consent per channel, PIN."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from gateway.crypto import Sealer
+from gateway.errors import NotFound
+from gateway.ids import new_id
+from gateway.orgs import validate_email
+from gateway.phone import mask_email, mask_phone, normalize_e164
+from gateway.pins import hash_secret, validate_pin
+from gateway.ports import Clock
+from gateway.store import Doc, Store
+from gateway.vault import Vault
+
+OPTED_IN = "opted_in"
+OPTED_OUT = "opted_out"
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    id: str
+    org_id: str
+    dek_id: str
+    phone_hint: str | None
+    email_hint: str | None
+    has_phone: bool
+    has_email: bool
+    has_pin: bool
+    pin_hash: str | None
+    consent: dict[str, Any]
+    last_channel: str | None
+    created_at: datetime
+
+    def opted_out(self, channel: str) -> bool:
+        return bool(self.consent.get(channel, {}).get("state") == OPTED_OUT)
+
+
+def _contact(doc: Doc) -> Contact:
+    return Contact(
+        id=doc["_id"], org_id=doc["org_id"], dek_id=doc["dek_id"],
+        phone_hint=doc.get("phone_hint"), email_hint=doc.get("email_hint"),
+        has_phone=bool(doc.get("phone")), has_email=bool(doc.get("email")),
+        has_pin=bool(doc.get("pin_hash")), pin_hash=doc.get("pin_hash"),
+        consent=doc.get("consent", {}), last_channel=doc.get("last_channel"),
+        created_at=doc["created_at"],
+    )
+
+
+class Contacts:
+    def __init__(self, store: Store, vault: Vault, sealer: Sealer, clock: Clock) -> None:
+        self._store = store
+        self._vault = vault
+        self._sealer = sealer
+        self._clock = clock
+
+    def phone_index(self, org_id: str, e164: str) -> str:
+        return self._sealer.blind_index(org_id, "phone", e164)
+
+    def email_index(self, org_id: str, email: str) -> str:
+        return self._sealer.blind_index(org_id, "email", email.lower())
+
+    async def get(self, org_id: str, contact_id: str) -> Contact:
+        doc = await self._store.contacts.find_one({"_id": contact_id, "org_id": org_id})
+        if doc is None or doc.get("erased_at"):
+            raise NotFound("contact")
+        return _contact(doc)
+
+    async def by_phone(self, org_id: str, e164: str) -> Contact | None:
+        doc = await self._store.contacts.find_one({"org_id": org_id, "phone_bidx": self.phone_index(org_id, e164)})
+        return _contact(doc) if doc else None
+
+    async def by_email(self, org_id: str, email: str) -> Contact | None:
+        doc = await self._store.contacts.find_one({"org_id": org_id, "email_bidx": self.email_index(org_id, email)})
+        return _contact(doc) if doc else None
+
+    async def find_or_create(
+        self, org_id: str, *, phone: str | None = None, email: str | None = None, name: str | None = None
+    ) -> tuple[Contact, bool]:
+        """Find the contact by phone (else email); create it if new. Returns (contact, created)."""
+        if phone:
+            phone = normalize_e164(phone, field="to.phone")
+        if email:
+            email = validate_email(email, "to.email")
+        existing = (await self.by_phone(org_id, phone) if phone else None) or (
+            await self.by_email(org_id, email) if email else None
+        )
+        if existing:
+            await self._fill_missing(existing, phone=phone, email=email, name=name)
+            return await self.get(org_id, existing.id), False
+        cid = new_id()
+        dek_id = await self._vault.create_key(f"contact:{cid}", org_id)
+        doc: Doc = {
+            "_id": cid, "org_id": org_id, "dek_id": dek_id, "consent": {},
+            "consent_log": [], "created_at": self._clock.now(), "last_channel": None,
+        }
+        await self._set_fields(doc, phone=phone, email=email, name=name)
+        try:
+            await self._store.contacts.insert_one(doc)
+        except DuplicateKeyError:
+            # Created concurrently (same phone/email): use the winner, drop our unused key.
+            await self._vault.destroy(dek_id)
+            again = (await self.by_phone(org_id, phone) if phone else None) or (
+                await self.by_email(org_id, email) if email else None
+            )
+            if again is None:
+                raise
+            return again, False
+        return _contact(doc), True
+
+    async def _set_fields(self, doc: Doc, *, phone: str | None, email: str | None, name: str | None) -> None:
+        org_id, cid, dek = doc["org_id"], doc["_id"], doc["dek_id"]
+        if phone:
+            doc["phone"] = await self._vault.seal(dek, org_id, "contacts", cid, "phone", phone)
+            doc["phone_bidx"] = self.phone_index(org_id, phone)
+            doc["phone_hint"] = mask_phone(phone)
+        if email:
+            doc["email"] = await self._vault.seal(dek, org_id, "contacts", cid, "email", email)
+            doc["email_bidx"] = self.email_index(org_id, email)
+            doc["email_hint"] = mask_email(email)
+        if name:
+            doc["name"] = await self._vault.seal(dek, org_id, "contacts", cid, "name", name.strip()[:120])
+
+    async def _fill_missing(self, c: Contact, *, phone: str | None, email: str | None, name: str | None) -> None:
+        """Add a phone/email/name the contact did not have yet (never overwrite an address)."""
+        doc = await self._store.contacts.find_one({"_id": c.id, "org_id": c.org_id})
+        assert doc is not None
+        update: Doc = {"_id": c.id, "org_id": c.org_id, "dek_id": c.dek_id}
+        await self._set_fields(
+            update,
+            phone=phone if phone and not doc.get("phone") else None,
+            email=email if email and not doc.get("email") else None,
+            name=name if name and not doc.get("name") else None,
+        )
+        changes = {k: v for k, v in update.items() if k not in ("_id", "org_id", "dek_id")}
+        if changes:
+            try:
+                await self._store.contacts.update_one({"_id": c.id, "org_id": c.org_id}, {"$set": changes})
+            except DuplicateKeyError:
+                pass  # that address belongs to another contact already; keep them apart
+
+    async def reveal(self, contact: Contact | str, org_id: str | None = None) -> dict[str, str | None]:
+        """Open the contact's name, phone and email (for rendering or sending, never for logging)."""
+        cid = contact.id if isinstance(contact, Contact) else contact
+        oid = contact.org_id if isinstance(contact, Contact) else org_id
+        doc = await self._store.contacts.find_one({"_id": cid, "org_id": oid})
+        if doc is None:
+            raise NotFound("contact")
+        out: dict[str, str | None] = {}
+        for f in ("name", "phone", "email"):
+            out[f] = await self._vault.open(doc["org_id"], "contacts", cid, f, doc[f]) if doc.get(f) else None
+        return out
+
+    async def set_consent(self, org_id: str, contact_id: str, channel: str, state: str, source: str) -> bool:
+        """Record consent; returns True when the state changed."""
+        now = self._clock.now()
+        entry = {"channel": channel, "state": state, "at": now, "source": source}
+        res = await self._store.contacts.update_one(
+            {"_id": contact_id, "org_id": org_id, f"consent.{channel}.state": {"$ne": state}},
+            {"$set": {f"consent.{channel}": {"state": state, "at": now, "source": source}},
+             "$push": {"consent_log": entry}},
+        )
+        return res.modified_count == 1
+
+    async def set_pin(self, org_id: str, contact_id: str, pin: str | None) -> None:
+        if pin is None:
+            update: Doc = {"$unset": {"pin_hash": ""}}
+        else:
+            update = {"$set": {"pin_hash": hash_secret(validate_pin(pin))}}
+        res = await self._store.contacts.update_one({"_id": contact_id, "org_id": org_id}, update)
+        if res.matched_count == 0:
+            raise NotFound("contact")
+
+    async def touch_channel(self, org_id: str, contact_id: str, channel: str) -> None:
+        await self._store.contacts.update_one(
+            {"_id": contact_id, "org_id": org_id}, {"$set": {"last_channel": channel}}
+        )

@@ -1,0 +1,312 @@
+"""Threads and messages: sending, receiving, listing, and delivery status (the core service)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from gateway.audit import Actor, AuditLog
+from gateway.classifier import find_sensitive
+from gateway.contacts import Contact, Contacts
+from gateway.errors import NotFound, OptedOut, SensitiveContent, ValidationError
+from gateway.ids import is_id, new_id
+from gateway.links import Links
+from gateway.orgs import Org
+from gateway.outbox import Outbox
+from gateway.pins import hash_secret, validate_pin
+from gateway.ports import Clock
+from gateway.store import Doc, Store
+from gateway.vault import Vault
+
+MAX_BODY = 5000
+CHANNELS = ("sms", "email")
+
+# Delivery states, in the order a message moves through them. Status only moves forward;
+# the terminal failures rank below "delivered" so a late "delivered" still wins.
+STATUS_RANK = {
+    "received": 0, "queued": 1, "accepted": 2, "scheduled": 2, "sending": 3, "sent": 4,
+    "undelivered": 5, "failed": 5, "delivered": 6, "read": 7,
+}
+
+NEUTRAL_PREVIEW = {"inbound": "New reply", "outbound": "Message sent"}
+
+
+def validate_body(body: Any, field: str = "body") -> str:
+    if not isinstance(body, str):
+        raise ValidationError(field, "must be a string")
+    text = body.replace("\r\n", "\n").strip()
+    if not text:
+        raise ValidationError(field, "must not be empty")
+    if len(text) > MAX_BODY:
+        raise ValidationError(field, f"must be at most {MAX_BODY} characters")
+    if "\x00" in text:
+        raise ValidationError(field, "must not contain NUL characters")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    message: Doc
+    thread: Doc
+    link_id: str | None
+
+
+class Conversations:
+    def __init__(
+        self, store: Store, vault: Vault, contacts: Contacts, links: Links, outbox: Outbox,
+        audit: AuditLog, clock: Clock,
+    ) -> None:
+        self._store = store
+        self._vault = vault
+        self._contacts = contacts
+        self._links = links
+        self._outbox = outbox
+        self._audit = audit
+        self._clock = clock
+
+    # -- threads ------------------------------------------------------------------------
+    async def thread_for(self, org_id: str, contact_id: str, channel: str) -> Doc:
+        """The contact's thread in this org (one per contact), created on first use."""
+        now = self._clock.now()
+        try:
+            doc = await self._store.threads.find_one_and_update(
+                {"org_id": org_id, "contact_id": contact_id},
+                {"$setOnInsert": {
+                    "_id": new_id(), "secure": False, "status": "open", "assignee": None,
+                    "created_at": now, "last_activity_at": now, "unread_staff": 0,
+                    "preview": "", "channel": channel,
+                }},
+                upsert=True, return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:  # two upserts raced; the other one created it
+            doc = await self._store.threads.find_one({"org_id": org_id, "contact_id": contact_id})
+        assert doc is not None
+        return doc
+
+    async def get_thread(self, org_id: str, thread_id: str) -> Doc:
+        doc = await self._store.threads.find_one({"_id": thread_id, "org_id": org_id}) if is_id(thread_id) else None
+        if doc is None:
+            raise NotFound("thread")
+        return doc
+
+    # -- sending ------------------------------------------------------------------------
+    async def send(
+        self,
+        org: Org,
+        *,
+        channel: str,
+        body: str,
+        actor: Actor,
+        contact: Contact | None = None,
+        to_phone: str | None = None,
+        to_email: str | None = None,
+        name: str | None = None,
+        secure: bool | None = None,
+        pin: str | None = None,
+        allow_sensitive: bool = False,
+        idempotency_key: str | None = None,
+    ) -> Sent:
+        """Write an outbound message with its delivery job (and link, when secure)."""
+        if channel not in CHANNELS:
+            raise ValidationError("channel", "must be sms or email")
+        text = validate_body(body)
+        if pin is not None:
+            validate_pin(pin)
+        if idempotency_key is not None:
+            previous = await self._store.messages.find_one({"org_id": org.id, "idempotency_key": idempotency_key})
+            if previous is not None:
+                thread = await self.get_thread(org.id, previous["thread_id"])
+                return Sent(previous, thread, previous.get("link_id"))
+        if contact is None:
+            if channel == "sms" and not to_phone:
+                raise ValidationError("to.phone", "is required for channel sms")
+            if channel == "email" and not to_email:
+                raise ValidationError("to.email", "is required for channel email")
+            contact, _ = await self._contacts.find_or_create(org.id, phone=to_phone, email=to_email, name=name)
+        if channel == "sms" and not contact.has_phone:
+            raise ValidationError("to.phone", "the contact has no phone number")
+        if channel == "email" and not contact.has_email:
+            raise ValidationError("to.email", "the contact has no email address")
+        if contact.opted_out(channel):
+            raise OptedOut(channel)
+        is_secure = org.policy.secure_default if secure is None else bool(secure)
+        if not is_secure and not allow_sensitive:
+            kinds = find_sensitive(text, org.policy.sensitive_terms)
+            if kinds:
+                raise SensitiveContent(kinds)
+        thread = await self.thread_for(org.id, contact.id, channel)
+        now = self._clock.now()
+        mid = new_id()
+        message: Doc = {
+            "_id": mid, "org_id": org.id, "thread_id": thread["_id"], "contact_id": contact.id,
+            "direction": "outbound", "channel": channel, "author": {"kind": actor.kind, "id": actor.id},
+            "secure": is_secure,
+            "body": await self._vault.seal(contact.dek_id, org.id, "messages", mid, "body", text),
+            "preview": NEUTRAL_PREVIEW["outbound"], "status": "queued",
+            "status_history": [{"status": "queued", "at": now}], "provider_id": None,
+            "link_id": None, "created_at": now,
+        }
+        if idempotency_key is not None:
+            message["idempotency_key"] = idempotency_key
+        link_doc, token = None, None
+        if is_secure:
+            link_doc, token = self._links.new(
+                org_id=org.id, thread_id=thread["_id"], contact_id=contact.id, message_id=mid,
+                ttl_seconds=org.policy.link_ttl_seconds, channel=channel,
+                pin_hash=hash_secret(pin) if pin else None,
+            )
+            message["link_id"] = link_doc["_id"]
+        job = await self._outbox.job(
+            kind=channel, org_id=org.id, template="secure_notice" if is_secure else "message",
+            contact_id=contact.id, dek_id=contact.dek_id, message_id=mid, link_token=token,
+        )
+        thread_update: Doc = {"$set": {"last_activity_at": now, "channel": channel,
+                                       "preview": NEUTRAL_PREVIEW["outbound"]}}
+        if is_secure:
+            thread_update["$set"]["secure"] = True
+        try:
+            async with self._store.transaction() as session:
+                await self._store.messages.insert_one(message, session=session)
+                if link_doc is not None:
+                    await self._links.insert(link_doc, session=session)
+                await self._outbox.insert(job, session=session)
+                await self._store.threads.update_one({"_id": thread["_id"]}, thread_update, session=session)
+        except DuplicateKeyError:
+            if idempotency_key is None:
+                raise
+            previous = await self._store.messages.find_one({"org_id": org.id, "idempotency_key": idempotency_key})
+            assert previous is not None
+            return Sent(previous, thread, previous.get("link_id"))
+        await self._contacts.touch_channel(org.id, contact.id, channel)
+        await self._audit.append(org.id, "message.send", actor, thread_id=thread["_id"], message_id=mid,
+                                 contact_id=contact.id, link_id=message["link_id"],
+                                 detail={"secure": is_secure, "channel": channel})
+        thread.update(thread_update["$set"])
+        return Sent(message, thread, message["link_id"])
+
+    # -- receiving ----------------------------------------------------------------------
+    async def record_inbound(
+        self, org: Org, contact: Contact, *, message_id: str, channel: str, body: str,
+        provider_id: str | None, secure: bool, flags: list[str] | None = None,
+        author_kind: str = "contact",
+    ) -> tuple[Doc, Doc, bool]:
+        """Store an inbound message once (message_id is deterministic); returns (msg, thread, new)."""
+        thread = await self.thread_for(org.id, contact.id, channel)
+        now = self._clock.now()
+        message: Doc = {
+            "_id": message_id, "org_id": org.id, "thread_id": thread["_id"], "contact_id": contact.id,
+            "direction": "inbound", "channel": channel, "author": {"kind": author_kind, "id": contact.id},
+            "secure": secure,
+            "body": await self._vault.seal(contact.dek_id, org.id, "messages", message_id, "body", body),
+            "preview": NEUTRAL_PREVIEW["inbound"], "status": "received",
+            "status_history": [{"status": "received", "at": now}], "provider_id": provider_id,
+            "link_id": None, "created_at": now, "flags": flags or [],
+        }
+        try:
+            await self._store.messages.insert_one(message)
+        except DuplicateKeyError:
+            existing = await self._store.messages.find_one({"_id": message_id})
+            assert existing is not None
+            return existing, thread, False
+        update: Doc = {"$set": {"last_activity_at": now, "preview": NEUTRAL_PREVIEW["inbound"],
+                                "status": "open"}, "$inc": {"unread_staff": 1}}
+        if secure:
+            update["$set"]["secure"] = True
+        if channel in CHANNELS:
+            update["$set"]["channel"] = channel
+        thread = await self._store.threads.find_one_and_update(
+            {"_id": thread["_id"]}, update, return_document=ReturnDocument.AFTER
+        ) or thread
+        if channel in CHANNELS:
+            await self._contacts.touch_channel(org.id, contact.id, channel)
+        return message, thread, True
+
+    # -- reading ------------------------------------------------------------------------
+    async def get_message(self, org_id: str, message_id: str) -> Doc:
+        doc = await self._store.messages.find_one({"_id": message_id, "org_id": org_id}) if message_id else None
+        if doc is None:
+            raise NotFound("message")
+        return doc
+
+    async def open_body(self, message: Doc) -> str:
+        return await self._vault.open(message["org_id"], "messages", message["_id"], "body", message["body"])
+
+    async def messages(
+        self, org_id: str, thread_id: str, *, after: str | None = None, limit: int = 50, with_body: bool = True
+    ) -> list[Doc]:
+        """Messages of a thread, oldest first, after the cursor (a message id)."""
+        query: Doc = {"org_id": org_id, "thread_id": thread_id}
+        if after:
+            query["_id"] = {"$gt": after}
+        out = []
+        async for doc in self._store.messages.find(query).sort("_id", 1).limit(limit):
+            if with_body:
+                doc["text"] = await self.open_body(doc)
+            out.append(doc)
+        return out
+
+    async def latest_messages(self, org_id: str, thread_id: str, limit: int = 50) -> list[Doc]:
+        """The newest `limit` messages of a thread, returned oldest first, bodies opened."""
+        docs = [d async for d in self._store.messages.find({"org_id": org_id, "thread_id": thread_id})
+                .sort("_id", -1).limit(limit)]
+        docs.reverse()
+        for d in docs:
+            d["text"] = await self.open_body(d)
+        return docs
+
+    # -- delivery status ----------------------------------------------------------------
+    async def apply_status(
+        self, message_id: str, status: str, at: datetime, error_code: str | None = None
+    ) -> bool:
+        """Record a provider status: history once per status, current status only forward."""
+        if status not in STATUS_RANK:
+            return False
+        entry: Doc = {"status": status, "at": at}
+        if error_code:
+            entry["error_code"] = error_code
+        await self._store.messages.update_one(
+            {"_id": message_id, "status_history.status": {"$ne": status}}, {"$push": {"status_history": entry}}
+        )
+        lower = [s for s, r in STATUS_RANK.items() if r < STATUS_RANK[status]]
+        update: Doc = {"$set": {"status": status}}
+        if error_code:
+            update["$set"]["error_code"] = error_code
+        res = await self._store.messages.update_one({"_id": message_id, "status": {"$in": lower}}, update)
+        return res.modified_count == 1
+
+    # -- link-only notices ----------------------------------------------------------------
+    async def send_link_notice(
+        self, org: Org, contact: Contact, thread_id: str, *, channel: str, template: str,
+        job_id: str | None = None, message_id: str | None = None,
+    ) -> str | None:
+        """Issue a fresh link to the thread and queue a link-only notice; returns the link id.
+
+        With a deterministic job_id a re-run (crash recovery, duplicate event) sends nothing new.
+        """
+        if job_id and await self._store.outbox.find_one({"_id": job_id}, projection={"_id": 1}):
+            return None
+        if contact.opted_out(channel):
+            return None
+        link_doc, token = self._links.new(
+            org_id=org.id, thread_id=thread_id, contact_id=contact.id, message_id=message_id,
+            ttl_seconds=org.policy.link_ttl_seconds, channel=channel,
+        )
+        job = await self._outbox.job(
+            kind=channel, org_id=org.id, template=template, contact_id=contact.id,
+            dek_id=contact.dek_id, message_id=None, link_token=token, job_id=job_id,
+            link_id=link_doc["_id"],
+        )
+        try:
+            async with self._store.transaction() as session:
+                await self._links.insert(link_doc, session=session)
+                await self._outbox.insert(job, session=session)
+        except DuplicateKeyError:
+            return None
+        await self._audit.append(org.id, "link.issued", Actor("system"), thread_id=thread_id,
+                                 link_id=link_doc["_id"], contact_id=contact.id, message_id=message_id,
+                                 detail={"template": template, "channel": channel})
+        return str(link_doc["_id"])

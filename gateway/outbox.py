@@ -1,0 +1,55 @@
+"""The outbox, domain side: jobs written together with the messages they deliver.
+
+A job names what to send (template, message, contact) but carries no content, address or token
+in the clear: the dispatcher (outbound/) resolves the address and composes the text at send
+time; a link token the text needs is sealed into the job and removed once sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo.asynchronous.client_session import AsyncClientSession
+
+from gateway.ids import new_id
+from gateway.ports import Clock
+from gateway.store import Doc, Store
+from gateway.vault import Vault
+
+PENDING, SENT, FAILED, DEAD = "pending", "sent", "failed", "dead"
+
+
+class Outbox:
+    def __init__(self, store: Store, vault: Vault, clock: Clock) -> None:
+        self._store = store
+        self._vault = vault
+        self._clock = clock
+
+    async def job(
+        self,
+        *,
+        kind: str,
+        org_id: str,
+        template: str,
+        contact_id: str | None,
+        dek_id: str | None = None,
+        message_id: str | None = None,
+        link_token: str | None = None,
+        job_id: str | None = None,
+        **extra: Any,
+    ) -> Doc:
+        """Build a pending job document (not yet stored)."""
+        now = self._clock.now()
+        doc: Doc = {
+            "_id": job_id or new_id(), "org_id": org_id, "kind": kind, "template": template,
+            "contact_id": contact_id, "message_id": message_id, "state": PENDING, "attempts": 0,
+            "next_attempt_at": now, "lease_until": now, "created_at": now, "updated_at": now,
+            "provider_id": None, "last_error": None, **extra,
+        }
+        if link_token is not None:
+            assert dek_id is not None, "a link token is sealed with the contact's data key"
+            doc["link_token"] = await self._vault.seal(dek_id, org_id, "outbox", doc["_id"], "link_token", link_token)
+        return doc
+
+    async def insert(self, doc: Doc, session: AsyncClientSession | None = None) -> None:
+        await self._store.outbox.insert_one(doc, session=session)

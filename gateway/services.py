@@ -1,0 +1,52 @@
+"""The domain services, built once from config and shared by every edge (no transport code here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.audit import AuditLog
+from gateway.config import Config
+from gateway.contacts import Contacts
+from gateway.conversations import Conversations
+from gateway.crypto import Keyring, Sealer
+from gateway.links import Links
+from gateway.orgs import Orgs
+from gateway.outbox import Outbox
+from gateway.ports import Clock
+from gateway.sessions import Sessions
+from gateway.store import Store
+from gateway.vault import Vault
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    config: Config
+    clock: Clock
+    store: Store
+    sealer: Sealer
+    vault: Vault
+    audit: AuditLog
+    orgs: Orgs
+    contacts: Contacts
+    links: Links
+    sessions: Sessions
+    outbox: Outbox
+    conversations: Conversations
+
+    @property
+    def public_url(self) -> str:
+        return self.config.server.public_url.rstrip("/")
+
+
+def build_services(config: Config, store: Store, keyring: Keyring, clock: Clock) -> Services:
+    sealer = Sealer(keyring)
+    vault = Vault(store, sealer, clock)
+    audit = AuditLog(store, sealer, clock)
+    contacts = Contacts(store, vault, sealer, clock)
+    links = Links(store, audit, clock)
+    outbox = Outbox(store, vault, clock)
+    return Services(
+        config=config, clock=clock, store=store, sealer=sealer, vault=vault, audit=audit,
+        orgs=Orgs(store, clock), contacts=contacts, links=links, sessions=Sessions(store, clock),
+        outbox=outbox, conversations=Conversations(store, vault, contacts, links, outbox, audit, clock),
+    )

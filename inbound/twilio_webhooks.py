@@ -1,0 +1,149 @@
+"""Twilio webhooks: inbound SMS and delivery status. Authenticate, store durably, then acknowledge.
+
+The signature is checked over the configured public URL + path (Twilio signs the URL it was
+given, which behind a proxy is not `request.url`). Nothing is written for a request that fails
+the check. Inbound SMS are acknowledged with empty TwiML only after the sealed event is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime
+
+from aiohttp import web
+from multidict import MultiDictProxy
+from pymongo.errors import DuplicateKeyError, PyMongoError
+from twilio.request_validator import RequestValidator
+
+from gateway.audit import Actor
+from gateway.contacts import OPTED_OUT
+from gateway.conversations import STATUS_RANK
+from gateway.errors import StoreUnavailable
+from gateway.ids import new_id
+from gateway.services import Services
+from inbound.events import InboundEvents
+
+logger = logging.getLogger(__name__)
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
+_ACCOUNT = re.compile(r"^AC[0-9a-fA-F]{32}$")
+MAX_MEDIA = 10
+MAX_FIELD = 5000
+
+
+def _twiml(status: int = 200) -> web.Response:
+    return web.Response(text=EMPTY_TWIML, content_type="text/xml", status=status)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.Response(text=message + "\n", status=status, content_type="text/plain")
+
+
+class TwilioWebhooks:
+    def __init__(self, services: Services, events: InboundEvents) -> None:
+        self._s = services
+        self._events = events
+        token = services.config.twilio.auth_token
+        self._validator = RequestValidator(token) if token else None
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/webhooks/twilio/sms", self.inbound_sms)
+        app.router.add_post("/webhooks/twilio/status", self.status)
+
+    async def _authenticated_form(self, request: web.Request) -> dict[str, str] | web.Response:
+        if request.content_type != "application/x-www-form-urlencoded":
+            return _error(415, "expected application/x-www-form-urlencoded")
+        form: MultiDictProxy[str | bytes] = await request.post()  # type: ignore[assignment]
+        if len(set(form.keys())) != len(form):
+            return _error(400, "duplicate form fields")
+        params = {k: v for k, v in form.items() if isinstance(v, str)}
+        signature = request.headers.get("X-Twilio-Signature", "")
+        url = self._s.public_url + request.path_qs
+        if self._validator is None or not signature or not self._validator.validate(url, params, signature):
+            logger.warning("twilio webhook rejected: bad signature", extra={"fields": {"path": request.path}})
+            return _error(403, "invalid X-Twilio-Signature")
+        account = self._s.config.twilio.account_sid
+        if account and params.get("AccountSid") != account:
+            return _error(403, "AccountSid does not match this gateway")
+        if any(len(v) > MAX_FIELD for v in params.values()):
+            return _error(413, "field too long")
+        return params
+
+    async def inbound_sms(self, request: web.Request) -> web.Response:
+        params = await self._authenticated_form(request)
+        if isinstance(params, web.Response):
+            return params
+        sid = params.get("MessageSid", "")
+        if not _SID.match(sid):
+            return _error(400, "MessageSid missing or malformed")
+        if not params.get("From") or not (params.get("To") or params.get("MessagingServiceSid")):
+            return _error(400, "From and To are required")
+        try:
+            num_media = int(params.get("NumMedia", "0") or "0")
+        except ValueError:
+            return _error(400, "NumMedia must be a number")
+        if not 0 <= num_media <= MAX_MEDIA:
+            return _error(400, f"NumMedia must be between 0 and {MAX_MEDIA}")
+        try:
+            org = await self._s.orgs.by_recipient(params.get("To"), params.get("MessagingServiceSid"))
+            await self._events.accept(
+                provider="twilio", provider_id=sid, org_id=org.id if org else None, kind="sms",
+                payload=params, state="pending" if org else "unroutable",
+            )
+        except (StoreUnavailable, PyMongoError):
+            return _error(503, "temporarily unavailable, retry")
+        if org is None:
+            logger.warning("inbound SMS to a number no organization owns; stored for review",
+                           extra={"fields": {"message_sid": sid}})
+        return _twiml()
+
+    async def status(self, request: web.Request) -> web.Response:
+        params = await self._authenticated_form(request)
+        if isinstance(params, web.Response):
+            return params
+        sid = params.get("MessageSid", "")
+        status = params.get("MessageStatus") or params.get("SmsStatus") or ""
+        if not _SID.match(sid) or status not in STATUS_RANK:
+            return _error(400, "MessageSid or MessageStatus missing or malformed")
+        error_code = params.get("ErrorCode") or None
+        try:
+            await record_delivery_event(self._s, sid, status, error_code)
+        except PyMongoError:
+            return _error(503, "temporarily unavailable, retry")
+        return _twiml()
+
+
+async def record_delivery_event(s: Services, provider_id: str, status: str, error_code: str | None) -> None:
+    """Store a status once per (message, status), then move the message forward if it is known.
+
+    A callback can beat the dispatcher's write of the provider id; the dispatcher replays stored
+    events for an id once it records it (outbound/dispatcher.py).
+    """
+    now = s.clock.now()
+    try:
+        await s.store.delivery_events.insert_one({
+            "_id": new_id(), "provider_id": provider_id, "status": status,
+            "error_code": error_code, "at": now,
+        })
+    except DuplicateKeyError:
+        return  # Twilio repeats callbacks; the first one counted
+    await apply_delivery_event(s, provider_id, status, error_code, now)
+
+
+async def apply_delivery_event(
+    s: Services, provider_id: str, status: str, error_code: str | None, at: datetime | None = None
+) -> None:
+    at = at or s.clock.now()
+    job = await s.store.outbox.find_one({"provider_id": provider_id})
+    message_id = job.get("message_id") if job else None
+    if message_id:
+        moved = await s.conversations.apply_status(message_id, status, at, error_code)
+        if moved:
+            await s.audit.append(job["org_id"], "message.status", Actor("provider", "twilio"),
+                                 message_id=message_id, detail={"status": status, "error_code": error_code})
+    if job and error_code == "21610" and job.get("contact_id"):
+        if await s.contacts.set_consent(job["org_id"], job["contact_id"], "sms", OPTED_OUT, "twilio:21610"):
+            await s.audit.append(job["org_id"], "consent.opt_out", Actor("provider", "twilio"),
+                                 contact_id=job["contact_id"], detail={"channel": "sms", "source": "21610"})

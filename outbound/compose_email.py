@@ -1,0 +1,133 @@
+"""Email texts for every outbox template, and the addresses and ids a mail carries.
+
+Link notices (secure_notice, inbound_ack, link_renewal) carry the org name and the link,
+nothing else: the subject is neutral and no message content can reach them (SECURITY.md A11).
+Only the "message" template (a standard send) carries a body. Templates live in
+outbound/templates/email/; the HTML ones are autoescaped, the text ones are not.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from gateway.tokens import looks_like_token
+
+SUBJECTS = {
+    "secure_notice": "New secure message from {org}",
+    "inbound_ack": "{org} received your reply",
+    "link_renewal": "Your new secure link from {org}",
+    "message": "Message from {org}",
+}
+
+LINK_TEMPLATES = frozenset({"secure_notice", "inbound_ack", "link_renewal"})
+CONTENT_TEMPLATES = frozenset({"message"})
+
+_NAME_MAX = 80
+_URL_MAX = 2000
+_REPLY_PREFIX = "reply+"
+_HIDDEN = ("Zl", "Zp")  # line and paragraph separators; "C*" (control, format...) too
+# A DNS name: labels of letters, digits and inner hyphens (IDNs arrive here as A-labels).
+_DOMAIN = re.compile(
+    r"(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?",
+    re.IGNORECASE,
+)
+
+_env = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates" / "email"),
+    autoescape=select_autoescape(["html"]),
+    undefined=StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def clean_org_name(name: str) -> str:
+    """The org name fit for a subject line: no control, format or line-separator characters.
+
+    CR/LF would break a header; bidi overrides (Unicode "Cf") could make a subject read as
+    something else. Each becomes a space, runs of whitespace collapse to one, and an empty
+    result gets a default.
+    """
+    kept = (
+        " " if unicodedata.category(ch) in _HIDDEN or unicodedata.category(ch)[0] == "C" else ch
+        for ch in unicodedata.normalize("NFC", name)
+    )
+    cleaned = " ".join("".join(kept).split())[:_NAME_MAX].rstrip()
+    return cleaned or "Secure messages"
+
+
+def render_email(
+    template: str, *, org_name: str, url: str | None = None, body: str | None = None
+) -> tuple[str, str, str]:
+    """Return (subject, text, html) for `template`.
+
+    Link templates need `url` and refuse `body`, so content cannot leak into a notice; the
+    "message" template needs `body` and takes no link.
+    """
+    if template not in SUBJECTS:
+        raise ValueError(f"unknown email template {template!r}")
+    if template in LINK_TEMPLATES:
+        if body is not None:
+            raise ValueError(f"template {template} carries no content")
+        if not url:
+            raise ValueError(f"template {template} needs a link")
+        _check_url(url)
+    elif body is None:
+        raise ValueError(f"template {template} needs a body")
+    elif url is not None:
+        raise ValueError(f"template {template} takes no link")
+    org = clean_org_name(org_name)
+    subject = SUBJECTS[template].format(org=org)
+    context = {"org": org, "subject": subject, "url": url, "body": body}
+    text = _env.get_template(f"{template}.txt").render(context)
+    html = _env.get_template(f"{template}.html").render(context)
+    return subject, text, html
+
+
+def make_message_id(domain: str) -> str:
+    """A new RFC 5322 Message-ID, "<128 random bits in hex@domain>"."""
+    _check_domain(domain)
+    return f"<{secrets.token_hex(16)}@{domain.lower()}>"
+
+
+def reply_address(token: str, reply_domain: str) -> str:
+    """The address a client replies to: "reply+<token>@<reply_domain>"."""
+    if not looks_like_token(token):
+        raise ValueError("reply token must be 43 URL-safe characters")
+    _check_domain(reply_domain)
+    return f"{_REPLY_PREFIX}{token}@{reply_domain.lower()}"
+
+
+def parse_reply_address(addr: str, reply_domain: str) -> str | None:
+    """The token in "reply+<token>@<reply_domain>", or None for any other address.
+
+    The domain compares case-insensitively (RFC 5321 2.4); the token does not, it is
+    case-sensitive base64url. A trailing dot on either domain is ignored.
+    """
+    local, at, domain = addr.strip().rpartition("@")
+    if not at or domain.lower().rstrip(".") != reply_domain.lower().rstrip("."):
+        return None
+    if local[: len(_REPLY_PREFIX)].lower() != _REPLY_PREFIX:
+        return None
+    token = local[len(_REPLY_PREFIX) :]
+    return token if looks_like_token(token) else None
+
+
+def _check_url(url: str) -> None:
+    # The link lands in an href: only web links, and nothing that could end the attribute
+    # or a header line (autoescaping handles quotes, this keeps javascript: and CR/LF out).
+    if len(url) > _URL_MAX or not url.startswith(("https://", "http://")):
+        raise ValueError("link must be an http(s) URL")
+    if any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in url):
+        raise ValueError("link must not contain spaces or control characters")
+
+
+def _check_domain(domain: str) -> None:
+    if not _DOMAIN.fullmatch(domain):
+        raise ValueError("not a domain name")

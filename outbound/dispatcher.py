@@ -1,0 +1,207 @@
+"""The outbox dispatcher: leases due jobs, sends through the provider, records the outcome.
+
+Transient failures (429, 5xx, timeouts, network) retry with capped exponential backoff and
+jitter; permanent ones (invalid number, opted out) fail at once and show on the message. A job
+is "sent" only with a provider id. Leases live in MongoDB, so several workers can run this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from datetime import timedelta
+
+from pymongo import ReturnDocument
+from pymongo.errors import PyMongoError
+
+from gateway.audit import Actor
+from gateway.contacts import OPTED_OUT
+from gateway.errors import IntegrityError, NotFound, ProviderPermanent, ProviderTransient
+from gateway.outbox import DEAD, FAILED, PENDING, SENT
+from gateway.ports import EmailSender, SmsSender
+from gateway.services import Services
+from gateway.store import Doc
+from inbound.twilio_webhooks import apply_delivery_event
+from outbound.compose import LINK_TEMPLATES, sms_text
+
+logger = logging.getLogger(__name__)
+
+
+class Pacer:
+    """Per-sender spacing of sends in this process (the provider's rate per number)."""
+
+    def __init__(self, per_second: float) -> None:
+        self._gap = 1.0 / per_second
+        self._next: dict[str, float] = {}
+
+    async def wait(self, sender: str) -> None:
+        now = time.monotonic()
+        at = max(now, self._next.get(sender, now))
+        self._next[sender] = at + self._gap
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
+class OutboxDispatcher:
+    def __init__(
+        self, services: Services, sms: SmsSender, email: EmailSender | None = None, *,
+        owner: str, rng: random.Random | None = None,
+    ) -> None:
+        self._s = services
+        self._sms = sms
+        self._email = email
+        self._owner = owner
+        self._rng = rng or random.Random()
+        self._cfg = services.config.outbox
+        self._pacer = Pacer(self._cfg.sms_per_second)
+        self.wake = asyncio.Event()
+
+    @property
+    def status_callback(self) -> str:
+        return self._s.public_url + "/webhooks/twilio/status"
+
+    def backoff(self, attempts: int) -> float:
+        """Capped exponential backoff with equal jitter: half fixed, half random."""
+        ceiling = min(self._cfg.max_backoff_seconds, self._cfg.base_backoff_seconds * 2 ** (attempts - 1))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+    async def claim(self) -> Doc | None:
+        now = self._s.clock.now()
+        return await self._s.store.outbox.find_one_and_update(
+            {"state": PENDING, "next_attempt_at": {"$lte": now}, "lease_until": {"$lte": now}},
+            {"$set": {"lease_until": now + timedelta(seconds=self._cfg.lease_seconds),
+                      "lease_owner": self._owner, "updated_at": now},
+             "$inc": {"attempts": 1}},
+            sort=[("next_attempt_at", 1)], return_document=ReturnDocument.AFTER,
+        )
+
+    async def run_once(self) -> int:
+        n = 0
+        while (job := await self.claim()) is not None:
+            await self.deliver(job)
+            n += 1
+        return n
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.wake.clear()
+            try:
+                await self.run_once()
+            except PyMongoError as err:
+                logger.warning("dispatcher: database unavailable", extra={"fields": {"error": type(err).__name__}})
+            waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waiters, timeout=self._cfg.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+
+    # -- one job --------------------------------------------------------------------------
+    async def deliver(self, job: Doc) -> None:
+        try:
+            if job["kind"] == "sms":
+                provider_id = await self._send_sms(job)
+            elif job["kind"] == "sms_redact":
+                await self._sms.redact_sms(job["provider_sid"])
+                provider_id = job["provider_sid"]
+            elif job["kind"] == "email" and self._email is not None:
+                provider_id = await self._send_email(job)
+            else:
+                raise ProviderPermanent(f"no sender for job kind {job['kind']}", code="no_sender")
+        except ProviderTransient as err:
+            await self._retry_or_give_up(job, err)
+        except ProviderPermanent as err:
+            await self._fail(job, FAILED, err.code or "permanent", str(err))
+        except (NotFound, IntegrityError) as err:
+            # The contact was erased or its data no longer opens: nothing can ever be sent.
+            await self._fail(job, FAILED, "unavailable", type(err).__name__)
+        else:
+            await self._mark_sent(job, provider_id)
+
+    async def _send_sms(self, job: Doc) -> str:
+        s = self._s
+        org = await s.orgs.get(job["org_id"])
+        contact = await s.contacts.get(org.id, job["contact_id"])
+        if contact.opted_out("sms"):
+            raise ProviderPermanent("contact opted out of SMS", code="opted_out")
+        phone = (await s.contacts.reveal(contact))["phone"]
+        if not phone:
+            raise ProviderPermanent("contact has no phone number", code="no_address")
+        text = await self._text_for(job, org.name)
+        await self._pacer.wait(org.sms_sender)
+        sent = await self._sms.send_sms(from_number=org.sms_sender, to_number=phone, body=text,
+                                        status_callback=self.status_callback)
+        return sent.provider_id
+
+    async def _text_for(self, job: Doc, org_name: str) -> str:
+        template = job["template"]
+        if template == "message":
+            message = await self._s.conversations.get_message(job["org_id"], job["message_id"])
+            return await self._s.conversations.open_body(message)
+        url = None
+        if template in LINK_TEMPLATES:
+            token = await self._s.vault.open(job["org_id"], "outbox", job["_id"], "link_token", job["link_token"])
+            url = f"{self._s.public_url}/s/{token}"
+        return sms_text(template, org_name=org_name, url=url)
+
+    async def _send_email(self, job: Doc) -> str:
+        raise ProviderPermanent("email channel not configured", code="no_sender")
+
+    async def _mark_sent(self, job: Doc, provider_id: str) -> None:
+        s = self._s
+        now = s.clock.now()
+        await s.store.outbox.update_one(
+            {"_id": job["_id"]},
+            {"$set": {"state": SENT, "provider_id": provider_id, "sent_at": now, "updated_at": now,
+                      "last_error": None}, "$unset": {"link_token": ""}},
+        )
+        if job.get("message_id") and job["kind"] in ("sms", "email"):
+            await s.store.messages.update_one({"_id": job["message_id"]}, {"$set": {"provider_id": provider_id}})
+            await s.conversations.apply_status(job["message_id"], "accepted", now)
+            await s.audit.append(job["org_id"], "message.accepted", Actor("system"), message_id=job["message_id"],
+                                 job_id=job["_id"], detail={"channel": job["kind"]})
+        # Status callbacks that arrived before we knew this provider id: apply them now.
+        async for ev in s.store.delivery_events.find({"provider_id": provider_id}).sort("_id", 1):
+            await apply_delivery_event(s, provider_id, ev["status"], ev.get("error_code"), ev["at"])
+        after_send = getattr(self._sms, "after_send", None)
+        if after_send is not None and job["kind"] == "sms":
+            await after_send(provider_id)
+
+    async def _retry_or_give_up(self, job: Doc, err: ProviderTransient) -> None:
+        attempts = int(job["attempts"])
+        if attempts >= self._cfg.max_attempts:
+            await self._fail(job, DEAD, err.code or "transient", f"gave up after {attempts} attempts: {err}")
+            return
+        delay = self.backoff(attempts)
+        now = self._s.clock.now()
+        logger.info("outbox job will retry", extra={"fields": {
+            "job_id": job["_id"], "attempts": attempts, "delay_s": round(delay, 2), "code": err.code}})
+        await self._s.store.outbox.update_one(
+            {"_id": job["_id"]},
+            {"$set": {"next_attempt_at": now + timedelta(seconds=delay), "lease_until": now, "updated_at": now,
+                      "last_error": {"code": err.code, "message": str(err)[:300], "at": now}}},
+        )
+
+    async def _fail(self, job: Doc, state: str, code: str, message: str) -> None:
+        s = self._s
+        now = s.clock.now()
+        logger.warning("outbox job failed", extra={"fields": {"job_id": job["_id"], "state": state, "code": code}})
+        await s.store.outbox.update_one(
+            {"_id": job["_id"]},
+            {"$set": {"state": state, "updated_at": now, "lease_until": now,
+                      "last_error": {"code": code, "message": message[:300], "at": now}},
+             "$unset": {"link_token": ""}},
+        )
+        if job.get("message_id") and job["kind"] in ("sms", "email"):
+            await s.conversations.apply_status(job["message_id"], "failed", now, code)
+            await s.audit.append(job["org_id"], "message.failed", Actor("system"), message_id=job["message_id"],
+                                 job_id=job["_id"], outcome="failed", detail={"code": code, "state": state})
+        if job.get("contact_id"):
+            if code == "21610":
+                if await s.contacts.set_consent(job["org_id"], job["contact_id"], "sms", OPTED_OUT, "twilio:21610"):
+                    await s.audit.append(job["org_id"], "consent.opt_out", Actor("provider", "twilio"),
+                                         contact_id=job["contact_id"], detail={"channel": "sms", "source": "21610"})
+            thread = await s.store.threads.find_one({"org_id": job["org_id"], "contact_id": job["contact_id"]})
+            if thread is not None:
+                await s.store.threads.update_one({"_id": thread["_id"]},
+                                                 {"$set": {"attention": "delivery_failed"}})

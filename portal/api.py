@@ -1,0 +1,171 @@
+"""The integrator API under /api/v1 (Bearer API keys). Errors: {"error": {"code", "message"}}."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.audit import Actor
+from gateway.errors import ValidationError
+from gateway.ids import is_id
+from gateway.orgs import Org
+from gateway.services import Services
+from gateway.store import Doc
+from gateway.tokens import token_hash
+from portal.openapi import OPENAPI
+
+logger = logging.getLogger(__name__)
+
+_SEND_KEYS = {"to", "body", "channel", "secure", "pin", "allow_sensitive"}
+_TO_KEYS = {"phone", "email", "name"}
+MAX_PAGE = 200
+
+
+def _err(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def message_json(doc: Doc) -> dict[str, Any]:
+    return {
+        "id": doc["_id"], "thread_id": doc["thread_id"], "direction": doc["direction"],
+        "channel": doc["channel"], "secure": doc["secure"], "status": doc["status"],
+        "error_code": doc.get("error_code"),
+        "status_history": [{"status": h["status"], "at": _iso(h["at"]),
+                            **({"error_code": h["error_code"]} if h.get("error_code") else {})}
+                           for h in doc.get("status_history", [])],
+        "created_at": _iso(doc["created_at"]),
+    }
+
+
+class ApiV1:
+    def __init__(self, services: Services, on_queued: Callable[[], None]) -> None:
+        self._s = services
+        self._on_queued = on_queued
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/api/v1/openapi.json", self.openapi)
+        app.router.add_post("/api/v1/messages", self.send_message)
+        app.router.add_get("/api/v1/messages/{id}", self.get_message)
+        app.router.add_get("/api/v1/threads/{id}/messages", self.thread_messages)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    async def _org(self, request: web.Request) -> tuple[Org, Actor] | web.Response:
+        header = request.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return _err(401, "unauthorized", "missing Authorization: Bearer <api key>")
+        doc = await self._s.store.api_keys.find_one({"key_hash": token_hash(key.strip()), "revoked_at": None})
+        if doc is None:
+            return _err(401, "unauthorized", "unknown or revoked API key")
+        return await self._s.orgs.get(doc["org_id"]), Actor("api", doc["_id"])
+
+    async def _json(self, request: web.Request) -> dict[str, Any] | web.Response:
+        if request.content_type != "application/json":
+            return _err(415, "unsupported_media_type", "send application/json")
+        try:
+            data = json.loads(await request.text())
+        except (ValueError, UnicodeDecodeError):
+            return _err(400, "invalid_json", "the body is not valid JSON")
+        if not isinstance(data, dict):
+            return _err(400, "invalid_json", "the body must be a JSON object")
+        return data
+
+    async def send_message(self, request: web.Request) -> web.Response:
+        auth = await self._org(request)
+        if isinstance(auth, web.Response):
+            return auth
+        org, actor = auth
+        data = await self._json(request)
+        if isinstance(data, web.Response):
+            return data
+        unknown = set(data) - _SEND_KEYS
+        if unknown:
+            raise ValidationError(sorted(unknown)[0], "is not a known field")
+        to = data.get("to")
+        if not isinstance(to, dict):
+            raise ValidationError("to", "must be an object with phone and/or email")
+        if set(to) - _TO_KEYS:
+            raise ValidationError("to." + sorted(set(to) - _TO_KEYS)[0], "is not a known field")
+        channel = data.get("channel", "sms")
+        for key, kind in (("phone", str), ("email", str), ("name", str)):
+            if to.get(key) is not None and not isinstance(to[key], kind):
+                raise ValidationError(f"to.{key}", "must be a string")
+        secure = data.get("secure")
+        if secure is not None and not isinstance(secure, bool):
+            raise ValidationError("secure", "must be true, false or null")
+        allow = data.get("allow_sensitive", False)
+        if not isinstance(allow, bool):
+            raise ValidationError("allow_sensitive", "must be true or false")
+        pin = data.get("pin")
+        if pin is not None and not isinstance(pin, str):
+            raise ValidationError("pin", "must be a string")
+        if not isinstance(channel, str):
+            raise ValidationError("channel", "must be sms or email")
+        idem = request.headers.get("Idempotency-Key")
+        if idem is not None and not 1 <= len(idem) <= 200:
+            raise ValidationError("Idempotency-Key", "must be 1 to 200 characters")
+        sent = await self._s.conversations.send(
+            org, channel=channel, body=data.get("body"), actor=actor,  # type: ignore[arg-type]
+            to_phone=to.get("phone"), to_email=to.get("email"), name=to.get("name"),
+            secure=secure, pin=pin, allow_sensitive=allow, idempotency_key=idem,
+        )
+        self._on_queued()
+        m = sent.message
+        return web.json_response(
+            {"id": m["_id"], "thread_id": m["thread_id"], "secure": m["secure"], "status": m["status"]},
+            status=201,
+        )
+
+    async def get_message(self, request: web.Request) -> web.Response:
+        auth = await self._org(request)
+        if isinstance(auth, web.Response):
+            return auth
+        org, _ = auth
+        mid = request.match_info["id"]
+        if not is_id(mid):
+            return _err(404, "not_found", "not found")
+        doc = await self._s.conversations.get_message(org.id, mid)
+        return web.json_response(message_json(doc))
+
+    async def thread_messages(self, request: web.Request) -> web.Response:
+        auth = await self._org(request)
+        if isinstance(auth, web.Response):
+            return auth
+        org, actor = auth
+        tid = request.match_info["id"]
+        if not is_id(tid):
+            return _err(404, "not_found", "not found")
+        thread = await self._s.conversations.get_thread(org.id, tid)
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError:
+            raise ValidationError("limit", "must be a whole number") from None
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationError("limit", f"must be between 1 and {MAX_PAGE}")
+        cursor = request.query.get("cursor") or None
+        if cursor is not None and not (is_id(cursor) or len(cursor) <= 64):
+            raise ValidationError("cursor", "is not a cursor from a previous page")
+        docs = await self._s.conversations.messages(org.id, thread["_id"], after=cursor, limit=limit + 1)
+        page, more = docs[:limit], len(docs) > limit
+        await self._s.audit.append(org.id, "thread.read", actor, thread_id=thread["_id"],
+                                   detail={"count": len(page)})
+        return web.json_response({
+            "messages": [{
+                "id": d["_id"], "direction": d["direction"], "channel": d["channel"], "body": d["text"],
+                "created_at": _iso(d["created_at"]), "status": d["status"], "secure": d["secure"],
+                "flags": d.get("flags", []),
+            } for d in page],
+            "next_cursor": page[-1]["_id"] if more and page else None,
+        })
+
+

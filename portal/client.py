@@ -1,0 +1,258 @@
+"""The client portal (/s/...): link page → PIN → conversation, reply, sign-out, new-link request.
+
+GET and HEAD never change anything (mail scanners and link previews fetch links); opening
+happens on POST, which swaps the token for a session cookie and redirects to a token-free URL.
+Unknown, expired, revoked and locked links all get the same page and status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from pymongo import ReturnDocument
+
+from gateway.audit import Actor
+from gateway.conversations import validate_body
+from gateway.errors import LinkUnavailable, PinRejected, ValidationError
+from gateway.ids import new_id
+from gateway.services import Services
+from gateway.store import Doc
+from gateway.tokens import csrf_ok, csrf_token, looks_like_token, token_hash
+from portal.http import RateLimiter, client_ip
+from portal.render import render
+from portal.strings import STRINGS
+
+logger = logging.getLogger(__name__)
+
+MAX_RENEWALS = 3
+
+
+def same_origin(request: web.Request, public_url: str) -> bool:
+    """Reject cross-site form posts (Origin / Sec-Fetch-Site), as a second line behind CSRF tokens."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != "null" and origin.rstrip("/") != public_url:
+        return False
+    if origin == "null":
+        return False
+    site = request.headers.get("Sec-Fetch-Site")
+    return site in (None, "same-origin", "none")
+
+
+class ClientPortal:
+    def __init__(self, services: Services, on_queued: Callable[[], None]) -> None:
+        self._s = services
+        self._on_queued = on_queued
+        self._secret = services.sealer.keyring.mac_key
+        self._failures = RateLimiter(limit=20, window_seconds=600)
+        https = services.config.server.is_https
+        self.cookie = "__Host-hl_client" if https else "hl_client"
+        self._secure_cookie = https
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/s/thread", self.thread)
+        app.router.add_post("/s/thread/reply", self.reply)
+        app.router.add_get("/s/thread/updates", self.updates)
+        app.router.add_post("/s/logout", self.logout)
+        app.router.add_post("/s/renew", self.renew)
+        app.router.add_get("/s/{token}", self.link_page)
+        app.router.add_post("/s/{token}", self.open_link)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _ip(self, request: web.Request) -> str:
+        return client_ip(request, self._s.config.server.trusted_proxies)
+
+    def _unavailable(self, request: web.Request, token: str, *, status: int = 404) -> web.Response:
+        return render(request, "client/unavailable.html", status=status, token=token if looks_like_token(token) else "",
+                      csrf=csrf_token(self._secret, "renew"), renewed=False)
+
+    def _throttled(self, request: web.Request) -> web.Response | None:
+        if self._failures.allow(self._ip(request)):
+            return None
+        return render(request, "client/notice.html", status=429,
+                      message="Too many attempts from your network. Please wait a few minutes.")
+
+    async def _form(self, request: web.Request) -> dict[str, str]:
+        form = await request.post()
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+
+    async def _pin_hash(self, link: Doc) -> str | None:
+        if link.get("pin_hash"):
+            return str(link["pin_hash"])
+        contact = await self._s.contacts.get(link["org_id"], link["contact_id"])
+        return contact.pin_hash
+
+    async def _session(self, request: web.Request) -> Doc | None:
+        return await self._s.sessions.get("client", request.cookies.get(self.cookie))
+
+    def _session_csrf(self, session: Doc) -> str:
+        return csrf_token(self._secret, "client|" + session["_id"])
+
+    # -- link page ------------------------------------------------------------------------
+    async def link_page(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        link = await self._s.links.find(token)
+        if not self._s.links.usable(link):
+            if (limited := self._throttled(request)) is not None:
+                return limited
+            return self._unavailable(request, token)
+        assert link is not None
+        org = await self._s.orgs.get(link["org_id"])
+        return render(request, "client/open.html", token=token, org_name=org.name,
+                      pin_required=bool(await self._pin_hash(link)), tries_left=None,
+                      csrf=csrf_token(self._secret, "open|" + link["token_hash"]))
+
+    async def open_link(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        form = await self._form(request)
+        if not same_origin(request, self._s.public_url) or not csrf_ok(
+            self._secret, "open|" + token_hash(token), form.get("csrf", "")
+        ):
+            return render(request, "client/notice.html", status=403,
+                          message="This form expired. Open the link from your message again.")
+        ip = self._ip(request)
+        try:
+            link = await self._s.links.find_usable(token)
+            org = await self._s.orgs.get(link["org_id"])
+            pin_hash = await self._pin_hash(link)
+            if pin_hash:
+                pin = form.get("pin", "")
+                if not pin or len(pin) > 64:
+                    raise PinRejected(tries_left=org.policy.lock_threshold - int(link["failures"]))
+                await self._s.links.check_pin(link, pin_hash, pin, org.policy.lock_threshold, ip)
+        except LinkUnavailable:
+            if (limited := self._throttled(request)) is not None:
+                return limited
+            return self._unavailable(request, token)
+        except PinRejected as err:
+            if (limited := self._throttled(request)) is not None:
+                return limited
+            return render(request, "client/open.html", status=401, token=token, org_name=org.name,
+                          pin_required=True, tries_left=err.tries_left,
+                          csrf=csrf_token(self._secret, "open|" + link["token_hash"]))
+        sid, _ = await self._s.sessions.create(
+            "client", org.id, idle_seconds=org.policy.client_idle_seconds,
+            absolute_seconds=min(12 * 3600, max(org.policy.client_idle_seconds, 3600)),
+            thread_id=link["thread_id"], contact_id=link["contact_id"], link_id=link["_id"], viewed=False,
+        )
+        await self._s.links.mark_opened(link, ip)
+        response = web.HTTPSeeOther("/s/thread")
+        response.set_cookie(self.cookie, sid, httponly=True, secure=self._secure_cookie, samesite="Lax", path="/")
+        raise response
+
+    # -- conversation -----------------------------------------------------------------------
+    async def thread(self, request: web.Request) -> web.Response:
+        session = await self._session(request)
+        if session is None:
+            return render(request, "client/notice.html", status=401, message=STRINGS["session_over"])
+        org = await self._s.orgs.get(session["org_id"])
+        docs = await self._s.conversations.latest_messages(org.id, session["thread_id"], limit=200)
+        if not session.get("viewed"):
+            await self._record_view(session, docs, self._ip(request))
+        messages = [self._message_view(d) for d in docs]
+        return render(request, "client/thread.html", org_name=org.name, messages=messages,
+                      csrf=self._session_csrf(session), last_id=docs[-1]["_id"] if docs else "")
+
+    @staticmethod
+    def _message_view(d: Doc) -> dict[str, Any]:
+        return {"id": d["_id"], "text": d["text"], "mine": d["direction"] == "inbound",
+                "at_iso": d["created_at"].isoformat(timespec="seconds"),
+                "at_human": d["created_at"].strftime("%d %b %Y, %H:%M UTC")}
+
+    async def _record_view(self, session: Doc, docs: list[Doc], ip: str) -> None:
+        """Once per session: a thread view, and 'viewed' on each outbound message not yet seen."""
+        claimed = await self._s.store.sessions.find_one_and_update(
+            {"_id": session["_id"], "viewed": False}, {"$set": {"viewed": True}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if claimed is None:
+            return
+        actor = Actor("client", session["contact_id"])
+        await self._s.audit.append(session["org_id"], "thread.viewed", actor, ip=ip,
+                                   thread_id=session["thread_id"], contact_id=session["contact_id"],
+                                   link_id=session["link_id"])
+        now = self._s.clock.now()
+        for d in docs:
+            if d["direction"] == "outbound" and not d.get("viewed_at"):
+                res = await self._s.store.messages.update_one({"_id": d["_id"], "viewed_at": None},
+                                                              {"$set": {"viewed_at": now}})
+                if res.modified_count:
+                    await self._s.audit.append(session["org_id"], "message.viewed", actor, ip=ip,
+                                               thread_id=session["thread_id"], message_id=d["_id"])
+
+    async def reply(self, request: web.Request) -> web.Response:
+        session = await self._session(request)
+        if session is None:
+            return render(request, "client/notice.html", status=401, message=STRINGS["session_over"])
+        form = await self._form(request)
+        if not same_origin(request, self._s.public_url) or not csrf_ok(
+            self._secret, "client|" + session["_id"], form.get("csrf", "")
+        ):
+            return render(request, "client/notice.html", status=403, message="This form expired. Please try again.")
+        try:
+            text = validate_body(form.get("body", ""))
+        except ValidationError as err:
+            return render(request, "client/notice.html", status=422, message=err.message)
+        org = await self._s.orgs.get(session["org_id"])
+        contact = await self._s.contacts.get(org.id, session["contact_id"])
+        mid = new_id()
+        _, thread, _ = await self._s.conversations.record_inbound(
+            org, contact, message_id=mid, channel="portal", body=text, provider_id=None, secure=True,
+        )
+        await self._s.audit.append(org.id, "message.received", Actor("client", contact.id), ip=self._ip(request),
+                                   thread_id=thread["_id"], message_id=mid, contact_id=contact.id,
+                                   detail={"channel": "portal", "secure": True})
+        raise web.HTTPSeeOther("/s/thread")
+
+    async def updates(self, request: web.Request) -> web.Response:
+        """Messages newer than ?after= as JSON (polled by client.js; works without change streams)."""
+        session = await self._session(request)
+        if session is None:
+            return web.json_response({"error": {"code": "session_over", "message": "signed out"}}, status=401)
+        after = request.query.get("after") or None
+        docs = await self._s.conversations.messages(session["org_id"], session["thread_id"], after=after, limit=100)
+        return web.json_response({"messages": [
+            {k: v for k, v in self._message_view(d).items()} for d in docs
+        ]})
+
+    async def logout(self, request: web.Request) -> web.Response:
+        session = await self._session(request)
+        form = await self._form(request)
+        if session is not None:
+            if not csrf_ok(self._secret, "client|" + session["_id"], form.get("csrf", "")):
+                return render(request, "client/notice.html", status=403, message="This form expired.")
+            await self._s.sessions.delete(request.cookies[self.cookie])
+        response = render(request, "client/notice.html", message=STRINGS["signed_out"])
+        response.del_cookie(self.cookie, path="/")
+        response.headers["Clear-Site-Data"] = '"cache", "cookies", "storage"'
+        return response
+
+    # -- new link ---------------------------------------------------------------------------
+    async def renew(self, request: web.Request) -> web.Response:
+        """Send a fresh link to the address on file; the answer is the same whatever happened."""
+        form = await self._form(request)
+        if not same_origin(request, self._s.public_url) or not csrf_ok(self._secret, "renew", form.get("csrf", "")):
+            return render(request, "client/notice.html", status=403, message="This form expired.")
+        done = render(request, "client/unavailable.html", token="", csrf="", renewed=True)
+        token = form.get("token", "")
+        link = await self._s.links.find(token)
+        if link is None or link["revoked_at"] is not None or link["locked_at"] is not None:
+            self._throttled(request)
+            return done
+        # At most MAX_RENEWALS new links per old link, so the form can't be used to flood a phone.
+        claimed = await self._s.store.links.find_one_and_update(
+            {"_id": link["_id"], "renewals": {"$not": {"$gte": MAX_RENEWALS}}}, {"$inc": {"renewals": 1}}
+        )
+        if claimed is None:
+            return done
+        org = await self._s.orgs.get(link["org_id"])
+        contact = await self._s.contacts.get(org.id, link["contact_id"])
+        channel = contact.last_channel if contact.last_channel in ("sms", "email") else link.get("channel", "sms")
+        await self._s.conversations.send_link_notice(org, contact, link["thread_id"], channel=channel,
+                                                     template="link_renewal", message_id=link.get("message_id"))
+        await self._s.audit.append(org.id, "link.renewal_requested", Actor("client", contact.id), ip=self._ip(request),
+                                   thread_id=link["thread_id"], link_id=link["_id"], contact_id=contact.id)
+        self._on_queued()
+        return done

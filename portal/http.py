@@ -1,0 +1,165 @@
+"""HTTP plumbing shared by every surface: security headers, error mapping, client IP, rate limits."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pymongo.errors import PyMongoError
+
+from gateway.errors import (
+    Forbidden,
+    HushlinkError,
+    IntegrityError,
+    LinkUnavailable,
+    NotFound,
+    OptedOut,
+    PinRejected,
+    SensitiveContent,
+    StoreUnavailable,
+    ValidationError,
+)
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+NONCE = "csp_nonce"
+
+
+def csp(nonce: str) -> str:
+    return (
+        "default-src 'self'; "
+        f"script-src 'self' 'nonce-{nonce}'; "
+        "style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    )
+
+
+def security_headers(https: bool) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request[NONCE] = secrets.token_urlsafe(16)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+            _apply(request, response, https)
+            raise
+        _apply(request, response, https)
+        return response
+
+    return middleware
+
+
+def _apply(request: web.Request, response: web.StreamResponse, https: bool) -> None:
+    h = response.headers
+    h["Referrer-Policy"] = "no-referrer"
+    h["X-Content-Type-Options"] = "nosniff"
+    h["X-Frame-Options"] = "DENY"
+    h.setdefault("Cache-Control", "no-store")
+    if https:
+        h["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    if request.path.startswith(("/s/", "/s")):
+        h["X-Robots-Tag"] = "noindex, nofollow"
+    ctype = h.get("Content-Type", "")
+    if ctype.startswith("text/html"):
+        h["Content-Security-Policy"] = csp(request.get(NONCE, "none"))
+        h["Cross-Origin-Opener-Policy"] = "same-origin"
+
+
+def _api_error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
+
+
+ErrorPage = Callable[[web.Request, int, str], web.Response]
+
+
+def error_mapping(html_page: ErrorPage) -> Any:
+    """Map domain errors to HTTP: JSON under /api/, a page elsewhere. Never a stack trace."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        api = request.path.startswith("/api/")
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if api and exc.status >= 400 and exc.content_type != "application/json":
+                code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
+                return _api_error(exc.status, code, exc.reason)
+            raise
+        except ValidationError as err:
+            if api:
+                return _api_error(422, err.code if err.code != "invalid" else "invalid_field",
+                                  str(err), field=err.field)
+            return html_page(request, 422, str(err))
+        except NotFound:
+            return _api_error(404, "not_found", "not found") if api else html_page(request, 404, "Not found")
+        except Forbidden:
+            return _api_error(403, "forbidden", "not allowed") if api else html_page(request, 403, "Not allowed")
+        except OptedOut as err:
+            msg = f"the contact has opted out of {err.args[0] if err.args else 'this channel'}"
+            return _api_error(422, "opted_out", msg) if api else html_page(request, 422, msg)
+        except SensitiveContent as err:
+            msg = (f"this standard (non-secure) message looks sensitive ({', '.join(err.kinds)}); "
+                   "send it secure, or set allow_sensitive to override")
+            return _api_error(422, "sensitive_content", msg, kinds=err.kinds) if api else html_page(request, 422, msg)
+        except (LinkUnavailable, PinRejected):
+            raise  # handled by the client portal itself
+        except (StoreUnavailable, PyMongoError) as err:
+            logger.warning("database unavailable during request",
+                           extra={"fields": {"path": request.path, "error": type(err).__name__}})
+            if api:
+                return _api_error(503, "unavailable", "temporarily unavailable, retry")
+            return html_page(request, 503, "Temporarily unavailable. Please try again shortly.")
+        except IntegrityError:
+            logger.error("integrity failure while serving a request", extra={"fields": {"path": request.path}})
+            return _api_error(500, "integrity", "stored data failed an integrity check") if api \
+                else html_page(request, 500, "Something went wrong.")
+        except HushlinkError as err:
+            logger.warning("unhandled domain error", extra={"fields": {"error": type(err).__name__}})
+            return _api_error(400, "bad_request", "bad request") if api else html_page(request, 400, "Bad request")
+
+    return middleware
+
+
+def client_ip(request: web.Request, trusted_proxies: tuple[str, ...]) -> str:
+    """The client's address: X-Forwarded-For is believed only from a configured proxy."""
+    peer = request.remote or "unknown"
+    if not trusted_proxies or peer == "unknown":
+        return peer
+    try:
+        peer_ip = ipaddress.ip_address(peer)
+        trusted = any(peer_ip in ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
+    except ValueError:
+        return peer
+    if not trusted:
+        return peer
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+    return hops[-1] if hops else peer
+
+
+class RateLimiter:
+    """A fixed-window counter per key, in this process (a defence in depth, not for correctness)."""
+
+    def __init__(self, limit: int, window_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window_seconds
+        self._clock = clock
+        self._hits: dict[str, tuple[float, int]] = {}
+
+    def allow(self, key: str) -> bool:
+        now = self._clock()
+        start, count = self._hits.get(key, (now, 0))
+        if now - start >= self.window:
+            start, count = now, 0
+        count += 1
+        self._hits[key] = (start, count)
+        if len(self._hits) > 100_000:  # bound memory under a flood of distinct keys
+            self._hits = {k: v for k, v in self._hits.items() if now - v[0] < self.window}
+        return count <= self.limit

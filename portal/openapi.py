@@ -1,0 +1,93 @@
+"""The OpenAPI 3.1 document served at /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _resp(desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = schema or _ERROR
+    return {"description": desc, "content": {"application/json": {"schema": body}}}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "Hushlink API", "version": "1"},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                               "field": {"type": "string"}}}}},
+            "SendMessage": {
+                "type": "object", "required": ["to", "body"], "additionalProperties": False,
+                "properties": {
+                    "to": {"type": "object", "additionalProperties": False, "properties": {
+                        "phone": {"type": "string", "description": "E.164, e.g. +15551234567"},
+                        "email": {"type": "string", "format": "email"},
+                        "name": {"type": "string"}}},
+                    "body": {"type": "string", "minLength": 1, "maxLength": 5000},
+                    "channel": {"enum": ["sms", "email"], "default": "sms"},
+                    "secure": {"type": ["boolean", "null"], "description": "null: the org default"},
+                    "pin": {"type": "string", "description": "6+ digits, or 8+ characters"},
+                    "allow_sensitive": {"type": "boolean", "default": False},
+                },
+            },
+            "Created": {"type": "object", "required": ["id", "thread_id", "secure", "status"], "properties": {
+                "id": {"type": "string"}, "thread_id": {"type": "string"}, "secure": {"type": "boolean"},
+                "status": {"type": "string"}}},
+            "Message": {"type": "object", "required": ["id", "thread_id", "direction", "channel", "secure",
+                                                       "status", "status_history", "created_at"],
+                        "properties": {
+                            "id": {"type": "string"}, "thread_id": {"type": "string"},
+                            "direction": {"enum": ["inbound", "outbound"]},
+                            "channel": {"enum": ["sms", "email", "portal"]}, "secure": {"type": "boolean"},
+                            "status": {"type": "string"}, "error_code": {"type": ["string", "null"]},
+                            "status_history": {"type": "array", "items": {"type": "object", "properties": {
+                                "status": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
+                                "error_code": {"type": "string"}}}},
+                            "created_at": {"type": "string", "format": "date-time"}}},
+            "ThreadMessages": {"type": "object", "required": ["messages", "next_cursor"], "properties": {
+                "messages": {"type": "array", "items": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "direction": {"type": "string"}, "channel": {"type": "string"},
+                    "body": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
+                    "status": {"type": "string"}, "secure": {"type": "boolean"},
+                    "flags": {"type": "array", "items": {"type": "string"}}}}},
+                "next_cursor": {"type": ["string", "null"]}}},
+        },
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/api/v1/messages": {"post": {
+            "summary": "Send a message (secure: content sealed, SMS/email carries only a link)",
+            "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                            "schema": {"type": "string", "maxLength": 200}}],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/SendMessage"}}}},
+            "responses": {
+                "201": _resp("Queued", {"$ref": "#/components/schemas/Created"}),
+                "400": _resp("Malformed JSON"), "401": _resp("Missing or unknown API key"),
+                "415": _resp("Not JSON"),
+                "422": _resp("Invalid field, opted_out, or sensitive_content"),
+                "503": _resp("Database unavailable"),
+            }}},
+        "/api/v1/messages/{id}": {"get": {
+            "summary": "A message and its delivery status history",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _resp("The message", {"$ref": "#/components/schemas/Message"}),
+                          "401": _resp("Unauthorized"), "404": _resp("Not found")}}},
+        "/api/v1/threads/{id}/messages": {"get": {
+            "summary": "Messages of a thread, oldest first",
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}],
+            "responses": {"200": _resp("A page", {"$ref": "#/components/schemas/ThreadMessages"}),
+                          "401": _resp("Unauthorized"), "404": _resp("Not found"),
+                          "422": _resp("Invalid limit or cursor")}}},
+    },
+}
