@@ -32,9 +32,12 @@ from gateway.phone import mask_email, mask_phone
 
 # One pass, one alternative per shape. Each alternative that can start an unbounded run is
 # anchored by a look-behind to the start of that run, so no run is rescanned from every offset.
+# RFC 5322 atext and ".", minus "=" and "/" so "to=jane@x.org" and "/u/jane@x.org" keep the
+# key and the path (an address that really contains them loses only its part before them).
+_LOCAL = r"[\w.!#$%&'*+?^`{|}~\-]"
 _SENSITIVE = re.compile(
     r"(?P<path>/s/)[^\s/?#\"'<>]+"
-    r"|(?<![\w.%+\-])(?P<email>[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)+)"
+    rf"|(?<!{_LOCAL})(?P<email>{_LOCAL}+@[\w\-]+(?:\.[\w\-]+)+)"
     r"|(?P<phone>\+[0-9](?:[ .()\-]{0,2}[0-9]){7,14})(?![0-9])"
     r"|(?<![A-Za-z0-9_\-])(?P<token>[A-Za-z0-9_\-]{22,})"
 )

@@ -242,7 +242,7 @@ def build_message(mail: OutgoingEmail, *, date: datetime) -> EmailMessage:
     Raises ValidationError naming the field that cannot go into a header safely.
     """
     message = EmailMessage(policy=_POLICY)
-    message["From"] = _address("from_address", mail.from_address, mail.from_name)
+    message["From"] = _address("from_address", mail.from_address, mail.from_name, "from_name")
     message["To"] = _address("to_address", mail.to_address)
     message["Subject"] = _header_text("subject", mail.subject)
     message["Date"] = format_datetime(date)
@@ -259,8 +259,13 @@ def build_message(mail: OutgoingEmail, *, date: datetime) -> EmailMessage:
     return message
 
 
-def _address(field: str, addr_spec: str, display_name: str = "") -> Address:
-    _header_text(field, display_name)
+def _address(field: str, addr_spec: str, display_name: str = "", name_field: str = "") -> Address:
+    _header_text(name_field or field, display_name)
+    if not addr_spec.isascii():
+        # No SMTPUTF8 (RFC 6531) here: the email package would RFC 2047-encode the domain,
+        # which no one can deliver. IDN domains must arrive as A-labels (xn--...).
+        raise ValidationError(field, "must be an ASCII address")
+    _header_text(field, addr_spec)
     try:
         address = Address(display_name=display_name, addr_spec=addr_spec)
     except (ValueError, IndexError) as err:
@@ -272,7 +277,7 @@ def _address(field: str, addr_spec: str, display_name: str = "") -> Address:
 
 
 def _header_text(field: str, value: str) -> str:
-    if any(ch in value for ch in "\r\n\x00") or any(_is_control(ch) for ch in value):
+    if any(_is_control(ch) for ch in value):  # CR and LF above all (header injection)
         raise ValidationError(field, "must not contain line breaks or control characters")
     return value
 

@@ -28,7 +28,7 @@ from gateway.errors import (
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-NONCE = "csp_nonce"
+NONCE = web.RequestKey("csp_nonce", str)
 
 
 def csp(nonce: str) -> str:

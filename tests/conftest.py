@@ -1,0 +1,96 @@
+"""Shared fixtures: the session's SecantusDB server, a fresh database per test, whole gateways."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gateway.app import build_runtime, create_app
+from gateway.clock import FrozenClock
+from gateway.config import Config, ServerConfig, TwilioConfig
+from gateway.crypto import Keyring
+from gateway.services import Services, build_services
+from gateway.store import Store, make_client
+from outbound.twilio_sms import TwilioSmsSender
+from tests.support.database import SecantusServer, external_uri
+from tests.support.harness import ORG_NUMBER, PUBLIC_URL, Gateway
+from tests.support.twilio_standin import TwilioStandIn
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def mongo_server() -> Iterator[SecantusServer | None]:
+    if external_uri():
+        yield None
+        return
+    ARTIFACTS.mkdir(exist_ok=True)
+    server = SecantusServer(ARTIFACTS)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(mongo_server: SecantusServer | None) -> str:
+    return external_uri() or (mongo_server.uri if mongo_server else "")
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock()
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring.generate()
+
+
+@pytest.fixture
+async def store(mongo_uri: str) -> AsyncIterator[Store]:
+    client = make_client(mongo_uri, 5)
+    name = "t_" + uuid.uuid4().hex[:16]
+    st = Store(client, name)
+    await st.ensure_indexes()
+    yield st
+    await client.drop_database(name)
+    await client.close()
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[TwilioStandIn]:
+    async with TwilioStandIn() as standin:
+        yield standin
+
+
+def make_config(twilio: TwilioStandIn | None, **server: object) -> Config:
+    tw = TwilioConfig(account_sid=twilio.account_sid, auth_token=twilio.auth_token,
+                      api_base=twilio.base_url, timeout_seconds=3) if twilio else TwilioConfig()
+    return Config(server=replace(ServerConfig(public_url=PUBLIC_URL), **server), twilio=tw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def config(twilio: TwilioStandIn) -> Config:
+    return make_config(twilio)
+
+
+@pytest.fixture
+def services(config: Config, store: Store, keyring: Keyring, clock: FrozenClock) -> Services:
+    return build_services(config, store, keyring, clock)
+
+
+@pytest.fixture
+async def gw(services: Services, twilio: TwilioStandIn, clock: FrozenClock, aiohttp_client) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    from gateway.api_keys import ApiKeys
+
+    sender = TwilioSmsSender(twilio.account_sid, twilio.auth_token, api_base=twilio.base_url, timeout=3)
+    runtime = build_runtime(services, sms=sender)
+    client = await aiohttp_client(create_app(runtime, workers=False))
+    org = await services.orgs.create("Riverside Clinic", ORG_NUMBER)
+    key, _ = await ApiKeys(services.store, clock).create(org.id, "tests")
+    yield Gateway(client, services, runtime, twilio, clock, org, key)
+    await sender.close()
