@@ -28,6 +28,7 @@ from gateway.store import Store, make_client
 logger = logging.getLogger("hushlink")
 
 DEMO_NUMBER = "+15005550006"
+DEMO_PAYLOAD = '{"to": {"phone": "+15551230001", "name": "Alex"}, "body": "Your lab results are ready."}'
 
 
 def keyring_path(config: Config) -> Path:
@@ -90,7 +91,7 @@ async def serve(config: Config, role: str) -> int:
                 print("Send a secure message:\n"
                       f"  curl -s -X POST {url}/api/v1/messages -H 'Authorization: Bearer {key}' "
                       "-H 'Content-Type: application/json' "
-                      "-d '{\"to\": {\"phone\": \"+15551230001\", \"name\": \"Alex\"}, \"body\": \"Your lab results are ready.\"}'")
+                      "-d '" + DEMO_PAYLOAD + "'")
             print(f"Sandbox phone (see what was sent, answer as the contact): {url}/sandbox", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -50,12 +50,11 @@ class Keyring:
         return Keyring(new_id, {**self.keks, new_id: AESGCM.generate_key(256)}, self.index_key, self.mac_key)
 
     def to_json(self) -> str:
-        b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
         return json.dumps({
             "active": self.active,
-            "keks": {k: b64(v) for k, v in self.keks.items()},
-            "index_key": b64(self.index_key),
-            "mac_key": b64(self.mac_key),
+            "keks": {k: _b64(v) for k, v in self.keks.items()},
+            "index_key": _b64(self.index_key),
+            "mac_key": _b64(self.mac_key),
         }, indent=2)
 
     @classmethod
@@ -72,6 +71,10 @@ class Keyring:
         if any(len(k) != 32 for k in ring.keks.values()) or len(ring.index_key) < 32 or len(ring.mac_key) < 32:
             raise ConfigError(source, "keys must be 32 bytes")
         return ring
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def load_or_create_keyring(path: Path) -> Keyring:

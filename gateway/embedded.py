@@ -45,8 +45,9 @@ def uri_for(port: int) -> str:
     return f"mongodb://127.0.0.1:{port}/?directConnection=true"
 
 
-async def answers(uri: str, timeout: float = 1.0) -> bool:
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, serverSelectionTimeoutMS=int(timeout * 1000))
+async def answers(uri: str, wait_seconds: float = 1.0) -> bool:
+    ms = int(wait_seconds * 1000)
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, serverSelectionTimeoutMS=ms)
     try:
         await client.admin.command("ping")
         return True
@@ -76,10 +77,10 @@ class EmbeddedDatabase:
         uri = uri_for(int(state["port"]))
         return uri if await answers(uri) else None
 
-    async def start(self, timeout: float = 60.0) -> str:
+    async def start(self, wait_seconds: float = 60.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        log = open(self.data_dir / "embedded-db.log", "ab")  # noqa: SIM115 (kept open for the child)
+        log = (self.data_dir / "embedded-db.log").open("ab")  # noqa: ASYNC230 (once, at start-up)
         self.process = await asyncio.create_subprocess_exec(
             find_executable(), "--host", "127.0.0.1", "--port", str(port), "--storage-path", self.storage,
             "--log-level", "WARNING", "--sync-on-commit",
@@ -88,7 +89,7 @@ class EmbeddedDatabase:
         log.close()
         self.uri = uri_for(port)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + wait_seconds
         while not await answers(self.uri, 0.5):
             if self.process.returncode is not None or loop.time() > deadline:
                 await self.stop()

@@ -63,7 +63,8 @@ class Org:
 
 def _org_from_doc(doc: Doc) -> Org:
     known = {f.name for f in fields(OrgPolicy)}
-    pol = {k: (tuple(v) if isinstance(v, list) else v) for k, v in doc.get("policy", {}).items() if k in known}
+    pol: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
+                           for k, v in doc.get("policy", {}).items() if k in known}
     return Org(
         id=doc["_id"],
         name=doc["name"],

@@ -30,16 +30,19 @@ from gateway.errors import ConfigError
 from gateway.ids import is_id
 from gateway.phone import mask_email, mask_phone
 
-# One pass, one alternative per shape. Each alternative that can start an unbounded run is
-# anchored by a look-behind to the start of that run, so no run is rescanned from every offset.
+# One pass, one alternative per shape, each linear: the token run is anchored by a look-behind
+# to its start, so it is scanned once (and left to the email rule when an "@" follows it); the
+# email local part is bounded by RFC 5321's 64 octets (not anchored: "a@x.org'b@y.org" must mask
+# both), so each "@" is reached from at most 64 starts. An empty local part ("=@x.org") still
+# hides the domain.
 # RFC 5322 atext and ".", minus "=" and "/" so "to=jane@x.org" and "/u/jane@x.org" keep the
 # key and the path (an address that really contains them loses only its part before them).
 _LOCAL = r"[\w.!#$%&'*+?^`{|}~\-]"
 _SENSITIVE = re.compile(
     r"(?P<path>/s/)[^\s/?#\"'<>]+"
-    rf"|(?<!{_LOCAL})(?P<email>{_LOCAL}+@[\w\-]+(?:\.[\w\-]+)+)"
+    rf"|(?P<email>{_LOCAL}{{0,64}}@[\w\-]+(?:\.[\w\-]+)+)"
     r"|(?P<phone>\+[0-9](?:[ .()\-]{0,2}[0-9]){7,14})(?![0-9])"
-    r"|(?<![A-Za-z0-9_\-])(?P<token>[A-Za-z0-9_\-]{22,})"
+    r"|(?<![A-Za-z0-9_\-])(?P<token>[A-Za-z0-9_\-]{22,})(?![A-Za-z0-9_\-@])"
 )
 _TWILIO_SID = re.compile(r"[A-Z]{2}[0-9a-f]{32}")
 _NOT_DIGIT = re.compile(r"[^0-9]")

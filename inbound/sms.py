@@ -63,7 +63,8 @@ class SmsReplyHandler:
         if new:
             await self._audit.append(org.id, "message.received", actor, thread_id=thread["_id"],
                                      message_id=eid, contact_id=contact.id,
-                                     detail={"channel": "sms", "secure": secure, "keyword": keyword.name if keyword else None})
+                                     detail={"channel": "sms", "secure": secure,
+                                             "keyword": keyword.name if keyword else None})
         if keyword is Keyword.STOP:
             if await self._contacts.set_consent(org.id, contact.id, "sms", OPTED_OUT, "sms:keyword"):
                 await self._audit.append(org.id, "consent.opt_out", actor, contact_id=contact.id,

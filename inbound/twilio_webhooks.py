@@ -138,12 +138,12 @@ async def apply_delivery_event(
     at = at or s.clock.now()
     job = await s.store.outbox.find_one({"provider_id": provider_id})
     message_id = job.get("message_id") if job else None
-    if message_id:
+    if job is not None and message_id:
         moved = await s.conversations.apply_status(message_id, status, at, error_code)
         if moved:
             await s.audit.append(job["org_id"], "message.status", Actor("provider", "twilio"),
                                  message_id=message_id, detail={"status": status, "error_code": error_code})
-    if job and error_code == "21610" and job.get("contact_id"):
+    if job is not None and error_code == "21610" and job.get("contact_id"):
         if await s.contacts.set_consent(job["org_id"], job["contact_id"], "sms", OPTED_OUT, "twilio:21610"):
             await s.audit.append(job["org_id"], "consent.opt_out", Actor("provider", "twilio"),
                                  contact_id=job["contact_id"], detail={"channel": "sms", "source": "21610"})

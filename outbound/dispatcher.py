@@ -64,8 +64,8 @@ class OutboxDispatcher:
 
     def backoff(self, attempts: int) -> float:
         """Capped exponential backoff with equal jitter: half fixed, half random."""
-        ceiling = min(self._cfg.max_backoff_seconds, self._cfg.base_backoff_seconds * 2 ** (attempts - 1))
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        ceiling = min(self._cfg.max_backoff_seconds, self._cfg.base_backoff_seconds * 2.0 ** (attempts - 1))
+        return float(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
 
     async def claim(self) -> Doc | None:
         now = self._s.clock.now()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -30,7 +30,7 @@ def _err(status: int, code: str, message: str) -> web.Response:
 
 
 def _iso(value: Any) -> str:
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return str(value.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
 
 
 def message_json(doc: Doc) -> dict[str, Any]:
