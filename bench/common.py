@@ -1,0 +1,119 @@
+"""Shared pieces of the benchmarks: starting `hushlink serve`, load generation, percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LoadResult:
+    name: str
+    count: int
+    seconds: float
+    latencies: list[float]
+    errors: int
+
+    @property
+    def throughput(self) -> float:
+        return self.count / self.seconds
+
+    def pct(self, p: float) -> float:
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] * 1000
+
+    def line(self) -> str:
+        return (f"{self.name:<28} {self.throughput:8.1f} req/s   p50 {self.pct(50):7.2f} ms   "
+                f"p99 {self.pct(99):7.2f} ms   errors {self.errors}")
+
+
+async def run_load(name: str, requests: Sequence[Callable[[aiohttp.ClientSession], Awaitable[int]]],
+                   concurrency: int) -> LoadResult:
+    """Send every request with `concurrency` workers; record per-request latency."""
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue[Callable[[aiohttp.ClientSession], Awaitable[int]]] = asyncio.Queue()
+    for r in requests:
+        queue.put_nowait(r)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        while not queue.empty():
+            req = queue.get_nowait()
+            t = time.perf_counter()
+            status = await req(session)
+            latencies.append(time.perf_counter() - t)
+            if status >= 300:
+                errors += 1
+
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return LoadResult(name, len(requests), elapsed, latencies, errors)
+
+
+class Gateway:
+    """`hushlink serve` in a child process on a fresh data directory (embedded database)."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "HUSHLINK_SERVER__DATA_DIR": str(data_dir), "HUSHLINK_SERVER__PORT": str(self.port),
+                    "HUSHLINK_SERVER__PUBLIC_URL": self.url, "HUSHLINK_SERVER__LOG_LEVEL": "WARNING", **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.data_dir / "serve.log").open("ab")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([str(BIN / "hushlink"), "serve"], env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"hushlink serve exited; see {self.data_dir / 'serve.log'}")
+                time.sleep(0.3)
+        raise RuntimeError("hushlink serve did not start")
+
+    def admin(self, *args: str) -> dict[str, str]:
+        out = subprocess.run([str(BIN / "hushlink"), "admin", *args, "--json"], env=self.env, check=True,
+                             capture_output=True, text=True)
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def database_uri(self) -> str:
+        state = json.loads((self.data_dir / "embedded-db.json").read_text())
+        return f"mongodb://127.0.0.1:{state['port']}/?directConnection=true"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(60)
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
