@@ -124,9 +124,10 @@ def _readyz(s: Services):  # type: ignore[no-untyped-def]
 
 def _workers(rt: Runtime):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        workers = rt.services.config.outbox.concurrency
         tasks = [
-            asyncio.create_task(rt.processor.run(rt.stop), name="inbound-processor"),
-            asyncio.create_task(rt.dispatcher.run(rt.stop), name="outbox-dispatcher"),
+            asyncio.create_task(rt.processor.run(rt.stop, workers), name="inbound-processor"),
+            asyncio.create_task(rt.dispatcher.run(rt.stop, workers), name="outbox-dispatcher"),
         ]
         yield
         rt.stop.set()

@@ -58,6 +58,9 @@ class AuditLog:
         self._store = store
         self._sealer = sealer
         self._clock = clock
+        # Last known head per org: saves a read per append; a stale head only costs a retry,
+        # because the unique (org_id, seq) index refuses the colliding insert.
+        self._heads: dict[str, Doc] = {}
 
     async def append(
         self,
@@ -75,9 +78,9 @@ class AuditLog:
         if unknown:
             raise ValueError(f"unknown audit id fields: {sorted(unknown)}")
         for _ in range(50):
-            head = await self._store.audit.find_one(
-                {"org_id": org_id}, sort=[("seq", DESCENDING)], projection={"seq": 1, "mac": 1}
-            )
+            head = self._heads.get(org_id)
+            if head is None:
+                head = await self.head(org_id)
             entry: Doc = {
                 "org_id": org_id,
                 "seq": (head["seq"] + 1) if head else 1,
@@ -94,7 +97,9 @@ class AuditLog:
             try:
                 await self._store.audit.insert_one(entry)
             except DuplicateKeyError:
+                self._heads.pop(org_id, None)
                 continue  # another writer took this seq; chain onto the new head
+            self._heads[org_id] = {"seq": entry["seq"], "mac": entry["mac"]}
             return entry
         raise RuntimeError("audit append kept losing races")
 

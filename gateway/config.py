@@ -91,6 +91,7 @@ class OutboxConfig:
     lease_seconds: float = 60.0
     poll_seconds: float = 1.0
     sms_per_second: float = 10.0
+    concurrency: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,5 +248,7 @@ def _validate(config: Config) -> None:
         raise ConfigError("outbox.max_attempts", "must be at least 1")
     if ob.base_backoff_seconds <= 0 or ob.max_backoff_seconds < ob.base_backoff_seconds:
         raise ConfigError("outbox.max_backoff_seconds", "must be at least base_backoff_seconds (> 0)")
+    if not 1 <= ob.concurrency <= 256:
+        raise ConfigError("outbox.concurrency", "must be between 1 and 256")
     if ob.sms_per_second <= 0:
         raise ConfigError("outbox.sms_per_second", "must be positive")

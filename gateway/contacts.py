@@ -91,8 +91,10 @@ class Contacts:
             await self.by_email(org_id, email) if email else None
         )
         if existing:
-            await self._fill_missing(existing, phone=phone, email=email, name=name)
-            return await self.get(org_id, existing.id), False
+            if (email and not existing.has_email) or (phone and not existing.has_phone) or name:
+                await self._fill_missing(existing, phone=phone, email=email, name=name)
+                return await self.get(org_id, existing.id), False
+            return existing, False
         cid = new_id()
         dek_id = await self._vault.create_key(f"contact:{cid}", org_id)
         doc: Doc = {
@@ -176,7 +178,9 @@ class Contacts:
         if res.matched_count == 0:
             raise NotFound("contact")
 
-    async def touch_channel(self, org_id: str, contact_id: str, channel: str) -> None:
-        await self._store.contacts.update_one(
-            {"_id": contact_id, "org_id": org_id}, {"$set": {"last_channel": channel}}
-        )
+    async def touch_channel(self, contact: Contact, channel: str) -> None:
+        """Remember the channel the contact last used (where new links go by default)."""
+        if contact.last_channel != channel:
+            await self._store.contacts.update_one(
+                {"_id": contact.id, "org_id": contact.org_id}, {"$set": {"last_channel": channel}}
+            )

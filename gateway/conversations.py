@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from gateway.audit import Actor, AuditLog
 from gateway.classifier import find_sensitive
@@ -23,6 +25,7 @@ from gateway.store import Doc, Store
 from gateway.vault import Vault
 
 MAX_BODY = 5000
+TXN_ATTEMPTS = 8  # transient transaction errors (write conflicts) before giving up
 CHANNELS = ("sms", "email")
 
 # Delivery states, in the order a message moves through them. Status only moves forward;
@@ -168,20 +171,28 @@ class Conversations:
                                        "preview": NEUTRAL_PREVIEW["outbound"]}}
         if is_secure:
             thread_update["$set"]["secure"] = True
-        try:
-            async with self._store.transaction() as session:
-                await self._store.messages.insert_one(message, session=session)
-                if link_doc is not None:
-                    await self._links.insert(link_doc, session=session)
-                await self._outbox.insert(job, session=session)
-                await self._store.threads.update_one({"_id": thread["_id"]}, thread_update, session=session)
-        except DuplicateKeyError:
-            if idempotency_key is None:
-                raise
-            previous = await self._store.messages.find_one({"org_id": org.id, "idempotency_key": idempotency_key})
-            assert previous is not None
-            return Sent(previous, thread, previous.get("link_id"))
-        await self._contacts.touch_channel(org.id, contact.id, channel)
+        for attempt in range(TXN_ATTEMPTS):
+            try:
+                async with self._store.transaction() as session:
+                    await self._store.messages.insert_one(message, session=session)
+                    if link_doc is not None:
+                        await self._links.insert(link_doc, session=session)
+                    await self._outbox.insert(job, session=session)
+                    await self._store.threads.update_one({"_id": thread["_id"]}, thread_update, session=session)
+            except DuplicateKeyError:
+                if idempotency_key is None:
+                    raise
+                previous = await self._store.messages.find_one({"org_id": org.id, "idempotency_key": idempotency_key})
+                assert previous is not None
+                return Sent(previous, thread, previous.get("link_id"))
+            except OperationFailure as err:
+                # Concurrent sends to one thread conflict on it (WriteConflict): run it again.
+                if attempt + 1 >= TXN_ATTEMPTS or not err.has_error_label("TransientTransactionError"):
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+                continue
+            break
+        await self._contacts.touch_channel(contact, channel)
         await self._audit.append(org.id, "message.send", actor, thread_id=thread["_id"], message_id=mid,
                                  contact_id=contact.id, link_id=message["link_id"],
                                  detail={"secure": is_secure, "channel": channel})
@@ -192,10 +203,11 @@ class Conversations:
     async def record_inbound(
         self, org: Org, contact: Contact, *, message_id: str, channel: str, body: str,
         provider_id: str | None, secure: bool, flags: list[str] | None = None,
-        author_kind: str = "contact",
+        author_kind: str = "contact", thread: Doc | None = None,
     ) -> tuple[Doc, Doc, bool]:
         """Store an inbound message once (message_id is deterministic); returns (msg, thread, new)."""
-        thread = await self.thread_for(org.id, contact.id, channel)
+        if thread is None:
+            thread = await self.thread_for(org.id, contact.id, channel)
         now = self._clock.now()
         message: Doc = {
             "_id": message_id, "org_id": org.id, "thread_id": thread["_id"], "contact_id": contact.id,
@@ -222,7 +234,7 @@ class Conversations:
             {"_id": thread["_id"]}, update, return_document=ReturnDocument.AFTER
         ) or thread
         if channel in CHANNELS:
-            await self._contacts.touch_channel(org.id, contact.id, channel)
+            await self._contacts.touch_channel(contact, channel)
         return message, thread, True
 
     # -- reading ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -99,9 +100,12 @@ def validate_email(addr: str, field_name: str = "email") -> str:
 
 
 class Orgs:
+    CACHE_SECONDS = 5.0  # other processes see policy changes within this long
+
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
         self._clock = clock
+        self._cache: dict[str, tuple[float, Org]] = {}
 
     async def create(
         self,
@@ -134,10 +138,15 @@ class Orgs:
         return _org_from_doc(doc)
 
     async def get(self, org_id: str) -> Org:
+        hit = self._cache.get(org_id)
+        if hit is not None and time.monotonic() - hit[0] < self.CACHE_SECONDS:
+            return hit[1]
         doc = await self._store.orgs.find_one({"_id": org_id})
         if doc is None:
             raise NotFound("organization")
-        return _org_from_doc(doc)
+        org = _org_from_doc(doc)
+        self._cache[org_id] = (time.monotonic(), org)
+        return org
 
     async def all(self) -> list[Org]:
         return [_org_from_doc(d) async for d in self._store.orgs.find({}).sort("_id", 1)]
@@ -158,6 +167,7 @@ class Orgs:
         org = await self.get(org_id)
         policy = replace(org.policy, **changes).validate()
         await self._store.orgs.update_one({"_id": org_id}, {"$set": {"policy": asdict(policy)}})
+        self._cache.pop(org_id, None)
         return replace(org, policy=policy)
 
     async def update(self, org_id: str, **changes: Any) -> None:
@@ -165,3 +175,4 @@ class Orgs:
         if set(changes) - allowed:
             raise ValueError(f"cannot change {sorted(set(changes) - allowed)}")
         await self._store.orgs.update_one({"_id": org_id}, {"$set": changes})
+        self._cache.pop(org_id, None)

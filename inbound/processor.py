@@ -83,7 +83,11 @@ class InboundProcessor:
             n += 1
         return n
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, concurrency: int = 1) -> None:
+        """Claim and process events until stopped, with `concurrency` loops sharing the wake-up."""
+        await asyncio.gather(*(self._loop(stop) for _ in range(concurrency)))
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._wake.clear()  # before the sweep, so an event stored during it wakes us again
             try:

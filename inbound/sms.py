@@ -58,7 +58,7 @@ class SmsReplyHandler:
             flags.append("classified_sensitive")
         message, thread, new = await self._conversations.record_inbound(
             org, contact, message_id=eid, channel="sms", body=body,
-            provider_id=payload.get("MessageSid"), secure=secure, flags=flags,
+            provider_id=payload.get("MessageSid"), secure=secure, flags=flags, thread=thread,
         )
         if new:
             await self._audit.append(org.id, "message.received", actor, thread_id=thread["_id"],

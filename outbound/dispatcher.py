@@ -84,7 +84,11 @@ class OutboxDispatcher:
             n += 1
         return n
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, concurrency: int = 1) -> None:
+        """Claim and deliver jobs until stopped, with `concurrency` loops sharing the wake-up."""
+        await asyncio.gather(*(self._loop(stop) for _ in range(concurrency)))
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.wake.clear()
             try:
