@@ -17,25 +17,32 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.ports import SmsSender
+from gateway.errors import ConfigError
+from gateway.ports import EmailSender, SmsSender
 from gateway.services import Services
+from inbound.email_reply import EmailReplyHandler
 from inbound.events import InboundEvents
 from inbound.processor import InboundProcessor
 from inbound.sms import SmsReplyHandler
+from inbound.smtp_server import ReplyHandler, make_smtp
 from inbound.twilio_webhooks import TwilioWebhooks, record_delivery_event
 from outbound.dispatcher import OutboxDispatcher
-from outbound.sandbox import SandboxSmsSender
+from outbound.sandbox import SandboxEmailSender, SandboxSmsSender
+from outbound.smtp_email import SmtpEmailSender
 from outbound.twilio_sms import TwilioSmsSender
 from portal.api import ApiV1
 from portal.client import ClientPortal
 from portal.http import error_mapping, security_headers
 from portal.render import error_page
 from portal.sandbox import SandboxPortal
+from portal.staff import PREFIX as STAFF_PREFIX
+from portal.staff import staff_app
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "portal" / "static"
 ROLES = ("all", "web", "worker", "smtp")
+SMTP_SERVER = web.AppKey("smtp_server", asyncio.AbstractServer)
 
 
 @dataclass
@@ -45,7 +52,9 @@ class Runtime:
     services: Services
     events: InboundEvents
     sms: SmsSender
+    email: EmailSender
     sandbox: SandboxSmsSender | None
+    sandbox_mail: SandboxEmailSender | None
     processor: InboundProcessor
     dispatcher: OutboxDispatcher
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -54,12 +63,13 @@ class Runtime:
         self.dispatcher.wake.set()
 
     async def close(self) -> None:
-        closer = getattr(self.sms, "close", None)
-        if closer is not None:
-            await closer()
+        for sender in (self.sms, self.email):
+            closer = getattr(sender, "close", None)
+            if closer is not None:
+                await closer()
 
 
-def build_runtime(services: Services, *, sms: SmsSender | None = None) -> Runtime:
+def build_runtime(services: Services, *, sms: SmsSender | None = None, email: EmailSender | None = None) -> Runtime:
     s = services
     owner = f"{socket.gethostname()}:{os.getpid()}"
     events = InboundEvents(s.store, s.vault, s.clock)
@@ -74,15 +84,29 @@ def build_runtime(services: Services, *, sms: SmsSender | None = None) -> Runtim
                                   timeout=tw.timeout_seconds)
     elif isinstance(sms, SandboxSmsSender):
         sandbox = sms
-    handlers = {"sms": SmsReplyHandler(s.store, events, s.orgs, s.contacts, s.conversations, s.outbox, s.audit)}
-    dispatcher = OutboxDispatcher(s, sms, owner=owner)
+    sandbox_mail = None
+    if email is None:
+        mail = s.config.smtp
+        if mail.sandbox:
+            email = sandbox_mail = SandboxEmailSender(s.store, s.vault, s.clock)
+        else:
+            email = SmtpEmailSender(mail.host, mail.port, username=mail.username, password=mail.password,
+                                    starttls=mail.starttls, timeout=mail.timeout_seconds)
+    elif isinstance(email, SandboxEmailSender):
+        sandbox_mail = email
+    handlers = {
+        "sms": SmsReplyHandler(s.store, events, s.orgs, s.contacts, s.conversations, s.outbox, s.audit),
+        "email": EmailReplyHandler(s.store, s.vault, events, s.orgs, s.contacts, s.conversations, s.reply_tokens,
+                                   s.audit, s.clock),
+    }
+    dispatcher = OutboxDispatcher(s, sms, email, owner=owner)
     processor = InboundProcessor(s.store, s.clock, handlers, events.wake, owner=owner,  # type: ignore[arg-type]
                                  poll_seconds=s.config.outbox.poll_seconds, after_event=dispatcher.wake.set)
     if sandbox is not None:
         async def sandbox_status(sid: str, status: str) -> None:
             await record_delivery_event(s, sid, status, None)
         sandbox.on_status = sandbox_status
-    return Runtime(s, events, sms, sandbox, processor, dispatcher)
+    return Runtime(s, events, sms, email, sandbox, sandbox_mail, processor, dispatcher)
 
 
 def create_app(rt: Runtime, *, role: str = "all", workers: bool = True) -> web.Application:
@@ -95,15 +119,38 @@ def create_app(rt: Runtime, *, role: str = "all", workers: bool = True) -> web.A
         TwilioWebhooks(s, rt.events).add_routes(app)
         ApiV1(s, rt.wake_dispatcher).add_routes(app)
         ClientPortal(s, rt.wake_dispatcher).add_routes(app)
-        if rt.sandbox is not None:
-            SandboxPortal(s, rt.sandbox, rt.events).add_routes(app)
+        # Staff portal (issue 3): a sub-app with its own default-deny policy middleware.
+        app.add_subapp(STAFF_PREFIX, staff_app(s, rt.wake_dispatcher))
+        if rt.sandbox is not None or rt.sandbox_mail is not None:
+            SandboxPortal(s, rt.sandbox, rt.sandbox_mail, rt.events).add_routes(app)
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
         app.router.add_get("/robots.txt", robots)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", _readyz(s))
     if workers and role in ("all", "worker"):
         app.cleanup_ctx.append(_workers(rt))
+    if workers and role in ("all", "smtp") and s.config.inbound_smtp.enabled:
+        app.cleanup_ctx.append(_smtp_listener(rt))
     return app
+
+
+def _smtp_listener(rt: Runtime):  # type: ignore[no-untyped-def]
+    """The SMTP listener for email replies, on this event loop (aiosmtpd protocol per connection)."""
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        s = rt.services
+        cfg = s.config.inbound_smtp
+        handler = ReplyHandler(cfg, s.orgs, s.reply_tokens, rt.events)
+        hostname = cfg.reply_domain or socket.getfqdn()
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(lambda: make_smtp(handler, cfg, hostname), cfg.host, cfg.port)
+        except OSError as err:
+            raise ConfigError("inbound_smtp.port", f"cannot listen on {cfg.host}:{cfg.port}: {err.strerror}") from None
+        app[SMTP_SERVER] = server
+        yield
+        server.close()
+        await server.wait_closed()
+    return ctx
 
 
 async def robots(request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ from gateway.orgs import Org
 from gateway.outbox import Outbox
 from gateway.pins import hash_secret, validate_pin
 from gateway.ports import Clock
+from gateway.reply_tokens import ReplyTokens
 from gateway.store import Doc, Store
 from gateway.vault import Vault
 
@@ -61,7 +62,7 @@ class Sent:
 class Conversations:
     def __init__(
         self, store: Store, vault: Vault, contacts: Contacts, links: Links, outbox: Outbox,
-        audit: AuditLog, clock: Clock,
+        audit: AuditLog, clock: Clock, reply_tokens: ReplyTokens,
     ) -> None:
         self._store = store
         self._vault = vault
@@ -70,6 +71,7 @@ class Conversations:
         self._outbox = outbox
         self._audit = audit
         self._clock = clock
+        self._reply_tokens = reply_tokens
 
     # -- threads ------------------------------------------------------------------------
     async def thread_for(self, org_id: str, contact_id: str, channel: str) -> Doc:
@@ -163,9 +165,11 @@ class Conversations:
                 pin_hash=hash_secret(pin) if pin else None,
             )
             message["link_id"] = link_doc["_id"]
+        reply_doc, reply_token = self._reply_token(org.id, thread["_id"], contact.id, channel)
         job = await self._outbox.job(
             kind=channel, org_id=org.id, template="secure_notice" if is_secure else "message",
             contact_id=contact.id, dek_id=contact.dek_id, message_id=mid, link_token=token,
+            reply_token=reply_token, thread_id=thread["_id"],
         )
         thread_update: Doc = {"$set": {"last_activity_at": now, "channel": channel,
                                        "preview": NEUTRAL_PREVIEW["outbound"]}}
@@ -177,6 +181,8 @@ class Conversations:
                     await self._store.messages.insert_one(message, session=session)
                     if link_doc is not None:
                         await self._links.insert(link_doc, session=session)
+                    if reply_doc is not None:
+                        await self._reply_tokens.insert(reply_doc, session=session)
                     await self._outbox.insert(job, session=session)
                     await self._store.threads.update_one({"_id": thread["_id"]}, thread_update, session=session)
             except DuplicateKeyError:
@@ -198,6 +204,79 @@ class Conversations:
                                  detail={"secure": is_secure, "channel": channel})
         thread.update(thread_update["$set"])
         return Sent(message, thread, message["link_id"])
+
+    # -- staff actions (the staff portal, issue 3) --------------------------------------------
+    async def reply_staff(
+        self, org: Org, thread_id: str, *, body: str, actor: Actor, secure: bool | None = None,
+        allow_sensitive: bool = False,
+    ) -> Sent:
+        """A staff reply: a secure thread stays secure (sealed body, link-only notice to the client)."""
+        thread = await self.get_thread(org.id, thread_id)
+        contact = await self._contacts.get(org.id, thread["contact_id"])
+        channel = thread.get("channel") if thread.get("channel") in CHANNELS else None
+        if channel is None:
+            channel = contact.last_channel if contact.last_channel in CHANNELS else (
+                "sms" if contact.has_phone else "email")
+        return await self.send(org, channel=channel, body=body, actor=actor, contact=contact,
+                               secure=True if thread.get("secure") else secure, allow_sensitive=allow_sensitive)
+
+    async def assign(self, org_id: str, thread_id: str, assignee: str | None, actor: Actor) -> Doc:
+        """Give the thread to a staff member (the caller checks the id is one of the org's), or to nobody."""
+        thread = await self._store.threads.find_one_and_update(
+            {"_id": thread_id, "org_id": org_id}, {"$set": {"assignee": assignee}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if thread is None:
+            raise NotFound("thread")
+        await self._audit.append(org_id, "thread.assigned", actor, thread_id=thread_id, staff_id=assignee)
+        return thread
+
+    async def set_status(self, org_id: str, thread_id: str, status: str, actor: Actor) -> Doc:
+        if status not in ("open", "closed"):
+            raise ValidationError("status", "must be open or closed")
+        thread = await self._store.threads.find_one_and_update(
+            {"_id": thread_id, "org_id": org_id}, {"$set": {"status": status}}, return_document=ReturnDocument.AFTER,
+        )
+        if thread is None:
+            raise NotFound("thread")
+        await self._audit.append(org_id, "thread.closed" if status == "closed" else "thread.reopened", actor,
+                                 thread_id=thread_id)
+        return thread
+
+    async def mark_read(self, org_id: str, thread_id: str, actor: Actor, ip: str | None = None,
+                        count: int = 0) -> None:
+        """A staff member read the thread's content: reset its unread counter and audit the view."""
+        # Only when there is something to reset: a no-op write would wake every live inbox for nothing.
+        await self._store.threads.update_one({"_id": thread_id, "org_id": org_id, "unread_staff": {"$ne": 0}},
+                                             {"$set": {"unread_staff": 0}})
+        await self._audit.append(org_id, "thread.read", actor, ip=ip, thread_id=thread_id, detail={"count": count})
+
+    async def list_threads(
+        self, org_id: str, *, limit: int = 50, before: tuple[datetime, str] | None = None,
+        assignee: str | None | bool = True, secure: bool | None = None, status: str | None = None,
+        contact_ids: list[str] | None = None, unread: bool = False,
+    ) -> list[Doc]:
+        """Threads newest activity first, after the cursor (last_activity_at, _id) of the previous page.
+
+        assignee=True means anyone (or nobody); None means unassigned; a string is that staff id.
+        Served by the (org_id, last_activity_at, _id) index.
+        """
+        query: Doc = {"org_id": org_id}
+        if assignee is not True:
+            query["assignee"] = assignee
+        if secure is not None:
+            query["secure"] = secure
+        if status is not None:
+            query["status"] = status
+        if contact_ids is not None:
+            query["contact_id"] = {"$in": contact_ids}
+        if unread:
+            query["unread_staff"] = {"$gt": 0}
+        if before is not None:
+            at, tid = before
+            query["$or"] = [{"last_activity_at": {"$lt": at}}, {"last_activity_at": at, "_id": {"$lt": tid}}]
+        cursor = self._store.threads.find(query).sort([("last_activity_at", -1), ("_id", -1)]).limit(limit)
+        return [d async for d in cursor]
 
     # -- receiving ----------------------------------------------------------------------
     async def record_inbound(
@@ -290,10 +369,16 @@ class Conversations:
         res = await self._store.messages.update_one({"_id": message_id, "status": {"$in": lower}}, update)
         return res.modified_count == 1
 
+    def _reply_token(self, org_id: str, thread_id: str, contact_id: str, channel: str) -> tuple[Doc | None, str | None]:
+        """A fresh reply address token for an outgoing mail (none for SMS)."""
+        if channel != "email":
+            return None, None
+        return self._reply_tokens.new(org_id=org_id, thread_id=thread_id, contact_id=contact_id)
+
     # -- link-only notices ----------------------------------------------------------------
     async def send_link_notice(
         self, org: Org, contact: Contact, thread_id: str, *, channel: str, template: str,
-        job_id: str | None = None, message_id: str | None = None,
+        job_id: str | None = None, message_id: str | None = None, in_reply_to: str | None = None,
     ) -> str | None:
         """Issue a fresh link to the thread and queue a link-only notice; returns the link id.
 
@@ -307,14 +392,18 @@ class Conversations:
             org_id=org.id, thread_id=thread_id, contact_id=contact.id, message_id=message_id,
             ttl_seconds=org.policy.link_ttl_seconds, channel=channel,
         )
+        reply_doc, reply_token = self._reply_token(org.id, thread_id, contact.id, channel)
         job = await self._outbox.job(
             kind=channel, org_id=org.id, template=template, contact_id=contact.id,
             dek_id=contact.dek_id, message_id=None, link_token=token, job_id=job_id,
-            link_id=link_doc["_id"],
+            link_id=link_doc["_id"], reply_token=reply_token, thread_id=thread_id,
+            in_reply_to=in_reply_to,
         )
         try:
             async with self._store.transaction() as session:
                 await self._links.insert(link_doc, session=session)
+                if reply_doc is not None:
+                    await self._reply_tokens.insert(reply_doc, session=session)
                 await self._outbox.insert(job, session=session)
         except DuplicateKeyError:
             return None

@@ -145,7 +145,10 @@ class Sealer:
     def dek_id_of(sealed: bytes) -> str:
         if len(sealed) < 2 or sealed[0] != _FORMAT:
             raise IntegrityError("sealed value has an unknown format")
-        return sealed[2 : 2 + sealed[1]].decode()
+        try:
+            return sealed[2 : 2 + sealed[1]].decode()
+        except UnicodeDecodeError:  # a tampered key id must not escape as another error type
+            raise IntegrityError("sealed value has a malformed key id") from None
 
     def open(self, dek: bytes, sealed: bytes, aad_: bytes) -> bytes:
         if len(sealed) < 2 or sealed[0] != _FORMAT:

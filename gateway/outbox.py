@@ -35,6 +35,7 @@ class Outbox:
         dek_id: str | None = None,
         message_id: str | None = None,
         link_token: str | None = None,
+        reply_token: str | None = None,
         job_id: str | None = None,
         **extra: Any,
     ) -> Doc:
@@ -46,9 +47,10 @@ class Outbox:
             "next_attempt_at": now, "lease_until": now, "created_at": now, "updated_at": now,
             "provider_id": None, "last_error": None, **extra,
         }
-        if link_token is not None:
-            assert dek_id is not None, "a link token is sealed with the contact's data key"
-            doc["link_token"] = await self._vault.seal(dek_id, org_id, "outbox", doc["_id"], "link_token", link_token)
+        for name, value in (("link_token", link_token), ("reply_token", reply_token)):
+            if value is not None:
+                assert dek_id is not None, "tokens are sealed with the contact's data key"
+                doc[name] = await self._vault.seal(dek_id, org_id, "outbox", doc["_id"], name, value)
         return doc
 
     async def insert(self, doc: Doc, session: AsyncClientSession | None = None) -> None:

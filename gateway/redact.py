@@ -10,7 +10,7 @@ What is masked, wherever it appears (message, args, `extra` values, traceback te
     /s/<anything up to / ? # or space> → /s/[token]
     22+ characters of [A-Za-z0-9_-]    → [token]
 Long runs that are ids, not secrets, are kept so logs stay useful ("ids, not content"):
-ObjectId hex (gateway.ids.is_id), Twilio SIDs ("SM" + 32 hex), and runs with no digit and no
+ObjectId hex (gateway.ids.is_id), Twilio SIDs (two capitals + 32 hex, e.g. "SM…"), and runs with no digit and no
 capital letter (snake_case names; a 43-character token_urlsafe has neither with probability
 below 1e-15).
 """
@@ -35,6 +35,7 @@ from gateway.phone import mask_email, mask_phone
 # email local part is bounded by RFC 5321's 64 octets (not anchored: "a@x.org'b@y.org" must mask
 # both), so each "@" is reached from at most 64 starts. An empty local part ("=@x.org") still
 # hides the domain.
+#
 # RFC 5322 atext and ".", minus "=" and "/" so "to=jane@x.org" and "/u/jane@x.org" keep the
 # key and the path (an address that really contains them loses only its part before them).
 _LOCAL = r"[\w.!#$%&'*+?^`{|}~\-]"
@@ -159,7 +160,9 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = redact(record.exc_text)
         if record.stack_info:
             entry["stack"] = redact(record.stack_info)
-        return jsonlib.dumps(entry, ensure_ascii=False, default=_json_default)
+        # ASCII-only output: a lone surrogate (from a decoded webhook, say) cannot make the
+        # stream's encoder fail and drop the line.
+        return jsonlib.dumps(entry, default=_json_default)
 
 
 _HANDLER_NAME = "hushlink"

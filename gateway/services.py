@@ -13,6 +13,7 @@ from gateway.links import Links
 from gateway.orgs import Orgs
 from gateway.outbox import Outbox
 from gateway.ports import Clock
+from gateway.reply_tokens import ReplyTokens
 from gateway.sessions import Sessions
 from gateway.store import Store
 from gateway.vault import Vault
@@ -32,6 +33,7 @@ class Services:
     sessions: Sessions
     outbox: Outbox
     conversations: Conversations
+    reply_tokens: ReplyTokens
 
     @property
     def public_url(self) -> str:
@@ -45,8 +47,10 @@ def build_services(config: Config, store: Store, keyring: Keyring, clock: Clock)
     contacts = Contacts(store, vault, sealer, clock)
     links = Links(store, audit, clock)
     outbox = Outbox(store, vault, clock)
+    reply_tokens = ReplyTokens(store, clock)
     return Services(
         config=config, clock=clock, store=store, sealer=sealer, vault=vault, audit=audit,
         orgs=Orgs(store, clock), contacts=contacts, links=links, sessions=Sessions(store, clock),
-        outbox=outbox, conversations=Conversations(store, vault, contacts, links, outbox, audit, clock),
+        outbox=outbox, reply_tokens=reply_tokens,
+        conversations=Conversations(store, vault, contacts, links, outbox, audit, clock, reply_tokens),
     )

@@ -10,7 +10,7 @@ from pymongo.errors import DuplicateKeyError
 from gateway.errors import NotFound, ValidationError
 from gateway.ids import new_id
 from gateway.orgs import validate_email
-from gateway.pins import hash_secret
+from gateway.pins import hash_secret, needs_rehash
 from gateway.ports import Clock
 from gateway.store import Doc, Store
 
@@ -48,10 +48,12 @@ class StaffMember:
     email: str
     role: str
     disabled: bool
+    has_totp: bool = False
 
 
 def _member(doc: Doc) -> StaffMember:
-    return StaffMember(doc["_id"], doc["org_id"], doc["email"], doc["role"], bool(doc.get("disabled")))
+    return StaffMember(doc["_id"], doc["org_id"], doc["email"], doc["role"], bool(doc.get("disabled")),
+                       bool(doc.get("totp_secret")))
 
 
 class Staff:
@@ -82,3 +84,52 @@ class Staff:
 
     async def count(self) -> int:
         return int(await self._store.staff.count_documents({}))
+
+    # -- used by the staff portal (issue 3) ----------------------------------------------------
+    async def find_login(self, email: str) -> Doc | None:
+        """The stored account for a sign-in email (with its hash), or None."""
+        if not isinstance(email, str) or len(email) > 320:
+            return None
+        return await self._store.staff.find_one({"email_norm": email.strip().lower()})
+
+    async def doc(self, org_id: str, staff_id: str) -> Doc:
+        doc = await self._store.staff.find_one({"_id": staff_id, "org_id": org_id})
+        if doc is None:
+            raise NotFound("staff")
+        return doc
+
+    async def list(self, org_id: str) -> list[StaffMember]:
+        return [_member(d) async for d in self._store.staff.find({"org_id": org_id}).sort("email_norm", 1)]
+
+    async def enabled_admins(self, org_id: str) -> int:
+        return int(await self._store.staff.count_documents({"org_id": org_id, "role": "admin", "disabled": False}))
+
+    async def set_disabled(self, org_id: str, staff_id: str, disabled: bool) -> StaffMember:
+        """Disable or re-enable an account (the caller ends the account's sessions)."""
+        res = await self._store.staff.update_one({"_id": staff_id, "org_id": org_id},
+                                                 {"$set": {"disabled": bool(disabled)}})
+        if res.matched_count == 0:
+            raise NotFound("staff")
+        return await self.get(org_id, staff_id)
+
+    async def set_role(self, org_id: str, staff_id: str, role: str) -> StaffMember:
+        if role not in ROLES:
+            raise ValidationError("role", "must be admin or agent")
+        res = await self._store.staff.update_one({"_id": staff_id, "org_id": org_id}, {"$set": {"role": role}})
+        if res.matched_count == 0:
+            raise NotFound("staff")
+        return await self.get(org_id, staff_id)
+
+    async def set_password(self, org_id: str, staff_id: str, password: str) -> None:
+        res = await self._store.staff.update_one(
+            {"_id": staff_id, "org_id": org_id},
+            {"$set": {"password_hash": hash_secret(validate_password(password)),
+                      "password_changed_at": self._clock.now()}},
+        )
+        if res.matched_count == 0:
+            raise NotFound("staff")
+
+    async def rehash(self, doc: Doc, password: str) -> None:
+        """Store a fresh hash when the parameters changed (called after a successful sign-in)."""
+        if needs_rehash(doc["password_hash"]):
+            await self._store.staff.update_one({"_id": doc["_id"]}, {"$set": {"password_hash": hash_secret(password)}})

@@ -33,22 +33,31 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0),
         IndexModel([("user_id", ASCENDING)]),
     ],
-    "api_keys": [IndexModel([("key_hash", ASCENDING)], unique=True)],
+    "api_keys": [
+        IndexModel([("key_hash", ASCENDING)], unique=True),
+        IndexModel([("org_id", ASCENDING), ("_id", DESCENDING)]),  # staff portal: settings list
+    ],
     "contacts": [
         IndexModel([("org_id", ASCENDING), ("phone_bidx", ASCENDING)], unique=True,
                    partialFilterExpression={"phone_bidx": {"$type": "string"}}),
         IndexModel([("org_id", ASCENDING), ("email_bidx", ASCENDING)], unique=True,
                    partialFilterExpression={"email_bidx": {"$type": "string"}}),
+        IndexModel([("org_id", ASCENDING), ("_id", DESCENDING)]),  # staff portal: contact list
     ],
     "threads": [
         IndexModel([("org_id", ASCENDING), ("contact_id", ASCENDING)], unique=True),
         IndexModel([("org_id", ASCENDING), ("last_activity_at", DESCENDING)]),
+        # Staff inbox: newest activity first, ties by _id, so each page is one index range.
+        IndexModel([("org_id", ASCENDING), ("last_activity_at", DESCENDING), ("_id", DESCENDING)]),
+        IndexModel([("org_id", ASCENDING), ("unread_staff", ASCENDING)]),  # staff inbox: unread count
     ],
     "messages": [
         IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING), ("_id", ASCENDING)]),
         IndexModel([("provider_id", ASCENDING)], partialFilterExpression={"provider_id": {"$type": "string"}}),
         IndexModel([("org_id", ASCENDING), ("idempotency_key", ASCENDING)], unique=True,
                    partialFilterExpression={"idempotency_key": {"$type": "string"}}),
+        IndexModel([("email_message_id", ASCENDING)],
+                   partialFilterExpression={"email_message_id": {"$type": "string"}}),
     ],
     "links": [
         IndexModel([("token_hash", ASCENDING)], unique=True),
@@ -69,8 +78,22 @@ INDEXES: dict[str, list[IndexModel]] = {
     "audit": [
         IndexModel([("org_id", ASCENDING), ("seq", ASCENDING)], unique=True),
         IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING), ("seq", ASCENDING)]),
+        # Staff portal: per-message timeline, and the audit view's actor filter.
+        IndexModel([("org_id", ASCENDING), ("message_id", ASCENDING), ("seq", ASCENDING)],
+                   partialFilterExpression={"message_id": {"$type": "string"}}),
+        IndexModel([("org_id", ASCENDING), ("actor.id", ASCENDING), ("seq", ASCENDING)]),
     ],
+    # Staff sign-in throttling counters (gateway.staff_auth.LoginThrottle): one per key and window.
+    "login_throttle": [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0)],
+    # First-run setup tokens (gateway.staff_auth.SetupTokens): _id is the token's SHA-256.
+    "setup_tokens": [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=86400)],
     "sandbox_sms": [IndexModel([("org_id", ASCENDING), ("created_at", ASCENDING)])],
+    "sandbox_mail": [IndexModel([("created_at", ASCENDING)])],
+    "reply_tokens": [
+        IndexModel([("token_hash", ASCENDING)], unique=True),
+        IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING)]),
+    ],
+    "attachments": [IndexModel([("org_id", ASCENDING), ("message_id", ASCENDING)])],
 }
 
 

@@ -19,12 +19,15 @@ from pymongo.errors import PyMongoError
 from gateway.audit import Actor
 from gateway.contacts import OPTED_OUT
 from gateway.errors import IntegrityError, NotFound, ProviderPermanent, ProviderTransient
+from gateway.orgs import Org
 from gateway.outbox import DEAD, FAILED, PENDING, SENT
-from gateway.ports import EmailSender, SmsSender
+from gateway.ports import EmailSender, OutgoingEmail, SmsSender
 from gateway.services import Services
 from gateway.store import Doc
 from inbound.twilio_webhooks import apply_delivery_event
 from outbound.compose import LINK_TEMPLATES, sms_text
+from outbound.compose_email import CONTENT_TEMPLATES, make_message_id, render_email, reply_address
+from outbound.compose_email import LINK_TEMPLATES as EMAIL_LINK_TEMPLATES
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +152,49 @@ class OutboxDispatcher:
         return sms_text(template, org_name=org_name, url=url)
 
     async def _send_email(self, job: Doc) -> str:
-        raise ProviderPermanent("email channel not configured", code="no_sender")
+        s = self._s
+        assert self._email is not None
+        org = await s.orgs.get(job["org_id"])
+        contact = await s.contacts.get(org.id, job["contact_id"])
+        if contact.opted_out("email"):
+            raise ProviderPermanent("contact opted out of email", code="opted_out")
+        address = (await s.contacts.reveal(contact))["email"]
+        if not address:
+            raise ProviderPermanent("contact has no email address", code="no_address")
+        template = job["template"]
+        if template not in EMAIL_LINK_TEMPLATES | CONTENT_TEMPLATES:
+            raise ProviderPermanent(f"template {template} has no email form", code="no_template")
+        url = body = None
+        if template in EMAIL_LINK_TEMPLATES:
+            token = await s.vault.open(org.id, "outbox", job["_id"], "link_token", job["link_token"])
+            url = f"{s.public_url}/s/{token}"
+        else:
+            message = await s.conversations.get_message(org.id, job["message_id"])
+            body = await s.conversations.open_body(message)
+        subject, text, html = render_email(template, org_name=org.name, url=url, body=body)
+        from_address = org.email_from or s.config.smtp.from_address or f"no-reply@{self._mail_domain(org)}"
+        reply_domain = org.reply_domain or s.config.inbound_smtp.reply_domain
+        reply_to = None
+        if job.get("reply_token") and reply_domain:
+            reply_token = await s.vault.open(org.id, "outbox", job["_id"], "reply_token", job["reply_token"])
+            reply_to = reply_address(reply_token, reply_domain)
+        # One Message-ID per job, fixed before the first attempt, so a retry is the same mail.
+        message_id = job.get("email_message_id")
+        if not message_id:
+            message_id = make_message_id(from_address.rpartition("@")[2])
+            await s.store.outbox.update_one({"_id": job["_id"]}, {"$set": {"email_message_id": message_id}})
+        headers: list[tuple[str, str]] = []
+        if template == "inbound_ack":
+            headers.append(("Auto-Submitted", "auto-replied"))
+        if job.get("in_reply_to"):
+            headers += [("In-Reply-To", job["in_reply_to"]), ("References", job["in_reply_to"])]
+        mail = OutgoingEmail(from_address=from_address, from_name=org.name, to_address=address, subject=subject,
+                             text=text, html=html, message_id=message_id, reply_to=reply_to,
+                             headers=tuple(headers))
+        return await self._email.send_email(mail)
+
+    def _mail_domain(self, org: Org) -> str:
+        return org.reply_domain or self._s.config.inbound_smtp.reply_domain or "localhost"
 
     async def _mark_sent(self, job: Doc, provider_id: str) -> None:
         s = self._s
@@ -157,11 +202,16 @@ class OutboxDispatcher:
         await s.store.outbox.update_one(
             {"_id": job["_id"]},
             {"$set": {"state": SENT, "provider_id": provider_id, "sent_at": now, "updated_at": now,
-                      "last_error": None}, "$unset": {"link_token": ""}},
+                      "last_error": None}, "$unset": {"link_token": "", "reply_token": ""}},
         )
         if job.get("message_id") and job["kind"] in ("sms", "email"):
-            await s.store.messages.update_one({"_id": job["message_id"]}, {"$set": {"provider_id": provider_id}})
+            ids = {"provider_id": provider_id}
+            if job["kind"] == "email":
+                ids["email_message_id"] = provider_id  # bounces name the original Message-ID
+            await s.store.messages.update_one({"_id": job["message_id"]}, {"$set": ids})
             await s.conversations.apply_status(job["message_id"], "accepted", now)
+            if job["kind"] == "email":  # the relay took it; mail has no delivery callbacks
+                await s.conversations.apply_status(job["message_id"], "sent", now)
             await s.audit.append(job["org_id"], "message.accepted", Actor("system"), message_id=job["message_id"],
                                  job_id=job["_id"], detail={"channel": job["kind"]})
         # Status callbacks that arrived before we knew this provider id: apply them now.
@@ -194,7 +244,7 @@ class OutboxDispatcher:
             {"_id": job["_id"]},
             {"$set": {"state": state, "updated_at": now, "lease_until": now,
                       "last_error": {"code": code, "message": message[:300], "at": now}},
-             "$unset": {"link_token": ""}},
+             "$unset": {"link_token": "", "reply_token": ""}},
         )
         if job.get("message_id") and job["kind"] in ("sms", "email"):
             await s.conversations.apply_status(job["message_id"], "failed", now, code)

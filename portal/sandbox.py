@@ -1,13 +1,15 @@
-"""/sandbox: what the sandbox SMS provider delivered, and a box to answer as the contact.
+"""/sandbox: what the sandbox SMS and mail providers delivered, and forms to answer as the contact.
 
-Only mounted when no SMS provider is configured. Replies go through the same durable inbound
-path as Twilio webhooks (stored event → processor), so the quick start shows the real loop.
+Only mounted when a provider is in sandbox mode. Answers go through the same durable inbound
+path as real ones (stored event → processor), so the quick start shows the real loop.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import defaultdict
+from email.message import EmailMessage
+from email.utils import make_msgid
 from typing import Any
 
 from aiohttp import web
@@ -15,39 +17,49 @@ from aiohttp import web
 from gateway.errors import ValidationError
 from gateway.phone import normalize_e164
 from gateway.services import Services
-from gateway.tokens import csrf_ok, csrf_token
+from gateway.tokens import csrf_ok, csrf_token, token_hash
 from inbound.events import InboundEvents
-from outbound.sandbox import SandboxSmsSender
+from outbound.compose_email import parse_reply_address
+from outbound.sandbox import SandboxEmailSender, SandboxSmsSender
 from portal.client import same_origin
 from portal.render import render
 
 
 class SandboxPortal:
-    def __init__(self, services: Services, sender: SandboxSmsSender, events: InboundEvents) -> None:
+    def __init__(self, services: Services, sms: SandboxSmsSender | None, mail: SandboxEmailSender | None,
+                 events: InboundEvents) -> None:
         self._s = services
-        self._sender = sender
+        self._sms = sms
+        self._mail = mail
         self._events = events
         self._secret = services.sealer.keyring.mac_key
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/sandbox", self.page)
         app.router.add_post("/sandbox/reply", self.reply)
+        app.router.add_post("/sandbox/mail-reply", self.mail_reply)
 
     async def page(self, request: web.Request) -> web.Response:
-        sent = await self._sender.messages()
-        replies: list[dict[str, Any]] = []
         phones: dict[str, dict[str, Any]] = defaultdict(lambda: {"messages": []})
-        for m in reversed(sent + replies):
-            p = phones[m["to"]]
-            p["number"], p["org_number"] = m["to"], m["from"]
-            p["messages"].append({**m, "mine": False})
-        return render(request, "sandbox.html", phones=list(phones.values()), csrf=csrf_token(self._secret, "sandbox"))
+        for m in reversed(await self._sms.messages() if self._sms else []):
+            p = phones[str(m["to"])]
+            p["number"] = m["to"]
+            if not m["mine"]:
+                p["org_number"] = m["from"]
+            p["messages"].append(m)
+        mails = await self._mail.messages() if self._mail else []
+        return render(request, "sandbox.html", phones=[p for p in phones.values() if "org_number" in p],
+                      mails=mails, csrf=csrf_token(self._secret, "sandbox"))
 
-    async def reply(self, request: web.Request) -> web.Response:
+    async def _fields(self, request: web.Request) -> dict[str, str]:
         form = await request.post()
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         if not same_origin(request, self._s.public_url) or not csrf_ok(self._secret, "sandbox", fields.get("csrf", "")):
             raise web.HTTPForbidden(text="form expired")
+        return fields
+
+    async def reply(self, request: web.Request) -> web.Response:
+        fields = await self._fields(request)
         body = fields.get("body", "").strip()
         if not body or len(body) > 1600:
             raise ValidationError("body", "must be 1 to 1600 characters")
@@ -55,9 +67,35 @@ class SandboxPortal:
         to = fields.get("to", "")
         org = await self._s.orgs.by_recipient(to, to if to.startswith("MG") else None)
         sid = "SM" + secrets.token_hex(16)
+        if self._sms is not None:
+            await self._sms.record_reply(from_number=frm, to_number=to, body=body)
         await self._events.accept(
             provider="sandbox", provider_id=sid, org_id=org.id if org else None, kind="sms",
             payload={"MessageSid": sid, "From": frm, "To": to, "Body": body, "NumMedia": "0"},
             state="pending" if org else "unroutable",
+        )
+        raise web.HTTPSeeOther("/sandbox")
+
+    async def mail_reply(self, request: web.Request) -> web.Response:
+        """Answer a sandbox mail as the contact: a real RFC 5322 message through the email path."""
+        fields = await self._fields(request)
+        body = fields.get("body", "").strip()
+        if not body or len(body) > 20_000:
+            raise ValidationError("body", "must be 1 to 20000 characters")
+        reply_to = fields.get("reply_to", "")
+        token = parse_reply_address(reply_to, reply_to.rpartition("@")[2])
+        scope = await self._s.reply_tokens.find_live(token) if token else None
+        if scope is None:
+            raise ValidationError("reply_to", "is not a live reply address")
+        contact = await self._s.contacts.reveal(scope["contact_id"], scope["org_id"])
+        mail = EmailMessage()
+        mail["From"] = contact["email"] or "client@example.invalid"
+        mail["To"] = reply_to
+        mail["Subject"] = "Re: " + fields.get("subject", "")[:200]
+        mail["Message-ID"] = make_msgid(domain="sandbox.invalid")
+        mail.set_content(body)
+        await self._events.accept(
+            provider="sandbox-mail", provider_id=mail["Message-ID"], org_id=scope["org_id"], kind="email",
+            raw=bytes(mail), payload={"mail_from": mail["From"], "token_hash": token_hash(token or "")},
         )
         raise web.HTTPSeeOther("/sandbox")

@@ -1,0 +1,47 @@
+"""Email reply addresses: reply+<token>@<reply_domain>, one fresh token per outgoing mail.
+
+A token (256 bits, only its SHA-256 stored) is scoped to one thread and one contact, so a reply
+lands in that conversation whatever its subject or From header says. Tokens stay valid for a
+long time (replies come late) and die with the contact's erasure.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pymongo.asynchronous.client_session import AsyncClientSession
+
+from gateway.ids import new_id
+from gateway.ports import Clock
+from gateway.store import Doc, Store
+from gateway.tokens import looks_like_token, new_token, token_hash
+
+REPLY_TOKEN_DAYS = 400
+
+
+class ReplyTokens:
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def new(self, *, org_id: str, thread_id: str, contact_id: str) -> tuple[Doc, str]:
+        token = new_token()
+        now = self._clock.now()
+        doc: Doc = {"_id": new_id(), "org_id": org_id, "thread_id": thread_id, "contact_id": contact_id,
+                    "token_hash": token_hash(token), "created_at": now,
+                    "expires_at": now + timedelta(days=REPLY_TOKEN_DAYS), "revoked_at": None}
+        return doc, token
+
+    async def insert(self, doc: Doc, session: AsyncClientSession | None = None) -> None:
+        await self._store.reply_tokens.insert_one(doc, session=session)
+
+    async def find_live(self, token: str) -> Doc | None:
+        if not looks_like_token(token):
+            return None
+        doc = await self._store.reply_tokens.find_one({"token_hash": token_hash(token)})
+        if doc is None or doc.get("revoked_at") or self._clock.now() >= doc["expires_at"]:
+            return None
+        return doc
+
+    async def by_hash(self, digest: str) -> Doc | None:
+        return await self._store.reply_tokens.find_one({"token_hash": digest})

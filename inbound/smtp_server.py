@@ -1,0 +1,121 @@
+"""The SMTP listener for email replies (aiosmtpd), on the gateway's event loop or alone (--role smtp).
+
+Reply codes are the contract (RFC 5321): RCPT accepts only reply+<token>@<reply domain> for a
+live token (550 5.1.1 otherwise, so nothing is stored for unknown addresses); DATA answers 250
+only after the sealed raw message is durably stored, 451 4.3.0 when the store is unavailable;
+aiosmtpd answers 552 above the size limit; a peer sending too fast gets 451 4.7.0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import ssl
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from pymongo.errors import PyMongoError
+
+from gateway.config import InboundSmtpConfig
+from gateway.errors import StoreUnavailable
+from gateway.orgs import Orgs
+from gateway.phone import mask_email
+from gateway.reply_tokens import ReplyTokens
+from gateway.tokens import token_hash
+from inbound.events import InboundEvents
+from outbound.compose_email import parse_reply_address
+from portal.http import RateLimiter
+
+logger = logging.getLogger(__name__)
+
+MAX_RECIPIENTS = 10
+MESSAGES_PER_MINUTE = 60
+
+
+class ReplyHandler:
+    """aiosmtpd handler: recipients must be live reply addresses; DATA is stored before 250."""
+
+    def __init__(self, config: InboundSmtpConfig, orgs: Orgs, reply_tokens: ReplyTokens, events: InboundEvents) -> None:
+        self._config = config
+        self._orgs = orgs
+        self._reply_tokens = reply_tokens
+        self._events = events
+        self._rate = RateLimiter(MESSAGES_PER_MINUTE, 60)
+
+    async def _domains(self, domain: str) -> bool:
+        domain = domain.lower()
+        if self._config.reply_domain and domain == self._config.reply_domain.lower():
+            return True
+        return bool(await self._orgs.by_reply_domain(domain))
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        if not self._rate.allow(peer):
+            logger.warning("smtp: peer over its rate", extra={"fields": {"peer": peer}})
+            return "451 4.7.0 Too many messages, slow down"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return "452 4.5.3 Too many recipients"
+        domain = address.rpartition("@")[2]
+        token = parse_reply_address(address, domain) if domain else None
+        try:
+            live = token is not None and await self._domains(domain) and await self._reply_tokens.find_live(token)
+        except PyMongoError:  # the database is down: say so, the sender will retry
+            logger.warning("smtp: cannot check recipient, database unavailable")
+            return "451 4.3.0 Temporarily unable to check the recipient"
+        if not live:
+            logger.info("smtp: unknown recipient refused", extra={"fields": {"rcpt": mask_email(address)}})
+            return "550 5.1.1 No such recipient"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        headers = BytesHeaderParser(policy=default_policy).parsebytes(raw)
+        try:
+            message_id = str(headers.get("Message-ID", "") or "").strip()
+        except Exception:  # noqa: BLE001 - a malformed header must not lose the mail
+            message_id = ""
+        message_key = message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
+        try:
+            for rcpt in envelope.rcpt_tos:
+                token = parse_reply_address(rcpt, rcpt.rpartition("@")[2])
+                assert token is not None  # RCPT accepted only reply addresses
+                digest = token_hash(token)
+                doc = await self._reply_tokens.by_hash(digest)
+                if doc is None:
+                    continue
+                # Once per (Message-ID, conversation): a resent mail is not stored twice.
+                await self._events.accept(
+                    provider="smtp", provider_id=f"{message_key}|{digest[:16]}", org_id=doc["org_id"], kind="email",
+                    raw=raw, payload={"mail_from": envelope.mail_from or "", "token_hash": digest},
+                    meta={"size": len(raw)},
+                )
+        except StoreUnavailable:
+            return "451 4.3.0 Temporarily unable to store the message, try again later"
+        return "250 2.0.0 Message accepted"
+
+
+def make_smtp(handler: ReplyHandler, config: InboundSmtpConfig, hostname: str) -> SMTP:
+    """One SMTP protocol instance (aiosmtpd makes one per connection)."""
+    tls: ssl.SSLContext | None = None
+    if config.tls_cert_file:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    kwargs: dict[str, Any] = {}
+    if tls is not None:
+        kwargs["tls_context"] = tls
+        kwargs["require_starttls"] = config.require_starttls
+    return SMTP(handler, data_size_limit=config.max_message_bytes, hostname=hostname,
+                ident="Hushlink ESMTP", decode_data=False, enable_SMTPUTF8=True, **kwargs)
