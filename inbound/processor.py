@@ -67,11 +67,12 @@ class InboundProcessor:
                           "lease_until": self._clock.now()}},
             )
             return
-        # Done: drop the raw sealed payload (one less copy of client content to protect).
-        await self._store.inbound_events.update_one(
-            {"_id": event["_id"]},
-            {"$set": {"state": state, "processed_at": self._clock.now()}, "$unset": {"payload": "", "raw": ""}},
-        )
+        # Done: drop the raw sealed payload (one less copy of client content to protect). Events
+        # that could not be routed keep it, sealed, for review.
+        update: Doc = {"$set": {"state": state, "processed_at": self._clock.now()}}
+        if state == "done":
+            update["$unset"] = {"payload": "", "raw": ""}
+        await self._store.inbound_events.update_one({"_id": event["_id"]}, update)
         if self._after_event is not None:
             self._after_event()
 

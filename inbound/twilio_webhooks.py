@@ -128,7 +128,11 @@ async def record_delivery_event(s: Services, provider_id: str, status: str, erro
             "error_code": error_code, "at": now,
         })
     except DuplicateKeyError:
-        return  # Twilio repeats callbacks; the first one counted
+        # Twilio repeats callbacks; the first one counted. Applying is idempotent, so apply
+        # again: the first delivery may have been stored and then failed (503) before applying.
+        first = await s.store.delivery_events.find_one({"provider_id": provider_id, "status": status})
+        if first is not None:
+            now, error_code = first["at"], first.get("error_code")
     await apply_delivery_event(s, provider_id, status, error_code, now)
 
 

@@ -225,7 +225,8 @@ class ClientPortal:
                 return render(request, "client/notice.html", status=403, message="This form expired.")
             await self._s.sessions.delete(request.cookies[self.cookie])
         response = render(request, "client/notice.html", message=STRINGS["signed_out"])
-        response.del_cookie(self.cookie, path="/")
+        # Same attributes as when set: browsers ignore a __Host- cookie (even an expiring one) without Secure.
+        response.del_cookie(self.cookie, path="/", secure=self._secure_cookie, httponly=True, samesite="Lax")
         response.headers["Clear-Site-Data"] = '"cache", "cookies", "storage"'
         return response
 

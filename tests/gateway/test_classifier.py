@@ -1,4 +1,4 @@
-"""The sensitive-content classifier: what it flags, what it lets through, and that it cannot hang."""
+"""The sensitive-content classifier: what it flags, what it lets through, that it cannot hang."""
 
 from __future__ import annotations
 

@@ -153,7 +153,13 @@ def test_bad_format_args_neither_raise_nor_leak(plain: Captured) -> None:
 def test_any_extra_attribute_is_redacted(plain: Captured) -> None:
     token = new_token()
     seen: list[logging.LogRecord] = []
-    plain.handler.addFilter(lambda r: seen.append(r) or True)
+
+    class Keep(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            seen.append(record)
+            return True
+
+    plain.handler.addFilter(Keep())
     plain.logger.info(
         "access", extra={"first_request_line": f"GET /s/{token}", "request_header": {"To": PHONE}}
     )
@@ -321,3 +327,9 @@ PATHOLOGICAL = {
 @pytest.mark.parametrize("text", PATHOLOGICAL.values(), ids=PATHOLOGICAL.keys())
 def test_pathological_100kb_message_finishes(text: str) -> None:
     assert isinstance(redact(text), str)
+
+
+def test_json_line_survives_non_ascii_and_lone_surrogates(jsonl: Captured) -> None:
+    jsonl.logger.info("José \ud800 ok")
+    assert jsonl.text.isascii()
+    assert json.loads(jsonl.text)["msg"] == "José \ud800 ok"
