@@ -17,7 +17,9 @@ from gateway.services import Services, build_services
 from gateway.store import Store, make_client
 from outbound.twilio_sms import TwilioSmsSender
 from tests.support.database import SecantusServer, external_uri
-from tests.support.harness import ORG_NUMBER, PUBLIC_URL, Gateway
+from outbound.smtp_email import SmtpEmailSender
+from tests.support.harness import ORG_EMAIL, ORG_NUMBER, PUBLIC_URL, REPLY_DOMAIN, Gateway
+from tests.support.smtp_sink import SmtpSink
 from tests.support.twilio_standin import TwilioStandIn
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -88,9 +90,15 @@ async def gw(services: Services, twilio: TwilioStandIn, clock: FrozenClock, aioh
     from gateway.api_keys import ApiKeys
 
     sender = TwilioSmsSender(twilio.account_sid, twilio.auth_token, api_base=twilio.base_url, timeout=3)
-    runtime = build_runtime(services, sms=sender)
+    sink = SmtpSink()
+    await sink.start()
+    mailer = SmtpEmailSender(sink.host, sink.port, starttls=False, timeout=5)
+    runtime = build_runtime(services, sms=sender, email=mailer)
     client = await aiohttp_client(create_app(runtime, workers=False))
-    org = await services.orgs.create("Riverside Clinic", ORG_NUMBER)
+    org = await services.orgs.create("Riverside Clinic", ORG_NUMBER, email_from=ORG_EMAIL, reply_domain=REPLY_DOMAIN)
     key, _ = await ApiKeys(services.store, clock).create(org.id, "tests")
-    yield Gateway(client, services, runtime, twilio, clock, org, key)
+    gateway = Gateway(client, services, runtime, twilio, clock, org, key, mail=sink)
+    yield gateway
+    await gateway.stop_smtp()
     await sender.close()
+    await sink.close()

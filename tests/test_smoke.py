@@ -9,3 +9,16 @@ async def test_secure_message_sends_only_a_link(gw):
     assert len(sms) == 1
     assert "biopsy" not in sms[0]["body"]
     assert "/s/" in sms[0]["body"]
+
+
+async def test_secure_email_carries_only_a_link_and_a_reply_address(gw):
+    from tests.support.harness import CLIENT_EMAIL, REPLY_RE
+
+    data = await gw.api_send(channel="email", to={"email": CLIENT_EMAIL}, body="Your biopsy result is benign.")
+    assert data["secure"] is True
+    await gw.drain()
+    [mail] = gw.mail_to(CLIENT_EMAIL)
+    text = mail.get_body(("plain",)).get_content()
+    assert "biopsy" not in text and "biopsy" not in str(mail["Subject"])
+    assert "/s/" in text
+    assert REPLY_RE.search(str(mail["Reply-To"]))

@@ -16,6 +16,10 @@ from tests.support.twilio_standin import TwilioStandIn, inbound_sms_params, new_
 
 PUBLIC_URL = "http://hushlink.test"
 ORG_NUMBER = "+15005550006"
+ORG_EMAIL = "care@riverside.test"
+REPLY_DOMAIN = "reply.riverside.test"
+CLIENT_EMAIL = "alex@client.test"
+REPLY_RE = re.compile(r"reply\+([A-Za-z0-9_-]{43})@")
 CLIENT_PHONE = "+15551230001"
 LINK_RE = re.compile(r"/s/([A-Za-z0-9_-]{43})")
 
@@ -30,6 +34,8 @@ class Gateway:
     org: Org
     api_key: str
     extra: dict[str, Any] = field(default_factory=dict)
+    mail: Any = None  # the SmtpSink that receives outbound mail
+    smtp_server: Any = None
 
     @property
     def store(self) -> Any:
@@ -102,6 +108,30 @@ class Gateway:
         if pin is not None:
             data["pin"] = pin
         return await self.client.post(f"/s/{token}", data=data, allow_redirects=False)
+
+    def mail_to(self, address: str = CLIENT_EMAIL) -> list[Any]:
+        """Parsed messages (email.message.EmailMessage) the relay received for this address."""
+        return [m["message"] for m in self.mail.messages if address in m["rcpt_tos"]]
+
+    async def start_smtp(self, **overrides: Any) -> int:
+        """Start the gateway's SMTP listener on a free loopback port; returns the port."""
+        import asyncio
+        from dataclasses import replace
+
+        from inbound.smtp_server import ReplyHandler, make_smtp
+
+        s = self.services
+        cfg = replace(s.config.inbound_smtp, reply_domain=REPLY_DOMAIN, **overrides)
+        handler = ReplyHandler(cfg, s.orgs, s.reply_tokens, self.runtime.events)
+        loop = asyncio.get_running_loop()
+        self.smtp_server = await loop.create_server(lambda: make_smtp(handler, cfg, REPLY_DOMAIN), "127.0.0.1", 0)
+        return int(self.smtp_server.sockets[0].getsockname()[1])
+
+    async def stop_smtp(self) -> None:
+        if self.smtp_server is not None:
+            self.smtp_server.close()
+            await self.smtp_server.wait_closed()
+            self.smtp_server = None
 
     async def audit_actions(self) -> list[str]:
         return [d["action"] async for d in self.store.audit.find({"org_id": self.org.id}).sort("seq", 1)]
