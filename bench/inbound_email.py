@@ -1,0 +1,128 @@
+"""Inbound email benchmark: replies through real SMTP sessions against `hushlink serve`.
+
+In the same run, a baseline: an aiosmtpd handler doing one insert_one per message on the same
+database server. Prints throughput and p50/p99 of SMTP acceptance for both, the ratio, and the
+end-to-end throughput until every reply is sealed in its thread (parsing and quote-stripping
+included).
+
+    .venv/bin/python -m bench.inbound_email [--messages 500] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import aiosmtplib
+from pymongo import AsyncMongoClient
+
+from bench.common import Gateway, LoadResult, free_port
+from tests.support.smtp_sink import SmtpSink
+
+REPLY_DOMAIN = "reply.bench.test"
+REPLY = (
+    "From: Client {n} <client{n}@bench.test>\r\nTo: {rcpt}\r\nSubject: Re: New secure message\r\n"
+    "Message-ID: <r{n}-{i}@bench.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    "Thanks, Tuesday at 3pm works for me.\r\n\r\nOn Mon, 5 Jan 2026 at 09:00, Bench Clinic <care@bench.test> wrote:\r\n"
+    "> You have a new secure message. Open it here: https://example.test/s/xyz\r\n"
+)
+
+
+async def smtp_load(name: str, port: int, mails: list[tuple[str, str]], concurrency: int) -> LoadResult:
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    for m in mails:
+        queue.put_nowait(m)
+
+    async def worker() -> None:
+        nonlocal errors
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=60, start_tls=False)
+        await smtp.connect()
+        while not queue.empty():
+            rcpt, raw = queue.get_nowait()
+            t = time.perf_counter()
+            try:
+                await smtp.sendmail("client@bench.test", [rcpt], raw)
+            except aiosmtplib.SMTPException:
+                errors += 1
+            latencies.append(time.perf_counter() - t)
+        await smtp.quit()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return LoadResult(name, len(mails), time.perf_counter() - start, latencies, errors)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=500)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--contacts", type=int, default=50)
+    args = ap.parse_args()
+    async with SmtpSink() as sink:
+        with tempfile.TemporaryDirectory() as tmp:
+            smtp_port = free_port()
+            gw = Gateway(Path(tmp) / "data", {
+                "HUSHLINK_SMTP__HOST": sink.host, "HUSHLINK_SMTP__PORT": str(sink.port),
+                "HUSHLINK_SMTP__STARTTLS": "false", "HUSHLINK_INBOUND_SMTP__PORT": str(smtp_port),
+                "HUSHLINK_INBOUND_SMTP__REPLY_DOMAIN": REPLY_DOMAIN,
+            })
+            gw.data_dir.mkdir(parents=True)
+            gw.start()
+            try:
+                org = gw.admin("create-org", "--name", "Bench Clinic", "--sms-number", "+15005550006",
+                               "--email-from", "care@bench.test", "--reply-domain", REPLY_DOMAIN)
+                key = gw.admin("create-api-key", "--org", org["id"], "--name", "bench")["key"]
+                async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
+                    for n in range(args.contacts):
+                        async with http.post(gw.url + "/api/v1/messages", json={
+                                "channel": "email", "to": {"email": f"client{n}@bench.test"},
+                                "body": "Your appointment is confirmed."}) as r:
+                            assert r.status == 201, await r.text()
+                deadline = time.monotonic() + 120
+                while len(sink.messages) < args.contacts and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                rcpts = [re.search(r"reply\+[A-Za-z0-9_-]{43}@[^>\s]+", str(m["message"]["Reply-To"])).group(0)
+                         for m in sink.messages]
+                mails = [(rcpts[i % len(rcpts)], REPLY.format(n=i % len(rcpts), i=i, rcpt=rcpts[i % len(rcpts)]))
+                         for i in range(args.messages)]
+                uri = gw.database_uri()
+                bport = free_port()
+                baseline = subprocess.Popen([sys.executable, "-m", "bench.baseline_smtp", "--uri", uri,
+                                             "--port", str(bport)])
+                await asyncio.sleep(1.5)
+                try:
+                    base = await smtp_load("baseline insert_one", bport, mails, args.concurrency)
+                    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri)
+                    start = time.perf_counter()
+                    ours = await smtp_load("hushlink SMTP 250", smtp_port, mails, args.concurrency)
+                    while await client.hushlink.messages.count_documents(
+                            {"direction": "inbound", "channel": "email"}) < args.messages:
+                        await asyncio.sleep(0.05)
+                    e2e_s = time.perf_counter() - start
+                    await client.close()
+                finally:
+                    baseline.terminate()
+                    baseline.wait(30)
+            finally:
+                gw.stop()
+    e2e = LoadResult("hushlink end-to-end", args.messages, e2e_s, ours.latencies, 0)
+    print(f"inbound email benchmark: {args.messages} replies over SMTP, concurrency {args.concurrency}, "
+          f"{len(rcpts)} conversations, embedded SecantusDB")
+    print(base.line())
+    print(ours.line())
+    print(f"{'hushlink end-to-end':<28} {e2e.throughput:8.1f} msg/s  (all sealed in threads after {e2e_s:.2f} s)")
+    print(f"ratio SMTP accept/baseline  {ours.throughput / base.throughput:6.2f}x")
+    print(f"ratio end-to-end/baseline   {e2e.throughput / base.throughput:6.2f}x   (target >= 0.5x)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
