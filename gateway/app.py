@@ -127,6 +127,7 @@ def create_app(rt: Runtime, *, role: str = "all", workers: bool = True) -> web.A
         app.router.add_get("/robots.txt", robots)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", _readyz(s))
+    app.router.add_get("/metrics", _metrics(s))
     if workers and role in ("all", "worker"):
         app.cleanup_ctx.append(_workers(rt))
     if workers and role in ("all", "smtp") and s.config.inbound_smtp.enabled:
@@ -167,6 +168,18 @@ def _readyz(s: Services):  # type: ignore[no-untyped-def]
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "database unavailable"}, status=503)
     return readyz
+
+
+def _metrics(s: Services):  # type: ignore[no-untyped-def]
+    """Prometheus text: queue depths by state (counts only; no ids, no content)."""
+    async def metrics(request: web.Request) -> web.Response:
+        lines = []
+        for collection, metric in (("outbox", "hushlink_outbox_jobs"), ("inbound_events", "hushlink_inbound_events")):
+            lines.append(f"# TYPE {metric} gauge")
+            async for row in s.store.db[collection].aggregate([{"$group": {"_id": "$state", "n": {"$sum": 1}}}]):
+                lines.append(f'{metric}{{state="{row["_id"]}"}} {row["n"]}')
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    return metrics
 
 
 def _workers(rt: Runtime):  # type: ignore[no-untyped-def]

@@ -22,3 +22,10 @@ async def test_secure_email_carries_only_a_link_and_a_reply_address(gw):
     assert "biopsy" not in text and "biopsy" not in str(mail["Subject"])
     assert "/s/" in text
     assert REPLY_RE.search(str(mail["Reply-To"]))
+
+
+async def test_metrics_count_queued_work_without_ids_or_content(gw):
+    await gw.api_send(body="Canary-metrics-5521")
+    text = await (await gw.client.get("/metrics")).text()
+    assert 'hushlink_outbox_jobs{state="pending"} 1' in text
+    assert "Canary" not in text
