@@ -176,7 +176,8 @@ def _metrics(s: Services):  # type: ignore[no-untyped-def]
         lines = []
         for collection, metric in (("outbox", "hushlink_outbox_jobs"), ("inbound_events", "hushlink_inbound_events")):
             lines.append(f"# TYPE {metric} gauge")
-            async for row in s.store.db[collection].aggregate([{"$group": {"_id": "$state", "n": {"$sum": 1}}}]):
+            cursor = await s.store.db[collection].aggregate([{"$group": {"_id": "$state", "n": {"$sum": 1}}}])
+            async for row in cursor:
                 lines.append(f'{metric}{{state="{row["_id"]}"}} {row["n"]}')
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
     return metrics
