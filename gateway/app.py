@@ -28,7 +28,7 @@ from inbound.smtp_server import ReplyHandler, make_smtp
 from inbound.twilio_webhooks import TwilioWebhooks, record_delivery_event
 from outbound.dispatcher import OutboxDispatcher
 from outbound.sandbox import SandboxEmailSender, SandboxSmsSender
-from outbound.smtp_email import SmtpEmailSender
+from outbound.smtp_email import DkimSigner, SmtpEmailSender
 from outbound.twilio_sms import TwilioSmsSender
 from portal.api import ApiV1
 from portal.client import ClientPortal
@@ -90,8 +90,10 @@ def build_runtime(services: Services, *, sms: SmsSender | None = None, email: Em
         if mail.sandbox:
             email = sandbox_mail = SandboxEmailSender(s.store, s.vault, s.clock)
         else:
+            dkim = DkimSigner(mail.dkim_selector, mail.dkim_domain, mail.dkim_private_key) \
+                if mail.dkim_private_key else None
             email = SmtpEmailSender(mail.host, mail.port, username=mail.username, password=mail.password,
-                                    starttls=mail.starttls, timeout=mail.timeout_seconds)
+                                    starttls=mail.starttls, timeout=mail.timeout_seconds, dkim=dkim)
     elif isinstance(email, SandboxEmailSender):
         sandbox_mail = email
     handlers = {

@@ -65,6 +65,9 @@ class SmtpConfig:
     starttls: bool = True
     from_address: str = ""
     timeout_seconds: float = 15.0
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_private_key: str = field(default="", repr=False)
 
     @property
     def sandbox(self) -> bool:
@@ -236,6 +239,15 @@ def _validate(config: Config) -> None:
         raise ConfigError("twilio.api_base", "must be an http(s) URL")
     if tw.timeout_seconds <= 0:
         raise ConfigError("twilio.timeout_seconds", "must be positive")
+    sm = config.smtp
+    if sm.host and not sm.starttls and sm.host not in ("127.0.0.1", "::1", "localhost"):
+        raise ConfigError("smtp.starttls", "must be true for a relay that is not on this machine (mail would "
+                                           "cross the network unencrypted)")
+    if sm.host and sm.from_address and "@" not in sm.from_address:
+        raise ConfigError("smtp.from_address", "must be an email address")
+    if any((sm.dkim_selector, sm.dkim_domain, sm.dkim_private_key)) and not all(
+            (sm.dkim_selector, sm.dkim_domain, sm.dkim_private_key)):
+        raise ConfigError("smtp.dkim_private_key", "dkim_selector, dkim_domain and dkim_private_key go together")
     ib = config.inbound_smtp
     if bool(ib.tls_cert_file) != bool(ib.tls_key_file):
         raise ConfigError("inbound_smtp.tls_key_file", "tls_cert_file and tls_key_file go together")

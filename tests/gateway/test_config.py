@@ -212,3 +212,23 @@ def test_serve_with_bad_config_exits_2_naming_the_key_before_binding(tmp_path):
                                              "HUSHLINK_SERVER__DATA_DIR": str(data_dir)})
     assert result.returncode == 2 and "server.port" in result.stderr
     assert not data_dir.exists()
+
+
+def test_a_remote_smtp_relay_without_starttls_is_refused_naming_the_key():
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"HUSHLINK_SMTP__HOST": "smtp.example.org", "HUSHLINK_SMTP__STARTTLS": "false"})
+    assert err.value.key == "smtp.starttls"
+    # A relay on this machine (e.g. a local MTA) may be plain.
+    assert load_config(None, {"HUSHLINK_SMTP__HOST": "127.0.0.1", "HUSHLINK_SMTP__STARTTLS": "false"}).smtp.host
+
+
+def test_dkim_settings_go_together():
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"HUSHLINK_SMTP__DKIM_SELECTOR": "s1"})
+    assert err.value.key == "smtp.dkim_private_key"
