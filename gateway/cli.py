@@ -82,6 +82,14 @@ async def serve(config: Config, role: str) -> int:
         url = services.public_url
         print(f"Hushlink is running: {url}  (role {role}; database "
               f"{'embedded' if not config.database.uri else 'external'})", flush=True)
+        if role in ("all", "web"):
+            from gateway.staff_auth import SETUP_TTL_SECONDS, first_run_url
+
+            setup_url = await first_run_url(services.store, services.clock, url)
+            if setup_url:
+                print(f"First run: no staff account exists yet. Create your organization and its first admin at\n"
+                      f"  {setup_url}\n(one use, valid {SETUP_TTL_SECONDS // 60} minutes; restart to get a new one)",
+                      flush=True)
         if runtime.sandbox is not None:
             if not await services.orgs.all():
                 org = await services.orgs.create("Demo Clinic", DEMO_NUMBER)

@@ -22,7 +22,7 @@ from gateway.outbox import Outbox
 from gateway.pins import hash_secret, validate_pin
 from gateway.ports import Clock
 from gateway.reply_tokens import ReplyTokens
-from gateway.store import Doc, Store
+from gateway.store import THREADS_BY_ACTIVITY, Doc, Store
 from gateway.vault import Vault
 
 MAX_BODY = 5000
@@ -88,6 +88,8 @@ class Conversations:
                 upsert=True, return_document=ReturnDocument.AFTER,
             )
         except DuplicateKeyError:  # two upserts raced; the other one created it
+            doc = None
+        if doc is None:  # SecantusDB may answer the losing upsert of a race with no document
             doc = await self._store.threads.find_one({"org_id": org_id, "contact_id": contact_id})
         assert doc is not None
         return doc
@@ -272,11 +274,18 @@ class Conversations:
             query["contact_id"] = {"$in": contact_ids}
         if unread:
             query["unread_staff"] = {"$gt": 0}
+        order = [("last_activity_at", -1), ("_id", -1)]
+        out: list[Doc] = []
         if before is not None:
+            # Two plain index ranges instead of an $or: the rest of the cursor's instant, then older.
             at, tid = before
-            query["$or"] = [{"last_activity_at": {"$lt": at}}, {"last_activity_at": at, "_id": {"$lt": tid}}]
-        cursor = self._store.threads.find(query).sort([("last_activity_at", -1), ("_id", -1)]).limit(limit)
-        return [d async for d in cursor]
+            ties = self._store.threads.find({**query, "last_activity_at": at, "_id": {"$lt": tid}})
+            out = [d async for d in ties.sort(order).hint(THREADS_BY_ACTIVITY).limit(limit)]
+            query["last_activity_at"] = {"$lt": at}
+        if len(out) < limit:
+            rest = self._store.threads.find(query).sort(order).hint(THREADS_BY_ACTIVITY).limit(limit - len(out))
+            out += [d async for d in rest]
+        return out
 
     # -- receiving ----------------------------------------------------------------------
     async def record_inbound(

@@ -227,3 +227,11 @@ class SetupTokens:
     async def release(self, token: str) -> None:
         """Give a claimed token back (the setup failed after the claim)."""
         await self._store.setup_tokens.update_one({"_id": token_hash(token)}, {"$set": {"used_at": None}})
+
+
+async def first_run_url(store: Store, clock: Clock, public_url: str) -> str | None:
+    """With no staff account anywhere, a one-time URL that sets up the first org and admin; else None."""
+    if await store.staff.count_documents({}, limit=1):
+        return None
+    token = await SetupTokens(store, clock).issue()
+    return f"{public_url.rstrip('/')}/staff/setup/{token}"

@@ -17,6 +17,11 @@ logger = logging.getLogger(__name__)
 
 Doc = dict[str, Any]
 
+# Key patterns that queries name in hint() (a planner may otherwise pick a worse index).
+THREADS_BY_ACTIVITY = [("org_id", ASCENDING), ("last_activity_at", DESCENDING), ("_id", DESCENDING)]
+AUDIT_BY_MESSAGE = [("org_id", ASCENDING), ("message_id", ASCENDING), ("seq", ASCENDING)]
+CONTACTS_BY_ID = [("org_id", ASCENDING), ("_id", DESCENDING)]
+
 # Every index, declared once. Created idempotently at start-up (create_indexes is a no-op for
 # an index that already exists with the same spec).
 INDEXES: dict[str, list[IndexModel]] = {
@@ -42,13 +47,13 @@ INDEXES: dict[str, list[IndexModel]] = {
                    partialFilterExpression={"phone_bidx": {"$type": "string"}}),
         IndexModel([("org_id", ASCENDING), ("email_bidx", ASCENDING)], unique=True,
                    partialFilterExpression={"email_bidx": {"$type": "string"}}),
-        IndexModel([("org_id", ASCENDING), ("_id", DESCENDING)]),  # staff portal: contact list
+        IndexModel(CONTACTS_BY_ID),  # staff portal: contact list
     ],
     "threads": [
         IndexModel([("org_id", ASCENDING), ("contact_id", ASCENDING)], unique=True),
         IndexModel([("org_id", ASCENDING), ("last_activity_at", DESCENDING)]),
         # Staff inbox: newest activity first, ties by _id, so each page is one index range.
-        IndexModel([("org_id", ASCENDING), ("last_activity_at", DESCENDING), ("_id", DESCENDING)]),
+        IndexModel(THREADS_BY_ACTIVITY),
         IndexModel([("org_id", ASCENDING), ("unread_staff", ASCENDING)]),  # staff inbox: unread count
     ],
     "messages": [
@@ -79,8 +84,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("org_id", ASCENDING), ("seq", ASCENDING)], unique=True),
         IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING), ("seq", ASCENDING)]),
         # Staff portal: per-message timeline, and the audit view's actor filter.
-        IndexModel([("org_id", ASCENDING), ("message_id", ASCENDING), ("seq", ASCENDING)],
-                   partialFilterExpression={"message_id": {"$type": "string"}}),
+        IndexModel(AUDIT_BY_MESSAGE),
         IndexModel([("org_id", ASCENDING), ("actor.id", ASCENDING), ("seq", ASCENDING)]),
     ],
     # Staff sign-in throttling counters (gateway.staff_auth.LoginThrottle): one per key and window.

@@ -39,7 +39,7 @@ def sms_text(template: str, *, org_name: str, url: str | None = None) -> str:
         raise ValueError(f"template {template} needs a link")
     name = gsm7_name(org_name)
     text = pattern.format(org=name, url=url or "")
-    while len(text) > SEGMENT and len(name) > 3:
+    while len(text) > SEGMENT and len(name) > 4:  # "abc." is as short as it gets (> 3 looped forever)
         name = name[: max(3, len(name) - (len(text) - SEGMENT) - 1)].rstrip() + "."
         text = pattern.format(org=name, url=url or "")
     if len(text) > SEGMENT:

@@ -122,6 +122,9 @@ class OutboxDispatcher:
         except (NotFound, IntegrityError) as err:
             # The contact was erased or its data no longer opens: nothing can ever be sent.
             await self._fail(job, FAILED, "unavailable", type(err).__name__)
+        except ValueError as err:
+            # The text cannot be composed (e.g. the link does not fit one SMS): retrying won't help.
+            await self._fail(job, FAILED, "compose", str(err))
         else:
             await self._mark_sent(job, provider_id)
 

@@ -31,13 +31,19 @@ MAX_RENEWALS = 3
 
 
 def same_origin(request: web.Request, public_url: str) -> bool:
-    """Reject cross-site form posts (Origin / Sec-Fetch-Site), as a second line behind CSRF tokens."""
+    """Reject cross-site form posts (Origin / Sec-Fetch-Site), as a second line behind CSRF tokens.
+
+    Every portal page is sent with `Referrer-Policy: no-referrer`, and under that policy browsers
+    send `Origin: null` even on a same-origin form POST (Fetch: "serializing a request origin").
+    So a `null` Origin is accepted only when the browser also vouches `Sec-Fetch-Site: same-origin`;
+    a `null` Origin on its own (sandboxed frames, data: URLs, redirects) is refused.
+    """
     origin = request.headers.get("Origin")
-    if origin is not None and origin != "null" and origin.rstrip("/") != public_url:
-        return False
-    if origin == "null":
-        return False
     site = request.headers.get("Sec-Fetch-Site")
+    if origin == "null":
+        return site == "same-origin"
+    if origin is not None and origin.rstrip("/") != public_url:
+        return False
     return site in (None, "same-origin", "none")
 
 

@@ -61,6 +61,9 @@ OPENAPI: dict[str, Any] = {
     },
     "security": [{"bearer": []}],
     "paths": {
+        "/api/v1/openapi.json": {"get": {
+            "summary": "This OpenAPI document", "security": [],
+            "responses": {"200": _resp("The OpenAPI document", {"type": "object"})}}},
         "/api/v1/messages": {"post": {
             "summary": "Send a message (secure: content sealed, SMS/email carries only a link)",
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,

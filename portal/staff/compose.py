@@ -1,0 +1,78 @@
+"""Compose (/staff/compose): a new SMS to an existing or new contact, secure or standard.
+
+The secure toggle starts at the org default (DESIGN.md §7: the composed message's own setting
+wins). A standard message whose text looks sensitive (gateway.classifier) is not sent: the form
+comes back with a warning and an explicit "send it as standard anyway" checkbox.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway.classifier import find_sensitive
+from gateway.contacts import Contact
+from gateway.errors import OptedOut, ValidationError
+from portal.staff.common import STAFF, Deps, form_fields, redirect
+from portal.staff.contacts import load_contact
+from portal.staff.policy import ANY_STAFF, policy
+from portal.staff.threads import SENSITIVE_LABELS
+
+
+class Compose:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+        self.s = deps.s
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/compose", self.page)
+        app.router.add_post("/compose", self.send)
+
+    async def _form(self, request: web.Request, *, contact: Contact | None, status: int = 200,
+                    values: dict[str, Any] | None = None, warning: list[str] | None = None,
+                    error: str | None = None) -> web.Response:
+        ctx = request[STAFF]
+        label = None
+        if contact is not None:
+            info = await self.s.contacts.reveal(contact)
+            label = info.get("name") or contact.phone_hint or contact.email_hint
+        v = {"phone": "", "name": "", "body": "", "secure": ctx.org.policy.secure_default, **(values or {})}
+        return await self.d.page(request, "staff/compose.html", status=status, contact=contact, label=label,
+                                 values=v, warning=[SENSITIVE_LABELS.get(k, k) for k in warning] if warning else None,
+                                 error=error)
+
+    @policy(*ANY_STAFF)
+    async def page(self, request: web.Request) -> web.Response:
+        cid = request.query.get("contact")
+        contact = await load_contact(self.d, request, cid) if cid else None
+        return await self._form(request, contact=contact)
+
+    @policy(*ANY_STAFF)
+    async def send(self, request: web.Request) -> web.Response:
+        ctx = request[STAFF]
+        form = await form_fields(request)
+        cid = form.get("contact", "")
+        contact = await load_contact(self.d, request, cid) if cid else None
+        phone, name, body = form.get("phone", "")[:40], form.get("name", "")[:120], form.get("body", "")
+        secure = form.get("secure") == "1"
+        values: dict[str, Any] = {"phone": phone, "name": name, "body": body, "secure": secure}
+        confirmed = form.get("confirm_sensitive") == "1"
+        if not secure and not confirmed:
+            kinds = find_sensitive(body, ctx.org.policy.sensitive_terms)
+            if kinds:
+                return await self._form(request, contact=contact, status=422, values=values, warning=kinds)
+        try:
+            sent = await self.s.conversations.send(
+                ctx.org, channel="sms", body=body, actor=ctx.actor, contact=contact,
+                to_phone=None if contact else phone, name=None if contact else name or None,
+                secure=secure, allow_sensitive=confirmed,
+            )
+        except ValidationError as err:
+            return await self._form(request, contact=contact, status=422, values=values,
+                                    error=f"{err.field}: {err.message}")
+        except OptedOut:
+            return await self._form(request, contact=contact, status=422, values=values,
+                                    error="This contact has opted out of SMS (they replied STOP).")
+        self.d.on_queued()
+        return redirect(f"/staff/threads/{sent.thread['_id']}")

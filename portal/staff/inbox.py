@@ -1,0 +1,164 @@
+"""The staff inbox (/staff/): threads newest first, neutral previews, filters, search, cursor paging.
+
+Lists never show message content, secure or not: a row says who, whether the thread is secure,
+its status, assignee, unread count and a neutral preview ("New reply", "Message sent").
+
+Search: a phone number (E.164) or an email address is matched exactly through the contact's blind
+index, across all threads. Names are sealed, so a name is matched by opening the names of the
+threads being listed, at most NAME_SCAN threads per page (newest first); the page says so and
+offers "search further" with the cursor where the scan stopped.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from gateway.conversations import NEUTRAL_PREVIEW
+from gateway.errors import ValidationError
+from gateway.ids import is_id
+from gateway.phone import normalize_e164
+from gateway.store import Doc
+from portal.staff.common import STAFF, Deps
+from portal.staff.policy import ANY_STAFF, policy
+
+PAGE = 50
+NAME_SCAN = 500
+VIEWS = {"all": "All", "mine": "Assigned to me", "unassigned": "Unassigned"}
+KINDS = {"all": "Secure and standard", "secure": "Secure", "standard": "Standard"}
+STATUSES = {"all": "Open and closed", "open": "Open", "closed": "Closed"}
+
+
+def encode_cursor(thread: Doc) -> str:
+    at: datetime = thread["last_activity_at"]
+    return f"{int(at.timestamp() * 1000)}.{thread['_id']}"
+
+
+def decode_cursor(value: str | None) -> tuple[datetime, str] | None:
+    if not value:
+        return None
+    ms, _, tid = value.partition(".")
+    if not ms.isdigit() or len(ms) > 15 or not is_id(tid):
+        raise ValidationError("cursor", "is not a cursor from a previous page")
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC), tid
+
+
+def _choice(value: str | None, options: dict[str, str]) -> str:
+    return value if value in options else "all"
+
+
+def neutral(preview: str | None) -> str:
+    """Only the known neutral previews are ever shown in a list (never content, secure or not)."""
+    return preview if preview is not None and preview in NEUTRAL_PREVIEW.values() else "Activity"
+
+
+def fmt_time(at: datetime | None) -> str:
+    return at.strftime("%d %b %Y %H:%M UTC") if at else ""
+
+
+class Inbox:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+        self.s = deps.s
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/", self.inbox)
+
+    async def _search_contacts(self, org_id: str, q: str) -> list[str] | None:
+        """Contact ids for an exact phone/email search; None when q is a name (or empty)."""
+        if "@" in q:
+            c = await self.s.contacts.by_email(org_id, q)
+            return [c.id] if c else []
+        if q.startswith("+") or sum(ch.isdigit() for ch in q) >= 7:
+            try:
+                phone = normalize_e164(q if q.startswith("+") else "+" + q, field="q")
+            except ValidationError:
+                return []
+            c = await self.s.contacts.by_phone(org_id, phone)
+            return [c.id] if c else []
+        return None
+
+    @policy(*ANY_STAFF)
+    async def inbox(self, request: web.Request) -> web.Response:
+        ctx = request[STAFF]
+        org_id = ctx.org.id
+        view = _choice(request.query.get("view"), VIEWS)
+        kind = _choice(request.query.get("kind"), KINDS)
+        status = _choice(request.query.get("status"), STATUSES)
+        unread = request.query.get("unread") == "1"
+        q = request.query.get("q", "").strip()[:100]
+        before = decode_cursor(request.query.get("cursor"))
+        filters: dict[str, Any] = {
+            "assignee": {"all": True, "mine": ctx.member.id, "unassigned": None}[view],
+            "secure": {"all": None, "secure": True, "standard": False}[kind],
+            "status": None if status == "all" else status,
+            "unread": unread,
+        }
+        contact_ids = await self._search_contacts(org_id, q) if q else None
+        name_search = bool(q) and contact_ids is None
+        labels: dict[str, dict[str, Any]] = {}
+        rows: list[Doc] = []
+        more = False
+        if contact_ids == []:
+            pass
+        elif not name_search:
+            found = await self.s.conversations.list_threads(org_id, limit=PAGE + 1, before=before,
+                                                            contact_ids=contact_ids, **filters)
+            rows, more = found[:PAGE], len(found) > PAGE
+            labels = await self.d.contact_labels(org_id, [t["contact_id"] for t in rows])
+        else:
+            rows, labels, more, before = await self._name_scan(org_id, q.casefold(), before, filters)
+        staff = {m.id: m.email for m in await self.d.staff.list(org_id)}
+        next_cursor = None
+        if more:
+            next_cursor = encode_cursor(rows[-1]) if not name_search else (
+                f"{int(before[0].timestamp() * 1000)}.{before[1]}" if before else None)
+        base = {"view": view, "kind": kind, "status": status, "q": q, **({"unread": "1"} if unread else {})}
+        return await self.d.page(
+            request, "staff/inbox.html",
+            rows=[self._row(t, labels.get(t["contact_id"], {}), staff) for t in rows],
+            view=view, kind=kind, status_filter=status, unread=unread, q=q, views=VIEWS, kinds=KINDS, statuses=STATUSES,
+            name_search=name_search, name_scan=NAME_SCAN,
+            next_url=("/staff/?" + urlencode({**base, "cursor": next_cursor})) if next_cursor else None,
+            first_url="/staff/?" + urlencode(base) if request.query.get("cursor") else None,
+        )
+
+    async def _name_scan(
+        self, org_id: str, needle: str, before: tuple[datetime, str] | None, filters: dict[str, Any]
+    ) -> tuple[list[Doc], dict[str, dict[str, Any]], bool, tuple[datetime, str] | None]:
+        """Open names of at most NAME_SCAN threads, newest first, keeping those that match."""
+        rows: list[Doc] = []
+        labels: dict[str, dict[str, Any]] = {}
+        scanned = 0
+        while len(rows) < PAGE and scanned < NAME_SCAN:
+            batch = await self.s.conversations.list_threads(org_id, limit=50, before=before, **filters)
+            if not batch:
+                return rows, labels, False, before
+            found = await self.d.contact_labels(org_id, [t["contact_id"] for t in batch])
+            for t in batch:
+                scanned += 1
+                before = (t["last_activity_at"], t["_id"])
+                label = found.get(t["contact_id"], {})
+                if needle in (label.get("name") or "").casefold():
+                    rows.append(t)
+                    labels[t["contact_id"]] = label
+                    if len(rows) >= PAGE:
+                        break
+            if len(batch) < 50 and len(rows) < PAGE:
+                return rows, labels, False, before
+        return rows, labels, True, before
+
+    @staticmethod
+    def _row(t: Doc, label: dict[str, Any], staff: dict[str, str]) -> dict[str, Any]:
+        return {
+            "id": t["_id"], "name": label.get("name"),
+            "hint": label.get("phone_hint") or label.get("email_hint") or "",
+            "secure": bool(t.get("secure")), "status": t.get("status", "open"),
+            "assignee": staff.get(t.get("assignee") or "", None), "unread": int(t.get("unread_staff", 0)),
+            "preview": neutral(t.get("preview")), "attention": t.get("attention"),
+            "at": fmt_time(t.get("last_activity_at")),
+            "at_iso": t["last_activity_at"].isoformat(timespec="seconds") if t.get("last_activity_at") else "",
+        }

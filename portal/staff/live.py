@@ -1,0 +1,130 @@
+"""Live updates for the inbox and thread pages over Server-Sent Events (/staff/live).
+
+Fed by a MongoDB change stream on the org's threads (every new message, status change, read or
+assignment touches its thread); where change streams are unavailable (a standalone server), the
+stream polls threads by last_activity_at instead. Events carry ids and counters, never content:
+the page fetches itself again to show what changed.
+
+A stream never extends the session's idle timeout (its policy has touch=False): the session is
+re-checked at every heartbeat and the stream ends with `event: signed_out` once it is gone. Each
+stream also ends after MAX_SECONDS; EventSource reconnects on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from pymongo.errors import OperationFailure, PyMongoError
+
+from gateway.store import Doc
+from portal.staff.common import STAFF, Deps
+from portal.staff.policy import ANY_STAFF, policy
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 15.0
+POLL_SECONDS = 3.0
+MAX_SECONDS = 300.0
+
+
+def thread_event(doc: Doc) -> dict[str, Any]:
+    at = doc.get("last_activity_at")
+    return {"thread_id": doc["_id"], "unread": int(doc.get("unread_staff", 0)), "status": doc.get("status"),
+            "secure": bool(doc.get("secure")), "assignee": doc.get("assignee"),
+            "last_activity_at": at.isoformat(timespec="milliseconds") if isinstance(at, datetime) else None}
+
+
+class LiveUpdates:
+    def __init__(self, deps: Deps, *, change_streams: bool = True, heartbeat: float = HEARTBEAT_SECONDS,
+                 poll: float = POLL_SECONDS, max_seconds: float = MAX_SECONDS) -> None:
+        self.d = deps
+        self.s = deps.s
+        self.change_streams = change_streams
+        self.heartbeat = heartbeat
+        self.poll = poll
+        self.max_seconds = max_seconds
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/live", self.stream)
+
+    async def changed_since(self, org_id: str, since: datetime) -> list[Doc]:
+        """The polling fallback: threads with activity after `since`, oldest first."""
+        cursor = self.s.store.threads.find({"org_id": org_id, "last_activity_at": {"$gt": since}}).sort(
+            [("last_activity_at", 1), ("_id", 1)]).limit(100)
+        return [d async for d in cursor]
+
+    @policy(*ANY_STAFF, touch=False)
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        ctx = request[STAFF]
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Accel-Buffering": "no",
+        })
+        await response.prepare(request)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_seconds
+        try:
+            await response.write(b"retry: 5000\n\n")
+            if self.change_streams:
+                try:
+                    await self._watch(request, response, ctx.org.id, deadline)
+                    return response
+                except OperationFailure as err:
+                    logger.info("change streams unavailable; polling", extra={"fields": {"code": err.code}})
+            await self._poll(request, response, ctx.org.id, deadline)
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except PyMongoError as err:
+            logger.warning("live updates: database unavailable", extra={"fields": {"error": type(err).__name__}})
+        return response
+
+    async def _send(self, response: web.StreamResponse, event: str, data: dict[str, Any]) -> None:
+        await response.write(f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
+
+    async def _alive(self, request: web.Request, response: web.StreamResponse) -> bool:
+        ctx = request[STAFF]
+        session = await self.s.sessions.get("staff", ctx.sid, touch=False)
+        if session is None:
+            await self._send(response, "signed_out", {})
+            return False
+        await response.write(b": ping\n\n")
+        return True
+
+    async def _watch(self, request: web.Request, response: web.StreamResponse, org_id: str, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        pipeline = [{"$match": {"fullDocument.org_id": org_id, "operationType": {"$in": ["insert", "update",
+                                                                                          "replace"]}}}]
+        async with await self.s.store.threads.watch(pipeline, full_document="updateLookup",
+                                                    max_await_time_ms=int(self.heartbeat * 1000)) as changes:
+            await self._send(response, "ready", {"mode": "stream"})
+            while loop.time() < deadline:
+                change = await changes.try_next()
+                if change is None:
+                    if not await self._alive(request, response):
+                        return
+                    continue
+                doc = change.get("fullDocument")
+                if doc is not None:
+                    await self._send(response, "thread", thread_event(doc))
+
+    async def _poll(self, request: web.Request, response: web.StreamResponse, org_id: str, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        since = self.s.clock.now()
+        await self._send(response, "ready", {"mode": "poll"})
+        quiet = 0.0
+        while loop.time() < deadline:
+            await asyncio.sleep(self.poll)
+            changed = await self.changed_since(org_id, since)
+            for doc in changed:
+                await self._send(response, "thread", thread_event(doc))
+                since = max(since, doc["last_activity_at"])
+            quiet = 0.0 if changed else quiet + self.poll
+            if quiet >= self.heartbeat:
+                quiet = 0.0
+                if not await self._alive(request, response):
+                    return

@@ -1,0 +1,218 @@
+"""Settings (admin only): org policy, staff accounts, API keys.
+
+Disabling a member, changing their role or resetting their authenticator ends all their sessions
+at once (SECURITY.md C9; a privilege change never keeps an old session id). An admin can't
+disable or demote themselves, and the last enabled admin stays an admin, so nobody locks the
+organization out of its own settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway.errors import NotFound, ValidationError
+from gateway.ids import is_id
+from gateway.orgs import LINK_TTL_CHOICES
+from gateway.staff import ROLES, StaffMember
+from portal.staff.common import STAFF, Deps, form_fields, redirect
+from portal.staff.inbox import fmt_time
+from portal.staff.policy import policy
+
+TTL_LABELS = {3600: "1 hour", 86400: "24 hours", 7 * 86400: "7 days", 10 * 86400: "10 days",
+              180 * 86400: "180 days", 365 * 86400: "365 days"}
+FLAGS = ("secure_default", "pin_required", "provider_redaction", "require_totp")
+MAX_TERMS = 200
+
+
+def _int(form: dict[str, str], name: str, field: str) -> int:
+    value = form.get(name, "").strip()
+    if not value.isdigit() or len(value) > 7:
+        raise ValidationError(field, "must be a whole number")
+    return int(value)
+
+
+def policy_changes(form: dict[str, str]) -> dict[str, Any]:
+    """The OrgPolicy fields from the settings form (OrgPolicy.validate checks the ranges)."""
+    changes: dict[str, Any] = {flag: form.get(flag) == "1" for flag in FLAGS}
+    ttl = _int(form, "link_ttl_seconds", "link_ttl_seconds")
+    if ttl not in LINK_TTL_CHOICES:
+        raise ValidationError("link_ttl_seconds", "must be one of the offered choices")
+    changes["link_ttl_seconds"] = ttl
+    changes["lock_threshold"] = _int(form, "lock_threshold", "lock_threshold")
+    changes["staff_idle_seconds"] = _int(form, "staff_idle_minutes", "staff_idle_minutes") * 60
+    changes["staff_absolute_seconds"] = _int(form, "staff_absolute_hours", "staff_absolute_hours") * 3600
+    changes["client_idle_seconds"] = _int(form, "client_idle_minutes", "client_idle_minutes") * 60
+    terms = [t.strip() for t in form.get("sensitive_terms", "").splitlines() if t.strip()]
+    if len(terms) > MAX_TERMS or any(len(t) > 80 or any(ord(c) < 32 for c in t) for t in terms):
+        raise ValidationError("sensitive_terms", f"at most {MAX_TERMS} terms of up to 80 characters, one per line")
+    changes["sensitive_terms"] = tuple(dict.fromkeys(terms))
+    return changes
+
+
+class Settings:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+        self.s = deps.s
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/settings", self.org_page)
+        r.add_post("/settings/policy", self.update_policy)
+        r.add_get("/settings/staff", self.staff_page)
+        r.add_post("/settings/staff", self.create_staff)
+        r.add_post("/settings/staff/{id}/{action}", self.staff_action)
+        r.add_get("/settings/api-keys", self.keys_page)
+        r.add_post("/settings/api-keys", self.create_key)
+        r.add_post("/settings/api-keys/{id}/revoke", self.revoke_key)
+
+    # -- org policy -------------------------------------------------------------------------
+    @policy("admin")
+    async def org_page(self, request: web.Request) -> web.Response:
+        return await self._org_page(request, saved=request.query.get("saved") == "1")
+
+    async def _org_page(self, request: web.Request, *, status: int = 200, error: str | None = None,
+                        saved: bool = False) -> web.Response:
+        ctx = request[STAFF]
+        org = await self.s.orgs.get(ctx.org.id)
+        return await self.d.page(request, "staff/settings.html", status=status, policy=org.policy,
+                                 ttl_choices=[(s, TTL_LABELS.get(s, f"{s} s")) for s in LINK_TTL_CHOICES],
+                                 error=error, saved=saved, section="org")
+
+    @policy("admin")
+    async def update_policy(self, request: web.Request) -> web.Response:
+        ctx = request[STAFF]
+        form = await form_fields(request)
+        try:
+            changes = policy_changes(form)
+            before = ctx.org.policy
+            await self.s.orgs.update_policy(ctx.org.id, **changes)
+        except ValidationError as err:
+            return await self._org_page(request, status=422, error=f"{err.field}: {err.message}")
+        changed = sorted(k for k, v in changes.items() if getattr(before, k) != v)
+        await self.s.audit.append(ctx.org.id, "org.policy_updated", ctx.actor, ip=self.d.ip(request),
+                                  detail={"changed": ",".join(changed)})
+        return redirect("/staff/settings?saved=1")
+
+    # -- staff -------------------------------------------------------------------------------
+    @policy("admin")
+    async def staff_page(self, request: web.Request) -> web.Response:
+        return await self._staff_page(request)
+
+    async def _staff_page(self, request: web.Request, *, status: int = 200, error: str | None = None,
+                          values: dict[str, str] | None = None) -> web.Response:
+        ctx = request[STAFF]
+        members = await self.d.staff.list(ctx.org.id)
+        counts: dict[str, int] = {}
+        async for d in self.s.store.sessions.find({"kind": "staff", "org_id": ctx.org.id},
+                                                  projection={"user_id": 1, "expires_at": 1}):
+            if d["expires_at"] > self.s.clock.now():
+                counts[d["user_id"]] = counts.get(d["user_id"], 0) + 1
+        return await self.d.page(request, "staff/settings_staff.html", status=status, members=members,
+                                 sessions=counts, roles=ROLES, error=error, values=values or {}, section="staff")
+
+    @policy("admin")
+    async def create_staff(self, request: web.Request) -> web.Response:
+        ctx = request[STAFF]
+        form = await form_fields(request)
+        values = {"email": form.get("email", "")[:320], "role": form.get("role", "agent")}
+        try:
+            member = await self.d.staff.create(ctx.org.id, values["email"], values["role"], form.get("password", ""))
+        except ValidationError as err:
+            return await self._staff_page(request, status=422, error=f"{err.field}: {err.message}", values=values)
+        await self.s.audit.append(ctx.org.id, "staff.created", ctx.actor, ip=self.d.ip(request), staff_id=member.id,
+                                  detail={"role": member.role})
+        return redirect("/staff/settings/staff")
+
+    async def _member(self, request: web.Request) -> StaffMember:
+        ctx = request[STAFF]
+        sid = request.match_info["id"]
+        try:
+            if not is_id(sid):
+                raise NotFound("staff")
+            return await self.d.staff.get(ctx.org.id, sid)
+        except NotFound:
+            raise await self.d.deny(request, "staff", sid) from None
+
+    async def end_sessions(self, staff_id: str) -> int:
+        """Every session of the member, staff and half-signed-in alike."""
+        return await self.s.sessions.delete_where(user_id=staff_id)
+
+    @policy("admin")
+    async def staff_action(self, request: web.Request) -> web.Response:
+        ctx = request[STAFF]
+        member = await self._member(request)
+        action = request.match_info["action"]
+        if action not in ("disable", "enable", "role", "reset-totp"):
+            raise web.HTTPNotFound()
+        form = await form_fields(request)
+        ip = self.d.ip(request)
+        last_admin = (member.role == "admin" and not member.disabled
+                      and await self.d.staff.enabled_admins(ctx.org.id) <= 1)
+        if action == "disable":
+            if member.id == ctx.member.id or last_admin:
+                return await self._staff_page(request, status=409,
+                                              error="You can't disable yourself or the last admin.")
+            await self.d.staff.set_disabled(ctx.org.id, member.id, True)
+            ended = await self.end_sessions(member.id)
+            await self.s.audit.append(ctx.org.id, "staff.disabled", ctx.actor, ip=ip, staff_id=member.id,
+                                      detail={"sessions_ended": ended})
+        elif action == "enable":
+            await self.d.staff.set_disabled(ctx.org.id, member.id, False)
+            await self.s.audit.append(ctx.org.id, "staff.enabled", ctx.actor, ip=ip, staff_id=member.id)
+        elif action == "role":
+            role = form.get("role", "")
+            if role != member.role:
+                if member.id == ctx.member.id or last_admin:
+                    return await self._staff_page(request, status=409,
+                                                  error="You can't change your own role or demote the last admin.")
+                await self.d.staff.set_role(ctx.org.id, member.id, role)
+                ended = await self.end_sessions(member.id)
+                await self.s.audit.append(ctx.org.id, "staff.role_changed", ctx.actor, ip=ip, staff_id=member.id,
+                                          detail={"role": role, "sessions_ended": ended})
+        else:
+            await self.d.totp.reset(ctx.org.id, member.id)
+            ended = await self.end_sessions(member.id) if member.id != ctx.member.id else 0
+            await self.s.audit.append(ctx.org.id, "auth.totp_reset", ctx.actor, ip=ip, staff_id=member.id,
+                                      detail={"sessions_ended": ended})
+        return redirect("/staff/settings/staff")
+
+    # -- API keys -----------------------------------------------------------------------------
+    @policy("admin")
+    async def keys_page(self, request: web.Request) -> web.Response:
+        return await self._keys_page(request)
+
+    async def _keys_page(self, request: web.Request, *, status: int = 200, new_key: str | None = None,
+                         error: str | None = None) -> web.Response:
+        ctx = request[STAFF]
+        keys = sorted(await self.d.api_keys.list(ctx.org.id), key=lambda k: k["_id"], reverse=True)
+        rows = [{"id": k["_id"], "name": k["name"], "prefix": k.get("prefix", ""), "created": fmt_time(k["created_at"]),
+                 "revoked": fmt_time(k.get("revoked_at"))} for k in keys]
+        return await self.d.page(request, "staff/settings_keys.html", status=status, keys=rows, new_key=new_key,
+                                 error=error, section="keys")
+
+    @policy("admin")
+    async def create_key(self, request: web.Request) -> web.Response:
+        ctx = request[STAFF]
+        form = await form_fields(request)
+        try:
+            key, doc = await self.d.api_keys.create(ctx.org.id, form.get("name", ""))
+        except ValidationError as err:
+            return await self._keys_page(request, status=422, error=f"{err.field}: {err.message}")
+        await self.s.audit.append(ctx.org.id, "api_key.created", ctx.actor, ip=self.d.ip(request),
+                                  detail={"key_id": doc["_id"]})
+        return await self._keys_page(request, new_key=key)
+
+    @policy("admin")
+    async def revoke_key(self, request: web.Request) -> web.Response:
+        ctx = request[STAFF]
+        kid = request.match_info["id"]
+        if not is_id(kid) or not await self.d.api_keys.revoke(ctx.org.id, kid):
+            exists = is_id(kid) and await self.s.store.api_keys.find_one({"_id": kid, "org_id": ctx.org.id})
+            if not exists:
+                raise await self.d.deny(request, "api_key", kid)
+            return redirect("/staff/settings/api-keys")  # already revoked
+        await self.s.audit.append(ctx.org.id, "api_key.revoked", ctx.actor, ip=self.d.ip(request),
+                                  detail={"key_id": kid})
+        return redirect("/staff/settings/api-keys")

@@ -1,0 +1,285 @@
+"""One thread (/staff/threads/<id>): the conversation, per-message timeline, and staff actions.
+
+The page opens every message body (rendered escaped by jinja2), resets the thread's unread
+counter and records one `thread.read` audit entry. The timeline of a message merges its delivery
+history (queued → accepted → sent → delivered / failed with the provider's error code) with the
+audit entries that carry its id (link opened, PIN failed, link locked, viewed, ...), and the
+client's next reply.
+
+Actions (POST, CSRF-checked by the policy middleware): reply (POST to the thread's own URL; a
+secure thread stays secure), assign, close/reopen, unlock / revoke / re-issue a link, set or
+clear the contact's PIN. Every id is looked up within the org; another org's id is a 404 and an
+audited denial.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.classifier import find_sensitive
+from gateway.contacts import Contact
+from gateway.errors import NotFound, ValidationError
+from gateway.ids import is_id
+from gateway.store import AUDIT_BY_MESSAGE, Doc
+from portal.staff.common import STAFF, Deps, form_fields, redirect
+from portal.staff.contacts import pin_action
+from portal.staff.inbox import fmt_time
+from portal.staff.policy import ANY_STAFF, policy
+
+MESSAGES = 200
+AUDIT_LIMIT = 2000
+
+STATUS_LABELS = {
+    "queued": "Queued", "accepted": "Accepted by the provider", "scheduled": "Scheduled", "sending": "Sending",
+    "sent": "Sent", "delivered": "Delivered", "undelivered": "Not delivered", "failed": "Failed",
+    "read": "Read", "received": "Received",
+}
+AUDIT_LABELS = {
+    "link.issued": "New link sent", "link.reissued": "Link re-issued by staff", "link.opened": "Link opened",
+    "link.pin_failed": "Wrong PIN entered", "link.locked": "Link locked (too many wrong PINs)",
+    "link.unlocked": "Link unlocked by staff", "link.revoked": "Link revoked",
+    "link.renewal_requested": "Client asked for a new link", "message.viewed": "Viewed by the client",
+    "message.bounced": "Bounced",
+}
+THREAD_LABELS = {
+    "thread.assigned": "Assigned", "thread.closed": "Closed", "thread.reopened": "Reopened",
+    "thread.viewed": "Client opened the conversation", "contact.pin_set": "PIN set",
+    "contact.pin_cleared": "PIN cleared",
+    "consent.opt_out": "Opted out", "consent.opt_in": "Opted in",
+}
+SENSITIVE_LABELS = {"ssn": "a Social Security number", "card": "a card number", "date_of_birth": "a date of birth",
+                    "record_number": "a record number", "term": "a term your organization marks as sensitive"}
+
+
+def link_state(link: Doc, now: datetime) -> str:
+    if link.get("revoked_at"):
+        return "revoked"
+    if link.get("locked_at"):
+        return "locked"
+    if now >= link["expires_at"]:
+        return "expired"
+    return "active"
+
+
+class ThreadPages:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+        self.s = deps.s
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/threads/{id}", self.view)
+        r.add_post("/threads/{id}", self.reply)
+        r.add_post("/threads/{id}/assign", self.assign)
+        r.add_post("/threads/{id}/status", self.status)
+        r.add_post("/threads/{id}/links/{link_id}/{action}", self.link_action)
+        r.add_post("/threads/{id}/pin", self.pin)
+
+    async def _thread(self, request: web.Request) -> Doc:
+        ctx = request[STAFF]
+        tid = request.match_info["id"]
+        try:
+            return await self.s.conversations.get_thread(ctx.org.id, tid)
+        except NotFound:
+            raise await self.d.deny(request, "thread", tid) from None
+
+    async def _contact(self, request: web.Request, thread: Doc) -> Contact:
+        return await self.s.contacts.get(request[STAFF].org.id, thread["contact_id"])
+
+    # -- view -------------------------------------------------------------------------------
+    @policy(*ANY_STAFF)
+    async def view(self, request: web.Request) -> web.Response:
+        return await self._render(request, await self._thread(request))
+
+    async def _render(self, request: web.Request, thread: Doc, *, status: int = 200, draft: str = "",
+                      warning: list[str] | None = None, generated_pin: str | None = None,
+                      draft_secure: bool | None = None) -> web.Response:
+        ctx = request[STAFF]
+        org = ctx.org
+        contact = await self._contact(request, thread)
+        info = await self.s.contacts.reveal(contact)
+        docs = await self.s.conversations.latest_messages(org.id, thread["_id"], limit=MESSAGES)
+        links = await self.s.links.for_thread(org.id, thread["_id"])
+        staff = await self.d.staff.list(org.id)
+        emails = {m.id: m.email for m in staff}
+        timeline, activity = await self._timeline(org.id, thread["_id"], docs, emails)
+        await self.s.conversations.mark_read(org.id, thread["_id"], ctx.actor, self.d.ip(request), count=len(docs))
+        now = self.s.clock.now()
+        name = info.get("name") or contact.phone_hint or contact.email_hint or "Contact"
+        messages = [{
+            "id": d["_id"], "text": d["text"], "inbound": d["direction"] == "inbound",
+            "who": name if d["direction"] == "inbound" else self._author(d, emails),
+            "channel": d["channel"], "secure": bool(d.get("secure")), "status": d.get("status"),
+            "error_code": d.get("error_code"), "flags": d.get("flags", []), "at": fmt_time(d["created_at"]),
+            "at_iso": d["created_at"].isoformat(timespec="seconds"), "events": timeline.get(d["_id"], []),
+        } for d in docs]
+        link_rows = [{
+            "id": lk["_id"], "state": link_state(lk, now), "created": fmt_time(lk["created_at"]),
+            "expires": fmt_time(lk["expires_at"]), "opened": fmt_time(lk.get("opened_at")),
+            "failures": int(lk.get("failures", 0)), "channel": lk.get("channel", "sms"),
+            "pin": bool(lk.get("pin_hash")),
+        } for lk in links[:20]]
+        secure_default = org.policy.secure_default if draft_secure is None else draft_secure
+        return await self.d.page(
+            request, "staff/thread.html", status=status, thread=thread, contact=contact, info=info, name=name,
+            messages=messages, links=link_rows, staff=[m for m in staff if not m.disabled],
+            assignee=emails.get(thread.get("assignee") or ""), activity=activity, draft=draft,
+            warning=[SENSITIVE_LABELS.get(k, k) for k in warning] if warning else None,
+            secure_checked=bool(thread.get("secure")) or secure_default, generated_pin=generated_pin,
+            last_id=docs[-1]["_id"] if docs else "",
+        )
+
+    @staticmethod
+    def _author(d: Doc, emails: dict[str, str]) -> str:
+        author = d.get("author") or {}
+        if author.get("kind") == "staff":
+            return emails.get(author.get("id") or "", "Staff")
+        return {"api": "Integration (API)", "system": "System"}.get(author.get("kind", ""), "Staff")
+
+    async def _timeline(self, org_id: str, thread_id: str, docs: list[Doc], emails: dict[str, str]
+                        ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+        """Per-message events (delivery history + audit entries with that message id) and thread activity."""
+        ids = [d["_id"] for d in docs]
+        entries: dict[int, Doc] = {}
+        if ids:
+            async for e in self.s.store.audit.find({"org_id": org_id, "message_id": {"$in": ids}}).sort(
+                    "seq", 1).hint(AUDIT_BY_MESSAGE).limit(AUDIT_LIMIT):
+                entries[e["seq"]] = e
+        async for e in self.s.store.audit.find({"org_id": org_id, "thread_id": thread_id}).sort(
+                "seq", -1).limit(AUDIT_LIMIT):
+            entries[e["seq"]] = e
+        by_message: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        activity: list[dict[str, Any]] = []
+        for d in docs:
+            for h in d.get("status_history", []):
+                label = STATUS_LABELS.get(h["status"], h["status"])
+                if h.get("error_code"):
+                    label += f" (error {h['error_code']})"
+                by_message[d["_id"]].append({"at": h["at"], "label": label,
+                                             "bad": h["status"] in ("failed", "undelivered")})
+        for e in sorted(entries.values(), key=lambda x: x["seq"]):
+            mid = e.get("message_id")
+            action = e["action"]
+            if mid in by_message and action in AUDIT_LABELS:
+                label = AUDIT_LABELS[action]
+                if action == "link.pin_failed" and e.get("detail", {}).get("failures"):
+                    label += f" ({e['detail']['failures']})"
+                by_message[mid].append({"at": e["at"], "label": label,
+                                        "bad": action in ("link.pin_failed", "link.locked", "message.bounced")})
+            elif action in THREAD_LABELS and not mid:
+                who = e["actor"].get("kind")
+                if who == "staff":
+                    who = emails.get(e["actor"].get("id") or "", "staff")
+                label = THREAD_LABELS[action]
+                if action == "thread.assigned":
+                    label = "Assigned to " + emails.get(e.get("staff_id") or "", "nobody")
+                activity.append({"at": fmt_time(e["at"]), "label": label, "who": who})
+        # "Replied": the client's first message after each outbound message.
+        for i, d in enumerate(docs):
+            if d["direction"] != "outbound":
+                continue
+            nxt = next((x for x in docs[i + 1:] if x["direction"] == "inbound"), None)
+            if nxt is not None:
+                by_message[d["_id"]].append({"at": nxt["created_at"], "label": "Client replied", "bad": False})
+        out = {}
+        for mid, events in by_message.items():
+            events.sort(key=lambda ev: ev["at"])
+            out[mid] = [{**ev, "at": fmt_time(ev["at"])} for ev in events]
+        activity.reverse()
+        return out, activity[:50]
+
+    # -- reply ------------------------------------------------------------------------------
+    @policy(*ANY_STAFF)
+    async def reply(self, request: web.Request) -> web.Response:
+        ctx = request[STAFF]
+        thread = await self._thread(request)
+        form = await form_fields(request)
+        body = form.get("body", "")
+        secure = bool(thread.get("secure")) or form.get("secure") == "1"
+        confirmed = form.get("confirm_sensitive") == "1"
+        if not secure and not confirmed:
+            kinds = find_sensitive(body, ctx.org.policy.sensitive_terms)
+            if kinds:
+                return await self._render(request, thread, status=422, draft=body, warning=kinds, draft_secure=False)
+        sent = await self.s.conversations.reply_staff(ctx.org, thread["_id"], body=body, actor=ctx.actor,
+                                                      secure=secure, allow_sensitive=confirmed)
+        self.d.on_queued()
+        return redirect(f"/staff/threads/{thread['_id']}#m-{sent.message['_id']}")
+
+    # -- thread actions -----------------------------------------------------------------------
+    @policy(*ANY_STAFF)
+    async def assign(self, request: web.Request) -> web.Response:
+        ctx = request[STAFF]
+        thread = await self._thread(request)
+        value = (await form_fields(request)).get("assignee", "")
+        assignee: str | None
+        if value == "me":
+            assignee = ctx.member.id
+        elif value in ("", "none"):
+            assignee = None
+        else:
+            try:
+                if not is_id(value) or (await self.d.staff.get(ctx.org.id, value)).disabled:
+                    raise NotFound("staff")
+            except NotFound:
+                raise await self.d.deny(request, "staff", value) from None
+            assignee = value
+        await self.s.conversations.assign(ctx.org.id, thread["_id"], assignee, ctx.actor)
+        return redirect(f"/staff/threads/{thread['_id']}")
+
+    @policy(*ANY_STAFF)
+    async def status(self, request: web.Request) -> web.Response:
+        ctx = request[STAFF]
+        thread = await self._thread(request)
+        value = (await form_fields(request)).get("status", "")
+        await self.s.conversations.set_status(ctx.org.id, thread["_id"], value, ctx.actor)
+        return redirect(f"/staff/threads/{thread['_id']}")
+
+    @policy(*ANY_STAFF)
+    async def link_action(self, request: web.Request) -> web.Response:
+        ctx = request[STAFF]
+        thread = await self._thread(request)
+        link_id, action = request.match_info["link_id"], request.match_info["action"]
+        if action not in ("unlock", "revoke", "reissue"):
+            raise web.HTTPNotFound()
+        link = await self.s.store.links.find_one({"_id": link_id, "org_id": ctx.org.id, "thread_id": thread["_id"]}
+                                                 ) if is_id(link_id) else None
+        if link is None:
+            raise await self.d.deny(request, "link", link_id)
+        if action == "unlock":
+            await self.s.links.unlock(ctx.org.id, link_id, ctx.actor)
+        elif action == "revoke":
+            await self.s.links.revoke(ctx.org.id, link_id, ctx.actor)
+        else:
+            await self._reissue(request, thread, link)
+        return redirect(f"/staff/threads/{thread['_id']}#links")
+
+    async def _reissue(self, request: web.Request, thread: Doc, link: Doc) -> None:
+        """Revoke the link (if still usable) and send the contact a fresh one, link-only."""
+        ctx = request[STAFF]
+        contact = await self._contact(request, thread)
+        if self.s.links.usable(link):
+            await self.s.links.revoke(ctx.org.id, link["_id"], ctx.actor)
+        channel = str(link["channel"]) if link.get("channel") in ("sms", "email") else (contact.last_channel or "sms")
+        new_id = await self.s.conversations.send_link_notice(
+            ctx.org, contact, thread["_id"], channel=channel, template="link_renewal",
+            message_id=link.get("message_id"))
+        if new_id is None:
+            raise ValidationError("link", f"the contact has opted out of {channel}; no new link was sent")
+        await self.s.audit.append(ctx.org.id, "link.reissued", ctx.actor, ip=self.d.ip(request),
+                                  thread_id=thread["_id"], link_id=new_id, message_id=link.get("message_id"),
+                                  contact_id=contact.id, detail={"replaces": link["_id"]})
+        self.d.on_queued()
+
+    @policy(*ANY_STAFF)
+    async def pin(self, request: web.Request) -> web.Response:
+        thread = await self._thread(request)
+        contact = await self._contact(request, thread)
+        generated = await pin_action(self.d, request, contact, await form_fields(request))
+        if generated:
+            return await self._render(request, thread, generated_pin=generated)
+        return redirect(f"/staff/threads/{thread['_id']}#pin")
+
