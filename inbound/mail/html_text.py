@@ -1,9 +1,10 @@
 """HTML to plain text for mail bodies, with quoted history marked so reply_text can cut it.
 
-Built on the stdlib ``html.parser.HTMLParser``. That parser is quadratic on markup that never
-closes (``"<a b='" * 20000`` takes seconds; gh-135462), so ``_close_or_escape`` first makes a
-single linear pass that drops comments and declarations and escapes every ``<`` whose tag has
-no ``>`` after it. The parser then only ever sees constructs that end.
+Built on the stdlib ``html.parser.HTMLParser``. That parser is quadratic on markup that does
+not close (``"<a b='>'" * 7000`` takes seconds; see gh-135462), so ``_canonicalise`` first makes
+one linear pass that rebuilds every tag as ``<name id=".." class="..">`` (the only attributes
+read here), drops comments and declarations, and escapes stray ``<``. The parser then only
+ever sees constructs that end where they start.
 
 Quote handling: ``<blockquote>`` content comes out ``> ``-prefixed, and the containers mail
 clients put around quoted history (Gmail ``div.gmail_quote``, Outlook ``#divRplyFwdMsg`` and
@@ -36,6 +37,8 @@ _BLOCK = frozenset(
 _VOID = frozenset({"br", "hr", "img", "wbr", "input", "meta", "link", "col", "area", "base"})
 _QUOTE_IDS = frozenset({"divrplyfwdmsg", "appendonsend", "mail-editor-reference-message-container"})
 _QUOTE_CLASSES = frozenset({"gmail_quote", "gmail_quote_container", "yahoo_quoted"})
+# Attributes are looked for in this much of a tag.
+_ATTR_CHARS = 2048
 # Consecutive blank lines kept in the output.
 _MAX_BLANK = 1
 
@@ -44,7 +47,7 @@ def html_to_text(html_text: str) -> str:
     """Return the readable text of an HTML mail body."""
     try:
         converter = _Converter()
-        converter.feed(_close_or_escape(html_text))
+        converter.feed(_canonicalise(html_text))
         converter.close()
         return converter.text()
     except Exception as err:  # HTMLParser raises AssertionError on some malformed markup
@@ -52,42 +55,144 @@ def html_to_text(html_text: str) -> str:
         return _strip_tags(html_text)
 
 
-def _close_or_escape(s: str) -> str:
-    """Drop comments, declarations and processing instructions, and escape each ``<`` that is
-    not followed by a ``>``, in one pass (each search resumes where the last one ended)."""
+def _canonicalise(s: str) -> str:
+    """Rewrite markup so HTMLParser only meets text, ``<name id=".." class="..">`` and
+    ``</name>``: comments, declarations and processing instructions are dropped, a ``<`` that
+    starts no tag is escaped, and every tag is rebuilt with only the attributes we read.
+
+    One pass: every search goes through a ``_Next`` cache, and positions only move forward.
+    """
     out: list[str] = []
     n = len(s)
+    gt, eq = _Next(s, ">"), _Next(s, "=")
+    quotes = {"'": _Next(s, "'"), '"': _Next(s, '"')}
     i = 0
-    next_gt = -2  # cached position of the next ">" at or after the cursor; -1: none left
     while i < n:
         lt = s.find("<", i)
         if lt < 0:
             out.append(s[i:])
             break
         out.append(s[i:lt])
+        following = s[lt + 1 : lt + 2]
         if s.startswith("<!--", lt):
             close = s.find("-->", lt + 4)
             if close < 0:
                 break  # an unclosed comment runs to the end (HTML5 "eof-in-comment")
             i = close + 3
             continue
-        if next_gt != -1 and next_gt <= lt:
-            next_gt = s.find(">", lt + 1)
-        if next_gt == -1:
+        if following in ("!", "?"):
+            close = gt.at(lt + 2)
+            if close < 0:
+                out.append("&lt;")
+                i = lt + 1
+            else:
+                i = close + 1  # doctype, <![if mso]>, CDATA, processing instruction: no text
+            continue
+        name_at = lt + 2 if following == "/" else lt + 1
+        if not (s[name_at : name_at + 1].isascii() and s[name_at : name_at + 1].isalpha()):
             out.append("&lt;")
             i = lt + 1
             continue
-        following = s[lt + 1 : lt + 2]
-        if following in ("!", "?"):
-            i = next_gt + 1  # doctype, <![if mso]>, CDATA, processing instruction: no text
-            continue
-        if following == "/" or following.isascii() and following.isalpha():
-            out.append(s[lt : next_gt + 1])
-            i = next_gt + 1
-            continue
-        out.append("&lt;")
-        i = lt + 1
+        end = _tag_end(s, name_at, gt, eq, quotes)
+        if end < 0:
+            # No ">" closes this tag: the rest holds no tag either. Keep it as text.
+            out.append(s[lt:].replace("<", "&lt;"))
+            break
+        out.append(_rebuild(s, lt, name_at, end))
+        i = end + 1
     return "".join(out)
+
+
+class _Next:
+    """Position of the next ``ch`` at or after a position; queries must not go backwards, so
+    all the searches together read the string once."""
+
+    __slots__ = ("_s", "_ch", "_found", "_asked")
+
+    def __init__(self, s: str, ch: str) -> None:
+        self._s = s
+        self._ch = ch
+        self._found = -2
+        self._asked = -1
+
+    def at(self, pos: int) -> int:
+        if self._found == -1 and pos >= self._asked:
+            return -1
+        if self._found < pos:
+            self._found = self._s.find(self._ch, pos)
+            self._asked = pos
+        return self._found
+
+
+def _tag_end(s: str, pos: int, gt: _Next, eq: _Next, quotes: dict[str, _Next]) -> int:
+    """Return the index of the ``>`` ending the tag whose name starts at ``pos``, or -1.
+
+    A ``>`` inside a quoted attribute value does not end the tag; a quote that never closes is
+    ignored (the tag then ends at the next ``>``).
+    """
+    n = len(s)
+    while True:
+        close = gt.at(pos)
+        if close < 0:
+            return -1
+        equals = eq.at(pos)
+        if equals < 0 or close < equals:
+            return close
+        v = equals + 1
+        while v < n and s[v] in " \t\n\r\f":
+            v += 1
+        quote = s[v : v + 1]
+        if quote in quotes:
+            closing = quotes[quote].at(v + 1)
+            if closing < 0:
+                return gt.at(v + 1)
+            pos = closing + 1
+        else:
+            pos = v
+
+
+def _rebuild(s: str, lt: int, name_at: int, end: int) -> str:
+    k = name_at
+    while k < end and (s[k].isascii() and (s[k].isalnum() or s[k] in "-:_")):
+        k += 1
+    name = s[name_at:k].lower()
+    if name_at == lt + 2:
+        return f"</{name}>"
+    rest = s[k : min(end, k + _ATTR_CHARS)]
+    attrs = "".join(
+        f' {key}="{value}"' for key in ("id", "class") if (value := _attr_value(rest, key))
+    )
+    return f"<{name}{attrs}>"
+
+
+def _attr_value(segment: str, key: str) -> str:
+    """Return the value of attribute ``key`` in the inside of a tag, reduced to safe chars."""
+    low = segment.lower()
+    n = len(low)
+    at = low.find(key)
+    while at >= 0:
+        v = at + len(key)
+        if at > 0 and low[at - 1].isspace():
+            while v < n and low[v].isspace():
+                v += 1
+            if v < n and low[v] == "=":
+                v += 1
+                while v < n and low[v].isspace():
+                    v += 1
+                break
+        at = low.find(key, at + 1)
+    if at < 0:
+        return ""
+    quote = segment[v : v + 1]
+    if quote in ("'", '"'):
+        close = segment.find(quote, v + 1)
+        value = segment[v + 1 : close if close >= 0 else n]
+    else:
+        stop = v
+        while stop < n and not segment[stop].isspace() and segment[stop] != "/":
+            stop += 1
+        value = segment[v:stop]
+    return "".join(c for c in value if c.isalnum() or c in " _-:.")
 
 
 class _Converter(HTMLParser):

@@ -104,11 +104,11 @@ class LiveGateway:
         return data, await self.next_link(before, kw.get("phone", CLIENT_PHONE))
 
 
-async def wait_until(predicate: Callable[[], Any], *, what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate: Callable[[], Any], *, what: str, within: float = WAIT) -> None:
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.05)
 
 

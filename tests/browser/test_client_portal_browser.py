@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Page, expect
 
 from portal.strings import STRINGS
 from tests.browser.conftest import PIN, LiveGateway, Tab, no_token_in, open_tab, serve
@@ -68,8 +68,13 @@ async def test_client_opens_the_link_with_the_pin_reads_and_replies(live, tab):
     await screenshot(page, "client-01-link-page")
 
     await page.get_by_label(STRINGS["pin_label"]).fill(PIN)
-    async with page.expect_navigation(url=live.link("/s/thread")):
+    async with page.expect_navigation(url=live.link("/s/thread")), page.expect_request(
+            lambda r: r.method == "POST") as posted:
         await page.get_by_role("button", name=STRINGS["open_button"]).click()
+    # Under the portal's no-referrer policy a same-origin form POST carries `Origin: null`;
+    # the gateway must still accept it (it leans on Sec-Fetch-Site then).
+    headers = await (await posted.value).all_headers()
+    assert (headers.get("origin"), headers.get("sec-fetch-site")) == ("null", "same-origin")
     assert page.url == live.link("/s/thread") and no_token_in(page.url) and token not in page.url
     await expect(page.get_by_role("heading", level=1)).to_have_text(
         STRINGS["thread_title"].format(org="Riverside Clinic"))
@@ -125,7 +130,8 @@ async def test_a_new_message_appears_without_reloading_the_page(live, tab):
     assert await page.evaluate("window.__sameDocument") == "yes"
     await expect(page.get_by_label(STRINGS["reply_label"])).to_have_value("half-typed repl")
     # The next poll does not add it twice.
-    await page.wait_for_timeout(3500)
+    async with page.expect_response(lambda r: "/s/thread/updates" in r.url):
+        pass
     await expect(page.locator("#messages li.msg")).to_have_count(2)
     assert tab.watch.problems() == []
 
@@ -261,22 +267,31 @@ async def test_a_form_on_another_origin_cannot_post_a_reply(live, tab):
         html = "<!doctype html><title>Win a prize</title>" + form("no token", None) + form("stolen token", stolen)
         return web.Response(text=html, content_type="text/html")
 
+    async def quiet(request: web.Request) -> web.Response:
+        # With no-referrer the browser sends `Origin: null` (as on the portal's own pages).
+        html = ('<!doctype html><meta name="referrer" content="no-referrer"><title>Win a prize</title>'
+                + form("null origin", stolen))
+        return web.Response(text=html, content_type="text/html")
+
     app = web.Application()
     app.router.add_get("/", evil)
+    app.router.add_get("/quiet", quiet)
     runner, evil_url = await serve(app)
     try:
         assert evil_url != live.url
-        # Another tab of the victim's browser (same cookies) visits the attacker's page.
+        # Another tab of the victim's browser (same cookies) visits the attacker's pages.
         attack = await tab.context.new_page()
-        for label in ("no token", "stolen token"):
-            await attack.goto(evil_url + "/")
+        for path, label, origin in (("/", "no token", evil_url), ("/", "stolen token", evil_url),
+                                    ("/quiet", "null origin", "null")):
+            await attack.goto(evil_url + path)
             async with attack.expect_response(lambda r: r.url == live.link("/s/thread/reply")) as answer:
                 await attack.get_by_role("button", name=label).click()
             response = await answer.value
             assert response.status == 403, label  # 403, not 401: the session cookie was sent
             headers = await response.request.all_headers()
-            assert headers.get("origin") == evil_url
-            assert "hl_client=" in headers.get("cookie", "")
+            assert headers.get("origin") == origin, label
+            assert headers.get("sec-fetch-site") == "same-site", label
+            assert "hl_client=" in headers.get("cookie", ""), label
             await attack.wait_for_load_state()
             await expect(attack.get_by_text("This form expired")).to_be_visible()
     finally:

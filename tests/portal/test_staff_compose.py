@@ -56,7 +56,8 @@ async def test_standard_compose_that_looks_sensitive_needs_explicit_confirmation
         sent = await b.post("/staff/compose", {"phone": NEW_PHONE, "body": body, "confirm_sensitive": "1"})
         assert sent.status == 303
     await gw.drain()
-    assert [m["body"] for m in gw.sms_to(NEW_PHONE)] == [body]
+    sms = gw.sms_to(NEW_PHONE)
+    assert len(sms) == 1 and body in sms[0]["body"]
 
 
 async def test_standard_compose_of_plain_text_needs_no_confirmation(gw):
@@ -64,7 +65,8 @@ async def test_standard_compose_of_plain_text_needs_no_confirmation(gw):
     async with browser as b:
         assert (await b.post("/staff/compose", {"phone": NEW_PHONE, "body": "See you at 3pm"})).status == 303
     await gw.drain()
-    assert [m["body"] for m in gw.sms_to(NEW_PHONE)] == ["See you at 3pm"]
+    sms = gw.sms_to(NEW_PHONE)
+    assert len(sms) == 1 and "See you at 3pm" in sms[0]["body"]
 
 
 async def test_compose_to_an_existing_contact(gw):

@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, Response, async_playwright
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Request,
+    Response,
+    async_playwright,
+)
 
 CHROMIUM = os.environ.get("HUSHLINK_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -97,7 +105,7 @@ class PageWatch:
         page.on("console", self._console)
         page.on("pageerror", lambda err: self.page_errors.append(str(err)))
         page.on("response", self._response)
-        page.on("requestfailed", lambda req: self.failed_resources.append(f"{req.url} ({req.failure})"))
+        page.on("requestfailed", self._request_failed)
 
     def _csp(self, violation: dict[str, Any]) -> None:
         self.csp_violations.append(violation)
@@ -111,6 +119,11 @@ class PageWatch:
         if msg.text.startswith("Failed to load resource: the server responded with a status of"):
             return
         self.console_errors.append(f"{msg.text} @ {msg.location.get('url', '')}")
+
+    def _request_failed(self, request: Request) -> None:
+        # ERR_ABORTED: cancelled by leaving the page (e.g. an open EventSource), not a failure.
+        if request.failure != "net::ERR_ABORTED":
+            self.failed_resources.append(f"{request.url} ({request.failure})")
 
     def _response(self, response: Response) -> None:
         if response.status >= 400 and response.request.resource_type not in ("document",):
@@ -192,7 +205,10 @@ _A11Y = r"""
     return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
   };
   const lum = (c) => {
-    const ch = [c.r, c.g, c.b].map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+    const ch = [c.r, c.g, c.b].map((v) => {
+      v /= 255;
+      return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+    });
     return 0.2126 * ch[0] + 0.7152 * ch[1] + 0.0722 * ch[2];
   };
   const blend = (top, bottom) => ({
@@ -255,8 +271,12 @@ async def tab_order(page: Page, presses: int = 15) -> list[str]:
     for _ in range(presses):
         await page.keyboard.press("Tab")
         seen.append(await page.evaluate(
-            """() => { const e = document.activeElement; if (!e || e === document.body) { return "body"; }
-                 return e.tagName.toLowerCase() + (e.getAttribute("name") ? "[name=" + e.getAttribute("name") + "]" : "")
-                   + (e.id ? "#" + e.id : "") + ":" + (e.textContent || e.value || "").trim().slice(0, 40); }"""
+            """() => {
+                 const e = document.activeElement;
+                 if (!e || e === document.body) { return "body"; }
+                 const name = e.getAttribute("name");
+                 return e.tagName.toLowerCase() + (name ? "[name=" + name + "]" : "") + (e.id ? "#" + e.id : "")
+                   + ":" + (e.textContent || e.value || "").trim().slice(0, 40);
+               }"""
         ))
     return seen
