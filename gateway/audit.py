@@ -7,14 +7,15 @@ loser of a race gets DuplicateKeyError and retries on the new head.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo import DESCENDING
 from pymongo.errors import DuplicateKeyError
 
 from gateway.crypto import Sealer
@@ -58,9 +59,10 @@ class AuditLog:
         self._store = store
         self._sealer = sealer
         self._clock = clock
-        # Last known head per org: saves a read per append; a stale head only costs a retry,
-        # because the unique (org_id, seq) index refuses the colliding insert.
+        # Last known head per org, and one writer per org in this process: appends then never
+        # race each other here; across processes the unique (org_id, seq) index settles it.
         self._heads: dict[str, Doc] = {}
+        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def append(
         self,
@@ -77,31 +79,53 @@ class AuditLog:
         unknown = set(ids) - set(_ID_FIELDS)
         if unknown:
             raise ValueError(f"unknown audit id fields: {sorted(unknown)}")
-        for _ in range(50):
-            head = self._heads.get(org_id)
-            if head is None:
-                head = await self.head(org_id)
-            entry: Doc = {
-                "org_id": org_id,
-                "seq": (head["seq"] + 1) if head else 1,
-                "at": self._clock.now(),
-                "action": action,
-                "actor": {"kind": actor.kind, "id": actor.id},
-                "outcome": outcome,
-                "ip": ip,
-                "detail": detail or {},
-                **{k: v for k, v in ids.items() if v is not None},
-                "prev": head["mac"] if head else GENESIS,
-            }
-            entry["mac"] = self._sealer.mac(_canonical(entry))
-            try:
-                await self._store.audit.insert_one(entry)
-            except DuplicateKeyError:
-                self._heads.pop(org_id, None)
-                continue  # another writer took this seq; chain onto the new head
-            self._heads[org_id] = {"seq": entry["seq"], "mac": entry["mac"]}
-            return entry
+        async with self._locks[org_id]:
+            head = self._heads.get(org_id) or await self._load_head(org_id)
+            for _ in range(1000):
+                entry: Doc = {
+                    "org_id": org_id,
+                    "seq": head["seq"] + 1,
+                    "at": self._clock.now(),
+                    "action": action,
+                    "actor": {"kind": actor.kind, "id": actor.id},
+                    "outcome": outcome,
+                    "ip": ip,
+                    "detail": detail or {},
+                    **{k: v for k, v in ids.items() if v is not None},
+                    "prev": head["mac"],
+                }
+                entry["mac"] = self._sealer.mac(_canonical(entry))
+                try:
+                    await self._store.audit.insert_one(entry)
+                except DuplicateKeyError:
+                    # Another process took this seq: step onto its entry (an indexed equality
+                    # lookup) and try the next one.
+                    taken = await self._store.audit.find_one({"org_id": org_id, "seq": head["seq"] + 1},
+                                                             projection={"seq": 1, "mac": 1})
+                    head = _head_of(taken) if taken else await self._load_head(org_id)
+                    continue
+                head = _head_of(entry)
+                self._heads[org_id] = head
+                await self._save_head(org_id, head)
+                return entry
         raise RuntimeError("audit append kept losing races")
+
+    async def _load_head(self, org_id: str) -> Doc:
+        """The chain head from `audit_heads`, rolled forward past entries written after it."""
+        doc = await self._store.audit_heads.find_one({"_id": org_id})
+        head: Doc = _head_of(doc) if doc else {"seq": 0, "mac": GENESIS}
+        while (nxt := await self._store.audit.find_one({"org_id": org_id, "seq": head["seq"] + 1},
+                                                       projection={"seq": 1, "mac": 1})) is not None:
+            head = _head_of(nxt)
+        return head
+
+    async def _save_head(self, org_id: str, head: Doc) -> None:
+        res = await self._store.audit_heads.update_one({"_id": org_id, "seq": {"$lt": head["seq"]}}, {"$set": head})
+        if res.matched_count == 0:
+            try:
+                await self._store.audit_heads.insert_one({"_id": org_id, **head})
+            except DuplicateKeyError:
+                pass  # exists with a later head already
 
     async def verify(self, org_id: str) -> int | None:
         """Walk the chain; return the first bad seq, or None if the chain is intact."""
@@ -114,9 +138,17 @@ class AuditLog:
                 return int(entry["seq"])
             prev = entry["mac"]
             expected_seq += 1
+        # Entries cut off the end leave the recorded head pointing past the chain.
+        recorded = await self._store.audit_heads.find_one({"_id": org_id})
+        if recorded is not None and int(recorded["seq"]) >= expected_seq:
+            return int(expected_seq)
         return None
 
     async def head(self, org_id: str) -> Doc | None:
-        return await self._store.audit.find_one(
-            {"org_id": org_id}, sort=[("seq", DESCENDING)], projection={"seq": 1, "mac": 1}
-        )
+        """The last entry's seq and MAC (anchor it somewhere else to detect truncation)."""
+        head = await self._load_head(org_id)
+        return head if head["seq"] else None
+
+
+def _head_of(doc: Doc) -> Doc:
+    return {"seq": int(doc["seq"]), "mac": str(doc["mac"])}

@@ -19,6 +19,7 @@ from gateway.store import Doc, Store
 from gateway.vault import Vault
 
 OPTED_IN = "opted_in"
+NO_VALUE = "none:"  # placeholder for an absent blind index (keeps the unique index plain)
 OPTED_OUT = "opted_out"
 
 
@@ -102,6 +103,8 @@ class Contacts:
             "consent_log": [], "created_at": self._clock.now(), "last_channel": None,
         }
         await self._set_fields(doc, phone=phone, email=email, name=name)
+        doc.setdefault("phone_bidx", NO_VALUE + cid)  # see gateway/store.py: unique, never partial
+        doc.setdefault("email_bidx", NO_VALUE + cid)
         try:
             await self._store.contacts.insert_one(doc)
         except DuplicateKeyError:

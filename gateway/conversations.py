@@ -76,20 +76,18 @@ class Conversations:
     # -- threads ------------------------------------------------------------------------
     async def thread_for(self, org_id: str, contact_id: str, channel: str) -> Doc:
         """The contact's thread in this org (one per contact), created on first use."""
+        # find, then insert: a plain read is far cheaper than findAndModify on SecantusDB, and the
+        # unique (org_id, contact_id) index settles a race between two creators.
+        doc = await self._store.threads.find_one({"org_id": org_id, "contact_id": contact_id})
+        if doc is not None:
+            return doc
         now = self._clock.now()
+        doc = {"_id": new_id(), "org_id": org_id, "contact_id": contact_id, "secure": False, "status": "open",
+               "assignee": None, "created_at": now, "last_activity_at": now, "unread_staff": 0,
+               "preview": "", "channel": channel}
         try:
-            doc = await self._store.threads.find_one_and_update(
-                {"org_id": org_id, "contact_id": contact_id},
-                {"$setOnInsert": {
-                    "_id": new_id(), "secure": False, "status": "open", "assignee": None,
-                    "created_at": now, "last_activity_at": now, "unread_staff": 0,
-                    "preview": "", "channel": channel,
-                }},
-                upsert=True, return_document=ReturnDocument.AFTER,
-            )
-        except DuplicateKeyError:  # two upserts raced; the other one created it
-            doc = None
-        if doc is None:  # SecantusDB may answer the losing upsert of a race with no document
+            await self._store.threads.insert_one(doc)
+        except DuplicateKeyError:  # created concurrently; the stored one wins
             doc = await self._store.threads.find_one({"org_id": org_id, "contact_id": contact_id})
         assert doc is not None
         return doc
@@ -124,7 +122,8 @@ class Conversations:
         if pin is not None:
             validate_pin(pin)
         if idempotency_key is not None:
-            previous = await self._store.messages.find_one({"org_id": org.id, "idempotency_key": idempotency_key})
+            previous = await self._store.messages.find_one(
+                {"org_id": org.id, "idempotency_key": "k:" + idempotency_key})
             if previous is not None:
                 thread = await self.get_thread(org.id, previous["thread_id"])
                 return Sent(previous, thread, previous.get("link_id"))
@@ -157,8 +156,8 @@ class Conversations:
             "status_history": [{"status": "queued", "at": now}], "provider_id": None,
             "link_id": None, "created_at": now,
         }
-        if idempotency_key is not None:
-            message["idempotency_key"] = idempotency_key
+        # Unique per org; a placeholder when absent (gateway/store.py: no partial indexes).
+        message["idempotency_key"] = "k:" + idempotency_key if idempotency_key is not None else "none:" + mid
         link_doc, token = None, None
         if is_secure:
             link_doc, token = self._links.new(
@@ -190,7 +189,8 @@ class Conversations:
             except DuplicateKeyError:
                 if idempotency_key is None:
                     raise
-                previous = await self._store.messages.find_one({"org_id": org.id, "idempotency_key": idempotency_key})
+                previous = await self._store.messages.find_one(
+                    {"org_id": org.id, "idempotency_key": "k:" + idempotency_key})
                 assert previous is not None
                 return Sent(previous, thread, previous.get("link_id"))
             except OperationFailure as err:
@@ -304,7 +304,7 @@ class Conversations:
             "body": await self._vault.seal(contact.dek_id, org.id, "messages", message_id, "body", body),
             "preview": NEUTRAL_PREVIEW["inbound"], "status": "received",
             "status_history": [{"status": "received", "at": now}], "provider_id": provider_id,
-            "link_id": None, "created_at": now, "flags": flags or [],
+            "link_id": None, "created_at": now, "flags": flags or [], "idempotency_key": "none:" + message_id,
         }
         try:
             await self._store.messages.insert_one(message)
@@ -318,9 +318,8 @@ class Conversations:
             update["$set"]["secure"] = True
         if channel in CHANNELS:
             update["$set"]["channel"] = channel
-        thread = await self._store.threads.find_one_and_update(
-            {"_id": thread["_id"]}, update, return_document=ReturnDocument.AFTER
-        ) or thread
+        await self._store.threads.update_one({"_id": thread["_id"]}, update)
+        thread = {**thread, **update["$set"], "unread_staff": int(thread.get("unread_staff", 0)) + 1}
         if channel in CHANNELS:
             await self._contacts.touch_channel(contact, channel)
         return message, thread, True

@@ -24,6 +24,10 @@ CONTACTS_BY_ID = [("org_id", ASCENDING), ("_id", DESCENDING)]
 
 # Every index, declared once. Created idempotently at start-up (create_indexes is a no-op for
 # an index that already exists with the same spec).
+#
+# No partial or sparse indexes on hot paths: SecantusDB (the embedded and test server) does not
+# plan equality lookups onto them and scans instead. Unique fields that may be "absent" hold a
+# per-document placeholder ("none:<id>") so a plain unique index works on every server.
 INDEXES: dict[str, list[IndexModel]] = {
     "orgs": [
         IndexModel([("sms_numbers", ASCENDING)], unique=True,
@@ -43,10 +47,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("org_id", ASCENDING), ("_id", DESCENDING)]),  # staff portal: settings list
     ],
     "contacts": [
-        IndexModel([("org_id", ASCENDING), ("phone_bidx", ASCENDING)], unique=True,
-                   partialFilterExpression={"phone_bidx": {"$type": "string"}}),
-        IndexModel([("org_id", ASCENDING), ("email_bidx", ASCENDING)], unique=True,
-                   partialFilterExpression={"email_bidx": {"$type": "string"}}),
+        IndexModel([("org_id", ASCENDING), ("phone_bidx", ASCENDING)], unique=True),
+        IndexModel([("org_id", ASCENDING), ("email_bidx", ASCENDING)], unique=True),
         IndexModel(CONTACTS_BY_ID),  # staff portal: contact list
     ],
     "threads": [
@@ -58,11 +60,9 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     "messages": [
         IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING), ("_id", ASCENDING)]),
-        IndexModel([("provider_id", ASCENDING)], partialFilterExpression={"provider_id": {"$type": "string"}}),
-        IndexModel([("org_id", ASCENDING), ("idempotency_key", ASCENDING)], unique=True,
-                   partialFilterExpression={"idempotency_key": {"$type": "string"}}),
-        IndexModel([("email_message_id", ASCENDING)],
-                   partialFilterExpression={"email_message_id": {"$type": "string"}}),
+        IndexModel([("provider_id", ASCENDING)]),
+        IndexModel([("org_id", ASCENDING), ("idempotency_key", ASCENDING)], unique=True),
+        IndexModel([("email_message_id", ASCENDING)]),
     ],
     "links": [
         IndexModel([("token_hash", ASCENDING)], unique=True),
@@ -75,7 +75,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     "outbox": [
         IndexModel([("state", ASCENDING), ("next_attempt_at", ASCENDING)]),
         IndexModel([("message_id", ASCENDING)]),
-        IndexModel([("provider_id", ASCENDING)], partialFilterExpression={"provider_id": {"$type": "string"}}),
+        IndexModel([("provider_id", ASCENDING)]),
     ],
     "delivery_events": [
         IndexModel([("provider_id", ASCENDING), ("status", ASCENDING)], unique=True),
@@ -113,7 +113,7 @@ class Store:
 
     def __getattr__(self, name: str) -> AsyncCollection[Doc]:
         # store.messages, store.outbox, ... — only the collections declared above.
-        if name in INDEXES or name in ("keys", "orgs"):
+        if name in INDEXES or name in ("keys", "orgs", "audit_heads"):
             return self.db[name]
         raise AttributeError(name)
 
