@@ -176,6 +176,10 @@ class Conversations:
                                        "preview": NEUTRAL_PREVIEW["outbound"]}}
         if is_secure:
             thread_update["$set"]["secure"] = True
+        if link_doc is not None and link_doc["pin_hash"]:
+            # A per-message PIN guards the whole thread from now on: any later link to it (a
+            # renewal, the answer to a texted reply) opens the same content, so it needs the PIN.
+            thread_update["$set"]["pin_hash"] = link_doc["pin_hash"]
         for attempt in range(TXN_ATTEMPTS):
             try:
                 async with self._store.transaction() as session:

@@ -85,8 +85,13 @@ class ClientPortal:
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
     async def _pin_hash(self, link: Doc) -> str | None:
+        """The PIN this link needs: its own, else the thread's (last per-message PIN), else the contact's."""
         if link.get("pin_hash"):
             return str(link["pin_hash"])
+        thread = await self._s.store.threads.find_one({"_id": link["thread_id"], "org_id": link["org_id"]},
+                                                      projection={"pin_hash": 1})
+        if thread and thread.get("pin_hash"):
+            return str(thread["pin_hash"])
         contact = await self._s.contacts.get(link["org_id"], link["contact_id"])
         return contact.pin_hash
 

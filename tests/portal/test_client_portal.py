@@ -731,3 +731,18 @@ async def test_hostile_content_and_names_render_escaped(gw):
     assert_inert(html)
     assert "alert(5)" in html and len(Page(html).find("script")) == 1
     assert Page(html).find("a", href="javascript:alert(6)") == []
+
+
+async def test_a_per_message_pin_also_guards_later_links_to_the_same_thread(gw):
+    """A renewal or the answer to a texted reply must not open PIN-protected content without the PIN."""
+    await gw.api_send(body="Canary-pin-thread-4410", secure=True, pin="246810")
+    await gw.drain()
+    await gw.inbound_sms("thanks, got it")  # the client texts back: answered with a fresh link
+    await gw.drain()
+    fresh = gw.last_link_token()
+    page = await (await gw.client.get(f"/s/{fresh}")).text()
+    assert 'name="pin"' in page
+    wrong = await gw.open_link(fresh, pin="000000")
+    assert wrong.status == 401
+    right = await gw.open_link(fresh, pin="246810")
+    assert right.status == 303
