@@ -102,8 +102,9 @@ def build_runtime(services: Services, *, sms: SmsSender | None = None, email: Em
                                    s.audit, s.clock),
     }
     dispatcher = OutboxDispatcher(s, sms, email, owner=owner)
-    processor = InboundProcessor(s.store, s.clock, handlers, events.wake, owner=owner,  # type: ignore[arg-type]
-                                 poll_seconds=s.config.outbox.poll_seconds, after_event=dispatcher.wake.set)
+    processor = InboundProcessor(s.store, s.clock, handlers, owner=owner,  # type: ignore[arg-type]
+                                 poll_seconds=s.config.outbox.poll_seconds)
+    events.listeners.append(processor.worker.notify)
     if sandbox is not None:
         async def sandbox_status(sid: str, status: str) -> None:
             await record_delivery_event(s, sid, status, None)
@@ -194,7 +195,6 @@ def _workers(rt: Runtime):  # type: ignore[no-untyped-def]
         ]
         yield
         rt.stop.set()
-        rt.events.wake.set()
         # Drain: the loops finish the job in hand, then return.
         _, pending = await asyncio.wait(tasks, timeout=30)
         for t in pending:

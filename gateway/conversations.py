@@ -204,6 +204,7 @@ class Conversations:
                 await asyncio.sleep(random.uniform(0, 0.01 * (attempt + 1)))
                 continue
             break
+        self._outbox.announce(job["_id"])
         await self._contacts.touch_channel(contact, channel)
         await self._audit.append(org.id, "message.send", actor, thread_id=thread["_id"], message_id=mid,
                                  contact_id=contact.id, link_id=message["link_id"],
@@ -419,6 +420,7 @@ class Conversations:
                 await self._outbox.insert(job, session=session)
         except DuplicateKeyError:
             return None
+        self._outbox.announce(job["_id"])
         await self._audit.append(org.id, "link.issued", Actor("system"), thread_id=thread_id,
                                  link_id=link_doc["_id"], contact_id=contact.id, message_id=message_id,
                                  detail={"template": template, "channel": channel})

@@ -7,6 +7,7 @@ time; a link token the text needs is sealed into the job and removed once sent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -24,6 +25,12 @@ class Outbox:
         self._store = store
         self._vault = vault
         self._clock = clock
+        # Called with a job id once the job is stored (committed): the local dispatcher's fast path.
+        self.listeners: list[Callable[[str], None]] = []
+
+    def announce(self, job_id: str) -> None:
+        for listener in self.listeners:
+            listener(job_id)
 
     async def job(
         self,
@@ -54,4 +61,8 @@ class Outbox:
         return doc
 
     async def insert(self, doc: Doc, session: AsyncClientSession | None = None) -> None:
+        """Store a job. Outside a transaction it is announced at once; inside, the caller announces
+        it after the commit."""
         await self._store.outbox.insert_one(doc, session=session)
+        if session is None:
+            self.announce(doc["_id"])

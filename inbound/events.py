@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -25,7 +25,8 @@ class InboundEvents:
         self._store = store
         self._vault = vault
         self._clock = clock
-        self.wake = asyncio.Event()
+        # Called with an event id once it is stored: the local processor's fast path.
+        self.listeners: list[Callable[[str], None]] = []
 
     async def accept(
         self, *, provider: str, provider_id: str, org_id: str | None, kind: str,
@@ -60,7 +61,8 @@ class InboundEvents:
                            extra={"fields": {"provider": provider, "error": type(err).__name__}})
             raise StoreUnavailable("database unavailable") from err
         if state == "pending":
-            self.wake.set()
+            for listener in self.listeners:
+                listener(eid)
         return eid, True
 
     async def open_payload(self, event: Doc) -> dict[str, Any]:

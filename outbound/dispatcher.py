@@ -13,14 +13,12 @@ import random
 import time
 from datetime import timedelta
 
-from pymongo import ReturnDocument
-from pymongo.errors import PyMongoError
-
 from gateway.audit import Actor
 from gateway.contacts import OPTED_OUT
 from gateway.errors import IntegrityError, NotFound, ProviderPermanent, ProviderTransient
+from gateway.leases import LeaseWorker
 from gateway.orgs import Org
-from gateway.outbox import DEAD, FAILED, PENDING, SENT
+from gateway.outbox import DEAD, FAILED, SENT
 from gateway.ports import EmailSender, OutgoingEmail, SmsSender
 from gateway.services import Services
 from gateway.store import Doc
@@ -59,7 +57,11 @@ class OutboxDispatcher:
         self._rng = rng or random.Random()
         self._cfg = services.config.outbox
         self._pacer = Pacer(self._cfg.sms_per_second)
-        self.wake = asyncio.Event()
+        self.worker = LeaseWorker(services.store.outbox, services.clock, owner=owner,
+                                  lease_seconds=self._cfg.lease_seconds, poll_seconds=self._cfg.poll_seconds,
+                                  handle=self.deliver, name="outbox dispatcher")
+        self.wake = self.worker.wake
+        services.outbox.listeners.append(self.worker.notify)
 
     @property
     def status_callback(self) -> str:
@@ -71,37 +73,14 @@ class OutboxDispatcher:
         return float(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
 
     async def claim(self) -> Doc | None:
-        now = self._s.clock.now()
-        return await self._s.store.outbox.find_one_and_update(
-            {"state": PENDING, "next_attempt_at": {"$lte": now}, "lease_until": {"$lte": now}},
-            {"$set": {"lease_until": now + timedelta(seconds=self._cfg.lease_seconds),
-                      "lease_owner": self._owner, "updated_at": now},
-             "$inc": {"attempts": 1}},
-            sort=[("next_attempt_at", 1)], return_document=ReturnDocument.AFTER,
-        )
+        return await self.worker.claim()
 
     async def run_once(self) -> int:
-        n = 0
-        while (job := await self.claim()) is not None:
-            await self.deliver(job)
-            n += 1
-        return n
+        return await self.worker.run_once()
 
     async def run(self, stop: asyncio.Event, concurrency: int = 1) -> None:
-        """Claim and deliver jobs until stopped, with `concurrency` loops sharing the wake-up."""
-        await asyncio.gather(*(self._loop(stop) for _ in range(concurrency)))
-
-    async def _loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            self.wake.clear()
-            try:
-                await self.run_once()
-            except PyMongoError as err:
-                logger.warning("dispatcher: database unavailable", extra={"fields": {"error": type(err).__name__}})
-            waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=self._cfg.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
+        """Claim and deliver jobs until stopped (gateway/leases.py: concurrent loops + sweeper)."""
+        await self.worker.run(stop, concurrency)
 
     # -- one job --------------------------------------------------------------------------
     async def deliver(self, job: Doc) -> None:

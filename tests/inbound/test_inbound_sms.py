@@ -368,7 +368,7 @@ async def test_handler_error_is_retried_not_lost(gw: Gateway) -> None:
             raise ConnectionError("database blip")
         return await handler(event)
 
-    processor = InboundProcessor(gw.store, gw.clock, {"sms": flaky}, gw.runtime.events.wake,
+    processor = InboundProcessor(gw.store, gw.clock, {"sms": flaky},
                                  owner="flaky")
     params = await gw.inbound_sms("Reply that hits a failure")
     assert await processor.run_once() == 1
@@ -392,7 +392,7 @@ async def test_event_that_always_fails_ends_failed_but_kept(gw: Gateway) -> None
     async def broken(event: Doc) -> str:
         raise RuntimeError("bug")
 
-    processor = InboundProcessor(gw.store, gw.clock, {"sms": broken}, gw.runtime.events.wake,
+    processor = InboundProcessor(gw.store, gw.clock, {"sms": broken},
                                  owner="broken")
     params = await gw.inbound_sms("hello")
     for _ in range(10):
