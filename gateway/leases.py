@@ -42,10 +42,17 @@ class LeaseWorker:
         self._name = name
         self._ready: asyncio.Queue[object] = asyncio.Queue()
         self._queued: set[object] = set()
+        self._known: dict[object, Doc] = {}  # documents handed over with their id (saves a read)
         self.wake = asyncio.Event()  # ask for a sweep now (e.g. work queued by another component)
 
-    def notify(self, doc_id: object) -> None:
-        """Hand over a document known to be due (fast path; safe to call twice or wrongly)."""
+    def notify(self, doc_id: object, doc: Doc | None = None) -> None:
+        """Hand over a document known to be due (fast path; safe to call twice or wrongly).
+
+        With `doc` (as just inserted) the claim needs no read: a successful conditional update
+        proves the stored document is still the pending one that was handed over.
+        """
+        if doc is not None and len(self._known) < 10_000:
+            self._known[doc_id] = doc
         if doc_id not in self._queued:
             self._queued.add(doc_id)
             self._ready.put_nowait(doc_id)
@@ -62,8 +69,12 @@ class LeaseWorker:
             {"$set": {"lease_until": now + timedelta(seconds=self._lease), "lease_owner": self._owner,
                       "updated_at": now}, "$inc": {"attempts": 1}},
         )
+        known = self._known.pop(doc_id, None)
         if res.modified_count != 1:
             return None
+        if known is not None and known.get("attempts") == 0:
+            lease = now + timedelta(seconds=self._lease)
+            return {**known, "attempts": 1, "lease_until": lease, "lease_owner": self._owner, "updated_at": now}
         return await self._coll.find_one({"_id": doc_id})
 
     async def due_ids(self, limit: int = SWEEP_BATCH) -> list[object]:

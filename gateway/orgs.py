@@ -106,6 +106,7 @@ class Orgs:
         self._store = store
         self._clock = clock
         self._cache: dict[str, tuple[float, Org]] = {}
+        self._by_recipient: dict[str, tuple[float, Org]] = {}
 
     async def create(
         self,
@@ -153,12 +154,20 @@ class Orgs:
 
     async def by_recipient(self, to: str | None, messaging_service_sid: str | None) -> Org | None:
         """The org an inbound SMS belongs to: by its number, else by its Messaging Service."""
+        key = f"{to}|{messaging_service_sid}"
+        hit = self._by_recipient.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.CACHE_SECONDS:
+            return hit[1]
         doc = None
         if to:
             doc = await self._store.orgs.find_one({"sms_numbers": to})
         if doc is None and messaging_service_sid:
             doc = await self._store.orgs.find_one({"messaging_service_sids": messaging_service_sid})
-        return _org_from_doc(doc) if doc else None
+        if doc is None:
+            return None  # not cached: a number added a moment ago must route at once
+        org = _org_from_doc(doc)
+        self._by_recipient[key] = (time.monotonic(), org)
+        return org
 
     async def by_reply_domain(self, domain: str) -> list[Org]:
         return [_org_from_doc(d) async for d in self._store.orgs.find({"reply_domain": domain.lower()})]
@@ -168,6 +177,7 @@ class Orgs:
         policy = replace(org.policy, **changes).validate()
         await self._store.orgs.update_one({"_id": org_id}, {"$set": {"policy": asdict(policy)}})
         self._cache.pop(org_id, None)
+        self._by_recipient.clear()
         return replace(org, policy=policy)
 
     async def update(self, org_id: str, **changes: Any) -> None:
@@ -176,3 +186,4 @@ class Orgs:
             raise ValueError(f"cannot change {sorted(set(changes) - allowed)}")
         await self._store.orgs.update_one({"_id": org_id}, {"$set": changes})
         self._cache.pop(org_id, None)
+        self._by_recipient.clear()

@@ -21,7 +21,7 @@ from gateway.reply_tokens import ReplyTokens
 from gateway.store import Doc, Store
 from gateway.vault import Vault
 from inbound.events import InboundEvents
-from inbound.mail_api import ParsedMail, parse_message
+from inbound.mail.parse import ParsedMail, parse_message
 
 logger = logging.getLogger(__name__)
 

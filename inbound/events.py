@@ -25,8 +25,8 @@ class InboundEvents:
         self._store = store
         self._vault = vault
         self._clock = clock
-        # Called with an event id once it is stored: the local processor's fast path.
-        self.listeners: list[Callable[[str], None]] = []
+        # Called with an event id and document once it is stored: the local processor's fast path.
+        self.listeners: list[Callable[[str, Doc], None]] = []
 
     async def accept(
         self, *, provider: str, provider_id: str, org_id: str | None, kind: str,
@@ -62,7 +62,7 @@ class InboundEvents:
             raise StoreUnavailable("database unavailable") from err
         if state == "pending":
             for listener in self.listeners:
-                listener(eid)
+                listener(eid, doc)
         return eid, True
 
     async def open_payload(self, event: Doc) -> dict[str, Any]:

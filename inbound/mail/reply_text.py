@@ -16,7 +16,9 @@ expressions at all. Rules, in the order a line meets them:
   German/Danish/Swedish/Dutch/Polish/French/Spanish/Japanese variants) is dropped with the
   quote it introduces. When it follows the reply after a blank line (top-posting) the rest is
   cut; when it comes first, or straight after a greeting line, the text after the quote is
-  kept (bottom-posting and inline replies).
+  kept (bottom-posting and inline replies). Without a quote after it, an attribution counts
+  only when unmistakable (known verb, an address or opening word, a date or address), since
+  the rest of the mail is then cut.
 * A separator, header block or attribution before any reply text is skipped rather than cut,
   so a message that is only a pasted or forwarded mail keeps its body.
 * Trailing mobile signatures ("Sent from my iPhone", "Get Outlook for iOS", ...) and a short
@@ -49,6 +51,7 @@ _END_VERBS = (
     "napisał",
     "napisała",
     "napisał(a)",
+    "pisze",
     "a écrit",
     "escribió",
     "ha scritto",
@@ -170,7 +173,7 @@ def _extract(text: str) -> _Extraction:
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     scanner = _Scanner(lines)
     kept = scanner.run()
-    _trim_signature(kept)
+    scanner.steps += _trim_signature(kept)
     first = 0
     while first < len(kept) and not kept[first].strip():
         first += 1
@@ -188,6 +191,7 @@ class _Scanner:
         for i in range(n - 1, -1, -1):
             nxt[i] = i if self.view[i] else nxt[i + 1]
         self.next_nonblank = nxt
+        self._starts = [-2] * n  # memo of _best_start; -2: not worked out yet
 
     def run(self) -> list[str]:
         lines, view = self.lines, self.view
@@ -231,8 +235,7 @@ class _Scanner:
             if attribution_end >= 0:
                 after = self.next_nonblank[attribution_end + 1]
                 if after < n and view[after][0] == ">":
-                    top_posted = has_text and (i == 0 or not view[i - 1])
-                    if top_posted:
+                    if has_text and not view[i - 1]:  # top-posted: the rest is history
                         break
                     dropped = True
                     i = attribution_end + 1
@@ -280,6 +283,11 @@ class _Scanner:
     def _best_start(self, end: int) -> int:
         """Pick where the attribution ending at line ``end`` starts: prefer one opening with a
         known word ("On", "Am", ...), else the shortest; -1 if none matches."""
+        if self._starts[end] == -2:
+            self._starts[end] = self._work_out_start(end)
+        return self._starts[end]
+
+    def _work_out_start(self, end: int) -> int:
         shortest = -1
         for start in range(end, max(-1, end - _ATTRIBUTION_LINES), -1):
             self.steps += 1
@@ -371,17 +379,30 @@ def _drop_rule_above(kept: list[str]) -> None:
         kept.pop()
 
 
-def _trim_signature(kept: list[str]) -> None:
-    while True:
-        while kept and not _normalise(kept[-1]):
+def _trim_signature(kept: list[str]) -> int:
+    """Drop trailing blank lines, then one mobile signature, then one "-Name" sign-off (unless
+    it ends a list of such lines); return the number of lines looked at."""
+    looked = _drop_trailing_blanks(kept)
+    if kept and _is_mobile_signature(_normalise(kept[-1][:_SCAN_CHARS])):
+        kept.pop()
+        looked += _drop_trailing_blanks(kept)
+    if kept and _is_dash_signoff(_normalise(kept[-1][:_SCAN_CHARS])):
+        above = len(kept) - 2
+        while above >= 0 and not kept[above].strip():
+            above -= 1
+            looked += 1
+        if above < 0 or not kept[above].lstrip().startswith("-"):
             kept.pop()
-        if not kept:
-            return
-        last = _normalise(kept[-1][:_SCAN_CHARS])
-        if _is_mobile_signature(last) or _is_dash_signoff(last):
-            kept.pop()
-            continue
-        return
+            looked += _drop_trailing_blanks(kept)
+    return looked
+
+
+def _drop_trailing_blanks(kept: list[str]) -> int:
+    dropped = 0
+    while kept and not _normalise(kept[-1][:_SCAN_CHARS]):
+        kept.pop()
+        dropped += 1
+    return dropped + 1
 
 
 def _is_mobile_signature(s: str) -> bool:
