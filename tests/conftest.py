@@ -15,9 +15,9 @@ from gateway.config import Config, ServerConfig, TwilioConfig
 from gateway.crypto import Keyring
 from gateway.services import Services, build_services
 from gateway.store import Store, make_client
+from outbound.smtp_email import SmtpEmailSender
 from outbound.twilio_sms import TwilioSmsSender
 from tests.support.database import SecantusServer, external_uri
-from outbound.smtp_email import SmtpEmailSender
 from tests.support.harness import ORG_EMAIL, ORG_NUMBER, PUBLIC_URL, REPLY_DOMAIN, Gateway
 from tests.support.smtp_sink import SmtpSink
 from tests.support.twilio_standin import TwilioStandIn
