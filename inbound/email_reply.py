@@ -26,6 +26,8 @@ from inbound.mail.parse import ParsedMail, parse_message
 logger = logging.getLogger(__name__)
 
 MAX_TEXT = 20_000
+MAX_ATTACHMENTS = 10  # per mail; more are dropped and the message flagged
+MAX_ATTACHMENT_BYTES = 10_000_000  # per attachment, decoded
 
 
 def _bare(message_id: str | None) -> str:
@@ -53,10 +55,11 @@ class EmailReplyHandler:
             return "unroutable"
         org = await self._orgs.get(scope["org_id"])
         contact = await self._contacts.get(org.id, scope["contact_id"])
-        parsed = parse_message(await self._events.open_raw(event))
+        parsed = parse_message(await self._events.open_raw(event), max_attachments=MAX_ATTACHMENTS,
+                               max_attachment_bytes=MAX_ATTACHMENT_BYTES)
         actor = Actor("client", contact.id)
         if parsed.is_bounce:
-            return await self._bounce(org.id, parsed)
+            return await self._bounce(org.id, contact.id, parsed)
         flags: list[str] = []
         if parsed.is_auto_reply:
             flags.append("auto_reply")
@@ -71,12 +74,14 @@ class EmailReplyHandler:
         if sensitive and not thread.get("secure"):
             flags.append("classified_sensitive")
         secure = bool(thread.get("secure")) or bool(sensitive)
+        # Before the message (idempotent upserts): a crash in between must not leave a message
+        # whose attachments are never stored, as a re-run sees the message already there.
+        await self._store_attachments(org.id, contact.dek_id, eid, thread["_id"], contact.id, parsed)
         message, thread, new = await self._conversations.record_inbound(
             org, contact, message_id=eid, channel="email", body=text, provider_id=_bare(parsed.message_id) or None,
             secure=secure, flags=flags, thread=thread,
         )
         if new:
-            await self._store_attachments(org.id, contact.dek_id, eid, parsed)
             await self._audit.append(org.id, "message.received", actor, thread_id=thread["_id"], message_id=eid,
                                      contact_id=contact.id,
                                      detail={"channel": "email", "secure": secure, "auto_reply": parsed.is_auto_reply,
@@ -91,23 +96,27 @@ class EmailReplyHandler:
             )
         return "done"
 
-    async def _store_attachments(self, org_id: str, dek_id: str, message_id: str, parsed: ParsedMail) -> None:
+    async def _store_attachments(self, org_id: str, dek_id: str, message_id: str, thread_id: str, contact_id: str,
+                                 parsed: ParsedMail) -> None:
         for n, att in enumerate(parsed.attachments):
             aid = f"{message_id}:{n}"
             await self._store.attachments.update_one({"_id": aid}, {"$setOnInsert": {
-                "_id": aid, "org_id": org_id, "message_id": message_id, "size": len(att.data),
+                "_id": aid, "org_id": org_id, "message_id": message_id, "thread_id": thread_id,
+                "contact_id": contact_id, "size": len(att.data),
                 "content_type": att.content_type,
                 "filename": await self._vault.seal(dek_id, org_id, "attachments", aid, "filename", att.filename or ""),
                 "data": Binary(await self._vault.seal(dek_id, org_id, "attachments", aid, "data", att.data)),
             }}, upsert=True)
 
-    async def _bounce(self, org_id: str, parsed: ParsedMail) -> str:
+    async def _bounce(self, org_id: str, contact_id: str, parsed: ParsedMail) -> str:
         bounce = parsed.bounce
         original = _bare(bounce.original_message_id) if bounce else ""
         if not original:
             return "bounce_unmatched"
+        # Scoped to the contact the reply address belongs to, like any reply: a report on one
+        # contact's address cannot fail a message sent to someone else.
         message = await self._store.messages.find_one(
-            {"org_id": org_id, "email_message_id": {"$in": [original, f"<{original}>"]}}
+            {"org_id": org_id, "contact_id": contact_id, "email_message_id": {"$in": [original, f"<{original}>"]}}
         )
         if message is None:
             return "bounce_unmatched"

@@ -2,6 +2,11 @@
 
 Leases live in MongoDB (gateway/leases.py), so any number of worker processes can run this. A
 handler must be idempotent: a crash after any step re-runs the whole event safely.
+
+Under backlog the worker hands over whole batches. A handler with a `batch` method processes the
+common case of a batch in bulk and returns what it finished plus the events it leaves to the
+one-by-one path (anything unusual); those, and a whole batch whose bulk step failed, then run
+exactly as single events would (every step is idempotent, so re-running part of a batch is safe).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from gateway.store import Doc, Store
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Doc], Awaitable[str]]  # returns the event's final state, e.g. "done"
+# A handler's optional `batch`: (ids of events now done, events to run one by one).
+BatchHandler = Callable[[list[Doc]], Awaitable[tuple[list[object], list[Doc]]]]
 
 MAX_ATTEMPTS = 10
 LEASE_SECONDS = 60
@@ -30,8 +37,11 @@ class InboundProcessor:
         self._store = store
         self._clock = clock
         self._handlers = handlers
+        self._batch_handlers: dict[str, BatchHandler] = {
+            kind: batch for kind, h in handlers.items() if (batch := getattr(h, "batch", None)) is not None}
         self.worker = LeaseWorker(store.inbound_events, clock, owner=owner, lease_seconds=LEASE_SECONDS,
-                                  poll_seconds=poll_seconds, handle=self.process, name="inbound processor")
+                                  poll_seconds=poll_seconds, handle=self.process, name="inbound processor",
+                                  handle_batch=self.process_batch)
 
     async def claim(self) -> Doc | None:
         return await self.worker.claim()
@@ -62,6 +72,30 @@ class InboundProcessor:
         if state == "done":
             update["$unset"] = {"payload": "", "raw": ""}
         await self._store.inbound_events.update_one({"_id": event["_id"]}, update)
+
+    async def process_batch(self, events: list[Doc]) -> None:
+        """Process claimed events: in bulk where the kind's handler can, else one by one."""
+        by_kind: dict[str, list[Doc]] = {}
+        for event in events:
+            by_kind.setdefault(event.get("kind", ""), []).append(event)
+        for kind, group in by_kind.items():
+            batch = self._batch_handlers.get(kind)
+            rest = group
+            if batch is not None and len(group) > 1:
+                try:
+                    done, rest = await batch(group)
+                except Exception as err:  # the one-by-one path re-runs each and accounts for its failure
+                    logger.warning("inbound batch failed; processing its events one by one", exc_info=True,
+                                   extra={"fields": {"kind": kind, "events": len(group), "error": type(err).__name__}})
+                    done, rest = [], group
+                if done:
+                    await self._store.inbound_events.update_many(
+                        {"_id": {"$in": done}},
+                        {"$set": {"state": "done", "processed_at": self._clock.now()},
+                         "$unset": {"payload": "", "raw": ""}},
+                    )
+            for event in rest:
+                await self.process(event)
 
     async def run_once(self) -> int:
         """Process every due event; returns how many were handled."""

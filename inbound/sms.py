@@ -3,22 +3,31 @@
 Flow for one stored Twilio event: org (by the number it was sent to) → contact (blind index on
 the sender) → STOP/START/HELP → classify → sealed message in the thread → acknowledgement and
 provider-side redaction through the outbox. Every step is idempotent (ids derive from the event).
+
+`batch` runs the same flow for many events with O(1) round trips: contacts and threads looked up
+(and created) with `$in`, messages in one insert (a duplicate id = stored by an earlier run),
+thread counters in a few grouped updates, link-only acknowledgements and redactions in one write
+each, every audit entry of the batch in one chained append. A sender with a keyword anywhere in
+the batch has all of its events left to the one-by-one path, in order, as has any event that is
+not a plain reply from a valid number to a known org.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from gateway.audit import Actor, AuditLog
+from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
 from gateway.contacts import OPTED_IN, OPTED_OUT, Contacts
-from gateway.conversations import Conversations
+from gateway.conversations import Conversations, Inbound, Notice
 from gateway.errors import ValidationError
 from gateway.keywords import Keyword, parse_keyword
-from gateway.orgs import Orgs
+from gateway.orgs import Org, Orgs
 from gateway.outbox import Outbox
+from gateway.phone import normalize_e164
 from gateway.store import Doc, Store
 from inbound.events import InboundEvents
 
@@ -60,7 +69,8 @@ class SmsReplyHandler:
             org, contact, message_id=eid, channel="sms", body=body,
             provider_id=payload.get("MessageSid"), secure=secure, flags=flags, thread=thread,
         )
-        if new:
+        if new or await self._audit.without(org.id, "message.received", [eid]):
+            # (Stored by an earlier run that stopped before its audit entry: append it now.)
             await self._audit.append(org.id, "message.received", actor, thread_id=thread["_id"],
                                      message_id=eid, contact_id=contact.id,
                                      detail={"channel": "sms", "secure": secure,
@@ -103,3 +113,117 @@ class SmsReplyHandler:
             await self._outbox.insert(job)
         except DuplicateKeyError:
             pass  # queued by an earlier run of this event
+
+    # -- many at once -------------------------------------------------------------------------
+    async def batch(self, events: list[Doc]) -> tuple[list[object], list[Doc]]:
+        """Process the plain replies among `events` in bulk.
+
+        Returns (ids of events done, events left to the one-by-one path). Raises on a database
+        error; the processor then runs every event of the batch one by one (all idempotent).
+        """
+        rest: list[Doc] = []
+        orgs: dict[str, Org] = {}
+        senders: dict[tuple[str, str], list[tuple[Doc, dict[str, Any]]]] = {}  # (org, phone) -> events
+        unusual: set[tuple[str, str]] = set()
+        for event in sorted(events, key=lambda e: (e.get("received_at") is None, e.get("received_at"), e["_id"])):
+            try:
+                payload = await self._events.open_payload(event)
+                org_id = event.get("org_id")
+                org = orgs.get(org_id) if org_id else None
+                if org is None and org_id:
+                    org = orgs[org_id] = await self._orgs.get(org_id)
+                phone = normalize_e164(payload.get("From", ""), field="From")
+            except Exception:  # unreadable, unknown org, not E.164: the one-by-one path decides
+                rest.append(event)
+                continue
+            if org is None:
+                rest.append(event)
+                continue
+            key = (org.id, phone)
+            senders.setdefault(key, []).append((event, payload))
+            if parse_keyword(str(payload.get("Body", ""))) is not None:
+                unusual.add(key)
+        for key in unusual:  # keep a sender's STOP/START/HELP in order with its other messages
+            rest.extend(event for event, _ in senders.pop(key))
+        done: list[object] = []
+        by_org: dict[str, dict[str, list[tuple[Doc, dict[str, Any]]]]] = {}
+        for (org_id, phone), items in senders.items():
+            by_org.setdefault(org_id, {})[phone] = items
+        for org_id, by_phone in by_org.items():
+            ok, left = await self._bulk(orgs[org_id], by_phone)
+            done += ok
+            rest += left
+        return done, rest
+
+    async def _bulk(self, org: Org, by_phone: dict[str, list[tuple[Doc, dict[str, Any]]]]
+                    ) -> tuple[list[object], list[Doc]]:
+        contacts = await self._contacts.find_or_create_phones(org.id, list(by_phone))
+        rest = [event for phone, items in by_phone.items() if phone not in contacts for event, _ in items]
+        threads = await self._conversations.threads_for(org.id, [c.id for c, _ in contacts.values()], "sms")
+        # In arrival order, as one-by-one processing would see them: a sensitive reply makes its
+        # standard thread secure, and every later reply in that thread is then secure too.
+        flow = sorted(((event, payload, contacts[phone][0]) for phone, items in by_phone.items()
+                       if phone in contacts for event, payload in items),
+                      key=lambda x: (x[0].get("received_at") is None, x[0].get("received_at"), x[0]["_id"]))
+        secure_now = {t["_id"]: bool(t.get("secure")) for t in threads.values()}
+        inbound: list[Inbound] = []
+        for event, payload, contact in flow:
+            thread = threads[contact.id]
+            body = str(payload.get("Body", ""))
+            sensitive = find_sensitive(body, org.policy.sensitive_terms)
+            was_secure = secure_now[thread["_id"]]
+            secure = was_secure or bool(sensitive)
+            flags = [f"media:{payload['NumMedia']}"] if str(payload.get("NumMedia", "0")) not in ("", "0") else []
+            if sensitive and not was_secure:
+                flags.append("classified_sensitive")
+            secure_now[thread["_id"]] = secure
+            inbound.append(Inbound(contact, thread, event["_id"], body, payload.get("MessageSid"), secure, flags))
+        if not inbound:
+            return [], rest
+        stored = await self._conversations.record_inbound_many(org, inbound, channel="sms")
+        new = {m.message_id: n for m, n in zip(inbound, stored, strict=True)}
+        # Stored by an earlier run that stopped before its audit entry: append it now, once.
+        unaudited = await self._audit.without(
+            org.id, "message.received", [m.message_id for m in inbound if not new[m.message_id]])
+        # Link-only acknowledgements, checked against consent as it is now (as contacts.get would).
+        issued: dict[str, Pending] = {}
+        wanted = [m for m in inbound if m.secure]
+        if wanted:
+            fresh = await self._contacts.get_many(org.id, [m.contact.id for m in wanted])
+            gone = {m.message_id for m in wanted if m.contact.id not in fresh}
+            issued = await self._conversations.issue_link_notices(org, [
+                Notice(fresh[m.contact.id], m.thread["_id"], f"{m.message_id}:ack", m.message_id)
+                for m in wanted if m.message_id not in gone], channel="sms", template="inbound_ack")
+            if gone:  # erased meanwhile: the one-by-one path fails them as it would have
+                rest += [event for event, _, _ in flow if event["_id"] in gone]
+                inbound = [m for m in inbound if m.message_id not in gone]
+        entries: list[Pending] = []
+        for m in inbound:
+            if new[m.message_id] or m.message_id in unaudited:
+                entries.append(Pending("message.received", Actor("client", m.contact.id), ids={
+                    "thread_id": m.thread["_id"], "message_id": m.message_id, "contact_id": m.contact.id},
+                    detail={"channel": "sms", "secure": m.secure, "keyword": None}))
+            if (ack := issued.get(f"{m.message_id}:ack")) is not None:
+                entries.append(ack)
+        await self._audit.append_many(org.id, entries)
+        if org.policy.provider_redaction:
+            await self._queue_many([await self._outbox.job(
+                kind="sms_redact", org_id=org.id, template="redact", contact_id=m.contact.id,
+                job_id=f"{m.message_id}:redact", provider_sid=m.provider_id,
+            ) for m in inbound if m.provider_id])
+        return [m.message_id for m in inbound], rest
+
+    async def _queue_many(self, jobs: list[Doc]) -> None:
+        """_queue_once for several jobs with one write."""
+        if not jobs:
+            return
+        queued_before: set[str] = set()
+        try:
+            await self._store.outbox.insert_many(jobs, ordered=False)
+        except BulkWriteError as err:
+            if any(e.get("code") != 11000 for e in err.details.get("writeErrors", [])):
+                raise
+            queued_before = {jobs[e["index"]]["_id"] for e in err.details["writeErrors"]}
+        for job in jobs:
+            if job["_id"] not in queued_before:
+                self._outbox.announce(job["_id"])

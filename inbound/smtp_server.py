@@ -30,6 +30,16 @@ from portal.http import RateLimiter
 
 logger = logging.getLogger(__name__)
 
+
+def _no_debug(record: logging.LogRecord) -> bool:
+    return record.levelno > logging.DEBUG
+
+
+# aiosmtpd logs every line of DATA at DEBUG ("DATA readline: ..."): mail content, which no log
+# may hold whatever the configured level. Its INFO lines (commands, peers) carry addresses only,
+# which the redacting log handler masks like any other.
+logging.getLogger("mail.log").addFilter(_no_debug)
+
 MAX_RECIPIENTS = 10
 MESSAGES_PER_MINUTE = 60
 
@@ -88,21 +98,27 @@ class ReplyHandler:
         except Exception:  # noqa: BLE001 - a malformed header must not lose the mail
             message_id = ""
         message_key = message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
+        threads: set[str] = set()
         try:
             for rcpt in envelope.rcpt_tos:
                 token = parse_reply_address(rcpt, rcpt.rpartition("@")[2])
                 assert token is not None  # RCPT accepted only reply addresses
                 digest = token_hash(token)
                 doc = await self._reply_tokens.by_hash(digest)
-                if doc is None:
+                if doc is None or doc["thread_id"] in threads:
                     continue
-                # Once per (Message-ID, conversation): a resent mail is not stored twice.
+                threads.add(doc["thread_id"])
+                # Once per (Message-ID, conversation): a resent mail, or one sent to two reply
+                # addresses of the same conversation (reply-all), is stored once.
                 await self._events.accept(
-                    provider="smtp", provider_id=f"{message_key}|{digest[:16]}", org_id=doc["org_id"], kind="email",
-                    raw=raw, payload={"mail_from": envelope.mail_from or "", "token_hash": digest},
+                    provider="smtp", provider_id=f"{message_key}|{doc['thread_id']}", org_id=doc["org_id"],
+                    kind="email", raw=raw, payload={"mail_from": envelope.mail_from or "", "token_hash": digest},
                     meta={"size": len(raw)},
                 )
-        except StoreUnavailable:
+        except (StoreUnavailable, PyMongoError):
+            # Never a 5xx here: aiosmtpd would answer an unhandled error with 500 and the
+            # sender would bounce the mail instead of retrying it.
+            logger.warning("smtp: message not stored, database unavailable")
             return "451 4.3.0 Temporarily unable to store the message, try again later"
         return "250 2.0.0 Message accepted"
 

@@ -21,6 +21,7 @@ from gateway.ids import new_id
 from gateway.services import Services
 from gateway.store import Doc
 from gateway.tokens import csrf_ok, csrf_token, looks_like_token, token_hash
+from portal import attachments
 from portal.http import RateLimiter, client_ip
 from portal.render import render
 from portal.strings import STRINGS
@@ -61,6 +62,7 @@ class ClientPortal:
         app.router.add_get("/s/thread", self.thread)
         app.router.add_post("/s/thread/reply", self.reply)
         app.router.add_get("/s/thread/updates", self.updates)
+        app.router.add_get("/s/attachments/{id}", self.attachment)
         app.router.add_post("/s/logout", self.logout)
         app.router.add_post("/s/renew", self.renew)
         app.router.add_get("/s/{token}", self.link_page)
@@ -162,7 +164,8 @@ class ClientPortal:
         docs = await self._s.conversations.latest_messages(org.id, session["thread_id"], limit=200)
         if not session.get("viewed"):
             await self._record_view(session, docs, self._ip(request))
-        messages = [self._message_view(d) for d in docs]
+        files = await attachments.for_messages(self._s, org.id, [d["_id"] for d in docs])
+        messages = [{**self._message_view(d), "attachments": files.get(d["_id"], [])} for d in docs]
         return render(request, "client/thread.html", org_name=org.name, messages=messages,
                       csrf=self._session_csrf(session), last_id=docs[-1]["_id"] if docs else "")
 
@@ -192,6 +195,20 @@ class ClientPortal:
                 if res.modified_count:
                     await self._s.audit.append(session["org_id"], "message.viewed", actor, ip=ip,
                                                thread_id=session["thread_id"], message_id=d["_id"])
+
+    async def attachment(self, request: web.Request) -> web.Response:
+        """A file the client attached to an email reply: only the session's thread's, as a download."""
+        session = await self._session(request)
+        if session is None:
+            return render(request, "client/notice.html", status=401, message=STRINGS["session_over"])
+        doc = await attachments.find(self._s, session["org_id"], session["thread_id"], request.match_info["id"])
+        if doc is None:
+            return render(request, "client/notice.html", status=404, message="Not found")
+        response = await attachments.download(self._s, doc)
+        await self._s.audit.append(session["org_id"], "attachment.viewed", Actor("client", session["contact_id"]),
+                                   ip=self._ip(request), thread_id=session["thread_id"], message_id=doc["message_id"],
+                                   contact_id=session["contact_id"], detail={"attachment_id": doc["_id"]})
+        return response
 
     async def reply(self, request: web.Request) -> web.Response:
         session = await self._session(request)

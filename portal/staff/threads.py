@@ -24,6 +24,7 @@ from gateway.contacts import Contact
 from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
 from gateway.store import AUDIT_BY_MESSAGE, Doc
+from portal import attachments
 from portal.staff.common import STAFF, Deps, form_fields, redirect
 from portal.staff.contacts import pin_action
 from portal.staff.inbox import fmt_time
@@ -42,7 +43,7 @@ AUDIT_LABELS = {
     "link.pin_failed": "Wrong PIN entered", "link.locked": "Link locked (too many wrong PINs)",
     "link.unlocked": "Link unlocked by staff", "link.revoked": "Link revoked",
     "link.renewal_requested": "Client asked for a new link", "message.viewed": "Viewed by the client",
-    "message.bounced": "Bounced",
+    "message.bounced": "Bounced", "attachment.viewed": "Attachment downloaded",
 }
 THREAD_LABELS = {
     "thread.assigned": "Assigned", "thread.closed": "Closed", "thread.reopened": "Reopened",
@@ -77,6 +78,7 @@ class ThreadPages:
         r.add_post("/threads/{id}/status", self.status)
         r.add_post("/threads/{id}/links/{link_id}/{action}", self.link_action)
         r.add_post("/threads/{id}/pin", self.pin)
+        r.add_get("/threads/{id}/attachments/{attachment_id}", self.attachment)
 
     async def _thread(self, request: web.Request) -> Doc:
         ctx = request[STAFF]
@@ -106,6 +108,7 @@ class ThreadPages:
         staff = await self.d.staff.list(org.id)
         emails = {m.id: m.email for m in staff}
         timeline, activity = await self._timeline(org.id, thread["_id"], docs, emails)
+        files = await attachments.for_messages(self.s, org.id, [d["_id"] for d in docs])
         await self.s.conversations.mark_read(org.id, thread["_id"], ctx.actor, self.d.ip(request), count=len(docs))
         now = self.s.clock.now()
         name = info.get("name") or contact.phone_hint or contact.email_hint or "Contact"
@@ -115,6 +118,7 @@ class ThreadPages:
             "channel": d["channel"], "secure": bool(d.get("secure")), "status": d.get("status"),
             "error_code": d.get("error_code"), "flags": d.get("flags", []), "at": fmt_time(d["created_at"]),
             "at_iso": d["created_at"].isoformat(timespec="seconds"), "events": timeline.get(d["_id"], []),
+            "attachments": files.get(d["_id"], []),
         } for d in docs]
         link_rows = [{
             "id": lk["_id"], "state": link_state(lk, now), "created": fmt_time(lk["created_at"]),
@@ -190,6 +194,22 @@ class ThreadPages:
             out[mid] = [{**ev, "at": fmt_time(ev["at"])} for ev in events]
         activity.reverse()
         return out, activity[:50]
+
+    # -- attachments --------------------------------------------------------------------------
+    @policy(*ANY_STAFF)
+    async def attachment(self, request: web.Request) -> web.Response:
+        """A file the client attached to an email reply, as a download (this org's, this thread's)."""
+        ctx = request[STAFF]
+        thread = await self._thread(request)
+        aid = request.match_info["attachment_id"]
+        doc = await attachments.find(self.s, ctx.org.id, thread["_id"], aid)
+        if doc is None:
+            raise await self.d.deny(request, "attachment", aid)
+        response = await attachments.download(self.s, doc)
+        await self.s.audit.append(ctx.org.id, "attachment.viewed", ctx.actor, ip=self.d.ip(request),
+                                  thread_id=thread["_id"], message_id=doc["message_id"],
+                                  contact_id=thread["contact_id"], detail={"attachment_id": doc["_id"]})
+        return response
 
     # -- reply ------------------------------------------------------------------------------
     @policy(*ANY_STAFF)
