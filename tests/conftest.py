@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from gateway.app import build_runtime, create_app
 from gateway.clock import FrozenClock
@@ -23,6 +25,11 @@ from tests.support.smtp_sink import SmtpSink
 from tests.support.twilio_standin import TwilioStandIn
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+# CI runs the same examples every time (a failure there is reproducible); locally they vary.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture(scope="session")
