@@ -173,7 +173,7 @@ class Tab:
 async def open_tab(browser: Browser, *, width: int = 390, height: int = 844) -> Tab:
     context = await browser.new_context(viewport={"width": width, "height": height}, locale="en-GB",
                                         timezone_id="UTC")
-    context.set_default_timeout(10_000)
+    context.set_default_timeout(20_000)
     watch = await PageWatch.attach(context)
     page = await context.new_page()
     return Tab(context, page, watch)

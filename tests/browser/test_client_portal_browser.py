@@ -119,7 +119,7 @@ async def test_a_new_message_appears_without_reloading_the_page(live, tab):
     second = await live.api_send(SECOND, pin=None)
     assert second["thread_id"] == sent["thread_id"]
     new = page.locator("#messages li.msg.theirs").nth(1)
-    await new.wait_for(state="visible", timeout=15_000)
+    await new.wait_for(state="visible", timeout=30_000)
     await expect(new.locator(".body")).to_have_text(SECOND)  # as text: the markup is not parsed
     await expect(new.locator(".who")).to_have_text("Riverside Clinic")
     assert await page.locator("#messages b").count() == 0

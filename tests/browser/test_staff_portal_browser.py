@@ -83,7 +83,7 @@ async def test_staff_and_client_hold_a_secure_conversation_live(live, browser):
     await expect(c.locator("#messages li.msg.mine .body")).to_have_text(CLIENT_REPLY)
 
     # ... and it appears on the staff thread page without a reload.
-    await s.locator("#messages li.msg.theirs .body", has_text=CLIENT_REPLY).wait_for(timeout=15_000)
+    await s.locator("#messages li.msg.theirs .body", has_text=CLIENT_REPLY).wait_for(timeout=30_000)
     assert staff_navigations == []
     await expect(s.locator("#messages li.msg.theirs .meta")).to_contain_text("portal")
     await screenshot(s, "staff-thread")
@@ -96,7 +96,7 @@ async def test_staff_and_client_hold_a_secure_conversation_live(live, browser):
     async with s.expect_navigation(url=re.compile(re.escape(live.link(f"/staff/threads/{thread_id}")) + "(#.*)?$")):
         await s.get_by_role("button", name="Send reply").click()
     await expect(s.locator("#messages li.msg.mine .body").last).to_have_text(STAFF_REPLY)
-    await c.locator("#messages li.msg.theirs .body", has_text=STAFF_REPLY).wait_for(timeout=15_000)
+    await c.locator("#messages li.msg.theirs .body", has_text=STAFF_REPLY).wait_for(timeout=30_000)
     assert client_navigations == []
     assert await c.locator("#messages li.msg .body").all_inner_texts() == [FIRST, CLIENT_REPLY, STAFF_REPLY]
     # A secure reply sends another link, never the text.

@@ -49,7 +49,7 @@ async def test_staff_portal_in_a_real_browser(gw):
 
             # A new thread appears in the open inbox without a reload.
             await gw.api_send(to={"phone": "+15551230003", "name": "Casey Live"}, body="new one")
-            await page.wait_for_selector("text=Casey Live", timeout=10_000)
+            await page.wait_for_selector("text=Casey Live", timeout=30_000)
 
             await page.click("text=Alex <b>Example</b>")
             await page.wait_for_selector("#messages")
@@ -62,7 +62,7 @@ async def test_staff_portal_in_a_real_browser(gw):
             # The client's answer shows up in the open thread without a reload.
             await gw.inbound_sms("ok thanks")
             await gw.drain()
-            await page.wait_for_selector("text=ok thanks", timeout=10_000)
+            await page.wait_for_selector("text=ok thanks", timeout=30_000)
             await page.screenshot(path=str(SHOTS / "thread.png"), full_page=True)
 
             for path in ("/staff/compose", "/staff/contacts", "/staff/settings", "/staff/settings/staff",
