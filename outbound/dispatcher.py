@@ -107,15 +107,19 @@ class OutboxDispatcher:
         else:
             await self._mark_sent(job, provider_id)
 
+    async def _recipient(self, job: Doc, channel: str) -> tuple[Org, str]:
+        """The org and the contact's address on file for `channel`; permanent failure if none or opted out."""
+        org = await self._s.orgs.get(job["org_id"])
+        contact = await self._s.contacts.get(org.id, job["contact_id"])
+        if contact.opted_out(channel):
+            raise ProviderPermanent(f"contact opted out of {channel}", code="opted_out")
+        address = (await self._s.contacts.reveal(contact))["phone" if channel == "sms" else "email"]
+        if not address:
+            raise ProviderPermanent(f"contact has no {channel} address", code="no_address")
+        return org, address
+
     async def _send_sms(self, job: Doc) -> str:
-        s = self._s
-        org = await s.orgs.get(job["org_id"])
-        contact = await s.contacts.get(org.id, job["contact_id"])
-        if contact.opted_out("sms"):
-            raise ProviderPermanent("contact opted out of SMS", code="opted_out")
-        phone = (await s.contacts.reveal(contact))["phone"]
-        if not phone:
-            raise ProviderPermanent("contact has no phone number", code="no_address")
+        org, phone = await self._recipient(job, "sms")
         text = await self._text_for(job, org.name)
         await self._pacer.wait(org.sms_sender)
         sent = await self._sms.send_sms(from_number=org.sms_sender, to_number=phone, body=text,
@@ -136,13 +140,7 @@ class OutboxDispatcher:
     async def _send_email(self, job: Doc) -> str:
         s = self._s
         assert self._email is not None
-        org = await s.orgs.get(job["org_id"])
-        contact = await s.contacts.get(org.id, job["contact_id"])
-        if contact.opted_out("email"):
-            raise ProviderPermanent("contact opted out of email", code="opted_out")
-        address = (await s.contacts.reveal(contact))["email"]
-        if not address:
-            raise ProviderPermanent("contact has no email address", code="no_address")
+        org, address = await self._recipient(job, "email")
         template = job["template"]
         if template not in EMAIL_LINK_TEMPLATES | CONTENT_TEMPLATES:
             raise ProviderPermanent(f"template {template} has no email form", code="no_template")
