@@ -1,4 +1,4 @@
-"""Compose (/staff/compose): a new SMS to an existing or new contact, secure or standard.
+"""Compose (/staff/compose): a new SMS or email to an existing or new contact, secure or standard.
 
 The secure toggle starts at the org default (DESIGN.md §7: the composed message's own setting
 wins). A standard message whose text looks sensitive (gateway.classifier) is not sent: the form
@@ -37,7 +37,9 @@ class Compose:
         if contact is not None:
             info = await self.s.contacts.reveal(contact)
             label = info.get("name") or contact.phone_hint or contact.email_hint
-        v = {"phone": "", "name": "", "body": "", "secure": ctx.org.policy.secure_default, **(values or {})}
+        channel = (contact.last_channel if contact is not None else None) or "sms"
+        v = {"phone": "", "email": "", "name": "", "body": "", "channel": channel,
+             "secure": ctx.org.policy.secure_default, **(values or {})}
         return await self.d.page(request, "staff/compose.html", status=status, contact=contact, label=label,
                                  values=v, warning=[SENSITIVE_LABELS.get(k, k) for k in warning] if warning else None,
                                  error=error)
@@ -55,8 +57,13 @@ class Compose:
         cid = form.get("contact", "")
         contact = await load_contact(self.d, request, cid) if cid else None
         phone, name, body = form.get("phone", "")[:40], form.get("name", "")[:120], form.get("body", "")
+        email = form.get("email", "")[:254]
+        channel = form.get("channel", "sms")
+        if channel not in ("sms", "email"):
+            channel = "sms"
         secure = form.get("secure") == "1"
-        values: dict[str, Any] = {"phone": phone, "name": name, "body": body, "secure": secure}
+        values: dict[str, Any] = {"phone": phone, "email": email, "name": name, "body": body, "secure": secure,
+                                  "channel": channel}
         confirmed = form.get("confirm_sensitive") == "1"
         if not secure and not confirmed:
             kinds = find_sensitive(body, ctx.org.policy.sensitive_terms)
@@ -64,8 +71,9 @@ class Compose:
                 return await self._form(request, contact=contact, status=422, values=values, warning=kinds)
         try:
             sent = await self.s.conversations.send(
-                ctx.org, channel="sms", body=body, actor=ctx.actor, contact=contact,
-                to_phone=None if contact else phone, name=None if contact else name or None,
+                ctx.org, channel=channel, body=body, actor=ctx.actor, contact=contact,
+                to_phone=None if contact else phone or None, to_email=None if contact else email or None,
+                name=None if contact else name or None,
                 secure=secure, allow_sensitive=confirmed,
             )
         except ValidationError as err:
@@ -73,6 +81,6 @@ class Compose:
                                     error=f"{err.field}: {err.message}")
         except OptedOut:
             return await self._form(request, contact=contact, status=422, values=values,
-                                    error="This contact has opted out of SMS (they replied STOP).")
+                                    error=f"This contact has opted out of {'SMS' if channel == 'sms' else 'email'}.")
         self.d.on_queued()
         return redirect(f"/staff/threads/{sent.thread['_id']}")

@@ -60,7 +60,7 @@ async def test_staff_and_client_hold_a_secure_conversation_live(live, browser):
     secure = s.get_by_role("checkbox", name=re.compile("Send securely"))
     await expect(secure).to_be_checked()  # the org's default
     async with s.expect_navigation(url=re.compile(r"/staff/threads/[0-9a-f]{24}$")):
-        await s.get_by_role("button", name="Send SMS now").click()
+        await s.get_by_role("button", name="Send now").click()
     thread_id = s.url.rsplit("/", 1)[1]
     await expect(s.get_by_role("heading", level=1)).to_contain_text("Dana Whitfield")
     await expect(s.locator("#messages li.msg.mine .body")).to_have_text(FIRST)

@@ -93,3 +93,19 @@ async def test_compose_refuses_bad_numbers_and_opted_out_contacts(gw):
         out = await b.post("/staff/compose", {"phone": CLIENT_PHONE, "body": "hi", "secure": "1"})
         assert out.status == 422 and "opted out" in await out.text()
     assert await gw.store.messages.count_documents({}) == 1
+
+
+async def test_staff_can_compose_a_secure_email_to_a_new_contact(gw):
+    from tests.support.harness import CLIENT_EMAIL
+
+    browser, _ = await signed_in(gw, "agent")
+    async with browser as b:
+        page = await b.get("/staff/compose")
+        assert 'name="channel" value="email"' in await page.text()
+        resp = await b.post("/staff/compose", {"channel": "email", "email": CLIENT_EMAIL, "name": "Alex",
+                                               "body": "Canary-compose-mail-8812", "secure": "1"})
+        assert resp.status == 303
+    await gw.drain()
+    [mail] = gw.mail_to(CLIENT_EMAIL)
+    assert "Canary-compose-mail-8812" not in mail.as_string()
+    assert "/s/" in mail.get_body(("plain",)).get_content()
