@@ -11,12 +11,13 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from gateway.crypto import Sealer
 from gateway.ports import Clock
@@ -37,6 +38,18 @@ class Actor:
 
 
 SYSTEM = Actor("system")
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One entry for AuditLog.append_many (the arguments of one append())."""
+
+    action: str
+    actor: Actor
+    ids: dict[str, str | None] = field(default_factory=dict)
+    detail: dict[str, str | int | bool | None] | None = None
+    outcome: str = "ok"
+    ip: str | None = None
 
 
 def _canonical(entry: Doc) -> bytes:
@@ -76,25 +89,11 @@ class AuditLog:
         **ids: str | None,
     ) -> Doc:
         """Append one entry; ids are keyword arguments such as thread_id=..., link_id=...."""
-        unknown = set(ids) - set(_ID_FIELDS)
-        if unknown:
-            raise ValueError(f"unknown audit id fields: {sorted(unknown)}")
+        _check_ids(ids)
         async with self._locks[org_id]:
             head = self._heads.get(org_id) or await self._load_head(org_id)
             for _ in range(1000):
-                entry: Doc = {
-                    "org_id": org_id,
-                    "seq": head["seq"] + 1,
-                    "at": self._clock.now(),
-                    "action": action,
-                    "actor": {"kind": actor.kind, "id": actor.id},
-                    "outcome": outcome,
-                    "ip": ip,
-                    "detail": detail or {},
-                    **{k: v for k, v in ids.items() if v is not None},
-                    "prev": head["mac"],
-                }
-                entry["mac"] = self._sealer.mac(_canonical(entry))
+                entry = self._entry(org_id, head, Pending(action, actor, ids, detail, outcome, ip))
                 try:
                     await self._store.audit.insert_one(entry)
                 except DuplicateKeyError:
@@ -110,14 +109,95 @@ class AuditLog:
                 return entry
         raise RuntimeError("audit append kept losing races")
 
-    async def _load_head(self, org_id: str) -> Doc:
-        """The chain head from `audit_heads`, rolled forward past entries written after it."""
-        doc = await self._store.audit_heads.find_one({"_id": org_id})
-        head: Doc = _head_of(doc) if doc else {"seq": 0, "mac": GENESIS}
+    async def append_many(self, org_id: str, items: Sequence[Pending]) -> list[Doc]:
+        """Append several entries, in order, with one insert and one head update.
+
+        The entries chain exactly as the same append() calls one after another would. Another
+        process can take a seq in the middle; the entries stored before it stay (each is a valid
+        link of the chain) and the rest are chained again on top of the other process's entry.
+        """
+        for item in items:
+            _check_ids(item.ids)
+        if not items:
+            return []
+        stored: list[Doc] = []
+        rest = list(items)
+        async with self._locks[org_id]:
+            head = self._heads.get(org_id) or await self._load_head(org_id)
+            for _ in range(1000):
+                batch: list[Doc] = []
+                tip = head
+                for item in rest:
+                    entry = self._entry(org_id, tip, item)
+                    batch.append(entry)
+                    tip = _head_of(entry)
+                try:
+                    await self._store.audit.insert_many(batch, ordered=True)
+                except BulkWriteError as err:
+                    if any(e.get("code") != 11000 for e in err.details.get("writeErrors", [])):
+                        raise
+                    # What of ours is stored? (Ordered: a prefix; compare MACs rather than trust
+                    # counts, so a retried write that did land is recognised as ours.)
+                    found = {d["seq"]: d["mac"] async for d in self._store.audit.find(
+                        {"org_id": org_id, "seq": {"$gte": batch[0]["seq"], "$lte": batch[-1]["seq"]}},
+                        projection={"seq": 1, "mac": 1})}
+                    kept = 0
+                    while kept < len(batch) and found.get(batch[kept]["seq"]) == batch[kept]["mac"]:
+                        kept += 1
+                    stored += batch[:kept]
+                    rest = rest[kept:]
+                    head = _head_of(batch[kept - 1]) if kept else head
+                    if not rest:
+                        break
+                    head = await self._roll_forward(org_id, head)
+                    continue
+                stored += batch
+                head = tip
+                break
+            else:
+                raise RuntimeError("audit append kept losing races")
+            self._heads[org_id] = head
+            await self._save_head(org_id, head)
+        return stored
+
+    async def without(self, org_id: str, action: str, message_ids: list[str]) -> set[str]:
+        """Those of `message_ids` with no `action` entry yet (one indexed read): lets a re-run
+        append an entry that a crash cut off, without ever appending it twice."""
+        if not message_ids:
+            return set()
+        seen = {d["message_id"] async for d in self._store.audit.find(
+            {"org_id": org_id, "message_id": {"$in": message_ids}}, projection={"message_id": 1, "action": 1})
+            if d.get("action") == action}
+        return set(message_ids) - seen
+
+    def _entry(self, org_id: str, head: Doc, item: Pending) -> Doc:
+        entry: Doc = {
+            "org_id": org_id,
+            "seq": head["seq"] + 1,
+            "at": self._clock.now(),
+            "action": item.action,
+            "actor": {"kind": item.actor.kind, "id": item.actor.id},
+            "outcome": item.outcome,
+            "ip": item.ip,
+            "detail": item.detail or {},
+            **{k: v for k, v in item.ids.items() if v is not None},
+            "prev": head["mac"],
+        }
+        entry["mac"] = self._sealer.mac(_canonical(entry))
+        return entry
+
+    async def _roll_forward(self, org_id: str, head: Doc) -> Doc:
+        """Step past entries written after `head` (by another process)."""
         while (nxt := await self._store.audit.find_one({"org_id": org_id, "seq": head["seq"] + 1},
                                                        projection={"seq": 1, "mac": 1})) is not None:
             head = _head_of(nxt)
         return head
+
+    async def _load_head(self, org_id: str) -> Doc:
+        """The chain head from `audit_heads`, rolled forward past entries written after it."""
+        doc = await self._store.audit_heads.find_one({"_id": org_id})
+        head: Doc = _head_of(doc) if doc else {"seq": 0, "mac": GENESIS}
+        return await self._roll_forward(org_id, head)
 
     async def _save_head(self, org_id: str, head: Doc) -> None:
         res = await self._store.audit_heads.update_one({"_id": org_id, "seq": {"$lt": head["seq"]}}, {"$set": head})
@@ -148,6 +228,12 @@ class AuditLog:
         """The last entry's seq and MAC (anchor it somewhere else to detect truncation)."""
         head = await self._load_head(org_id)
         return head if head["seq"] else None
+
+
+def _check_ids(ids: dict[str, str | None]) -> None:
+    unknown = set(ids) - set(_ID_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown audit id fields: {sorted(unknown)}")
 
 
 def _head_of(doc: Doc) -> Doc:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from gateway.crypto import Sealer
 from gateway.errors import NotFound
@@ -72,6 +73,11 @@ class Contacts:
             raise NotFound("contact")
         return _contact(doc)
 
+    async def get_many(self, org_id: str, contact_ids: list[str]) -> dict[str, Contact]:
+        """get() for several contacts with one read; unknown or erased ones are absent."""
+        docs = self._store.contacts.find({"_id": {"$in": list(dict.fromkeys(contact_ids))}, "org_id": org_id})
+        return {d["_id"]: _contact(d) async for d in docs if not d.get("erased_at")}
+
     async def by_phone(self, org_id: str, e164: str) -> Contact | None:
         doc = await self._store.contacts.find_one({"org_id": org_id, "phone_bidx": self.phone_index(org_id, e164)})
         return _contact(doc) if doc else None
@@ -117,6 +123,63 @@ class Contacts:
                 raise
             return again, False
         return _contact(doc), True
+
+    async def by_phones(self, org_id: str, phones: list[str]) -> dict[str, Contact]:
+        """Contacts for several normalized (E.164) numbers with one query; unknown ones are absent."""
+        bidx = {self.phone_index(org_id, p): p for p in phones}
+        if not bidx:
+            return {}
+        docs = self._store.contacts.find({"org_id": org_id, "phone_bidx": {"$in": list(bidx)}})
+        return {bidx[d["phone_bidx"]]: _contact(d) async for d in docs}
+
+    async def find_or_create_phones(self, org_id: str, phones: list[str]) -> dict[str, tuple[Contact, bool]]:
+        """find_or_create for several normalized numbers: one lookup, one insert for the new ones.
+
+        Returns {phone: (contact, created)}. Each new contact still gets its own data key (one
+        write each: keys are created one by one by the vault).
+        """
+        found = await self.by_phones(org_id, phones)
+        out: dict[str, tuple[Contact, bool]] = {p: (c, False) for p, c in found.items()}
+        missing = [p for p in dict.fromkeys(phones) if p not in found]
+        if not missing:
+            return out
+        cids = [new_id() for _ in missing]
+        dek_ids = await asyncio.gather(*(self._vault.create_key(f"contact:{cid}", org_id) for cid in cids))
+        docs: list[Doc] = []
+        for phone, cid, dek_id in zip(missing, cids, dek_ids, strict=True):
+            doc: Doc = {
+                "_id": cid, "org_id": org_id, "dek_id": dek_id, "consent": {},
+                "consent_log": [], "created_at": self._clock.now(), "last_channel": None,
+            }
+            await self._set_fields(doc, phone=phone, email=None, name=None)
+            doc["email_bidx"] = NO_VALUE + cid  # see gateway/store.py: unique, never partial
+            docs.append(doc)
+        lost: set[str] = set()
+        try:
+            await self._store.contacts.insert_many(docs, ordered=False)
+        except BulkWriteError as err:
+            if any(e.get("code") != 11000 for e in err.details.get("writeErrors", [])):
+                raise
+            # Created concurrently (same phone): the stored contact wins, our key goes.
+            for e in err.details["writeErrors"]:
+                doc = docs[e["index"]]
+                lost.add(doc["_id"])
+                await self._vault.destroy(doc["dek_id"])
+        for doc, phone in zip(docs, missing, strict=True):
+            if doc["_id"] not in lost:
+                out[phone] = (_contact(doc), True)
+        if lost:
+            winners = await self.by_phones(org_id, [p for d, p in zip(docs, missing, strict=True) if d["_id"] in lost])
+            out.update({p: (c, False) for p, c in winners.items()})
+        return out
+
+    async def touch_channels(self, contacts: list[Contact], channel: str) -> None:
+        """touch_channel for several contacts of one org with one write."""
+        stale = list(dict.fromkeys(c.id for c in contacts if c.last_channel != channel))
+        if stale:
+            await self._store.contacts.update_many(
+                {"_id": {"$in": stale}, "org_id": contacts[0].org_id}, {"$set": {"last_channel": channel}}
+            )
 
     async def _set_fields(self, doc: Doc, *, phone: str | None, email: str | None, name: str | None) -> None:
         org_id, cid, dek = doc["org_id"], doc["_id"], doc["dek_id"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from gateway.audit import Actor, AuditLog
+from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
 from gateway.contacts import Contact, Contacts
 from gateway.errors import NotFound, OptedOut, SensitiveContent, ValidationError
@@ -21,8 +21,9 @@ from gateway.orgs import Org
 from gateway.outbox import Outbox
 from gateway.pins import hash_secret, validate_pin
 from gateway.ports import Clock
+from gateway.recent import FLOOR_MARGIN, Recent, oid_at, oid_time
 from gateway.reply_tokens import ReplyTokens
-from gateway.store import THREADS_BY_ACTIVITY, Doc, Store
+from gateway.store import Doc, Store
 from gateway.vault import Vault
 
 MAX_BODY = 5000
@@ -53,6 +54,36 @@ def validate_body(body: Any, field: str = "body") -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Inbound:
+    """One message for record_inbound_many (the arguments of one record_inbound)."""
+
+    contact: Contact
+    thread: Doc
+    message_id: str
+    body: str
+    provider_id: str | None
+    secure: bool
+    flags: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One link-only notice for issue_link_notices (a send_link_notice with a job id)."""
+
+    contact: Contact
+    thread_id: str
+    job_id: str
+    message_id: str | None
+
+
+def _only_duplicates(err: BulkWriteError) -> None:
+    """Re-raise a bulk write error unless every failure is a duplicate key."""
+    if any(e.get("code") != 11000 for e in err.details.get("writeErrors", [])) or \
+            err.details.get("writeConcernErrors"):
+        raise err
+
+
+@dataclass(frozen=True, slots=True)
 class Sent:
     message: Doc
     thread: Doc
@@ -72,6 +103,8 @@ class Conversations:
         self._audit = audit
         self._clock = clock
         self._reply_tokens = reply_tokens
+        self.recent = Recent()  # newest-first pages, one index window at a time (gateway/recent.py)
+        self._org_floors: dict[str, datetime | None] = {}
 
     # -- threads ------------------------------------------------------------------------
     async def thread_for(self, org_id: str, contact_id: str, channel: str) -> Doc:
@@ -251,11 +284,17 @@ class Conversations:
         return thread
 
     async def mark_read(self, org_id: str, thread_id: str, actor: Actor, ip: str | None = None,
-                        count: int = 0) -> None:
-        """A staff member read the thread's content: reset its unread counter and audit the view."""
+                        count: int = 0, unread: int | None = None) -> None:
+        """A staff member read the thread's content: reset its unread counter and audit the view.
+
+        `unread` is the counter on the thread document the caller read at the start of the request;
+        0 skips the reset (an update that matches nothing still costs a journaled write). A reply
+        that arrived since then stays unread until the next view, which is the safe side.
+        """
         # Only when there is something to reset: a no-op write would wake every live inbox for nothing.
-        await self._store.threads.update_one({"_id": thread_id, "org_id": org_id, "unread_staff": {"$ne": 0}},
-                                             {"$set": {"unread_staff": 0}})
+        if unread is None or unread > 0:
+            await self._store.threads.update_one({"_id": thread_id, "org_id": org_id, "unread_staff": {"$ne": 0}},
+                                                 {"$set": {"unread_staff": 0}})
         await self._audit.append(org_id, "thread.read", actor, ip=ip, thread_id=thread_id, detail={"count": count})
 
     async def list_threads(
@@ -266,31 +305,57 @@ class Conversations:
         """Threads newest activity first, after the cursor (last_activity_at, _id) of the previous page.
 
         assignee=True means anyone (or nobody); None means unassigned; a string is that staff id.
-        Served by the (org_id, last_activity_at, _id) index.
+        Every read is one index range, sized so a page costs the same however many threads the org
+        has (gateway/recent.py): a window of last_activity_at on (org_id, last_activity_at), or on
+        (org_id, assignee, last_activity_at) for one assignee. Unread-only reads the unread threads
+        (org_id, unread_staff >= 1), a contact search the (org_id, contact_id) index. The other
+        filters are applied to what those reads return.
         """
-        query: Doc = {"org_id": org_id}
+        wanted: Doc = {}
         if assignee is not True:
-            query["assignee"] = assignee
+            wanted["assignee"] = assignee
         if secure is not None:
-            query["secure"] = secure
+            wanted["secure"] = secure
         if status is not None:
-            query["status"] = status
-        if contact_ids is not None:
-            query["contact_id"] = {"$in": contact_ids}
-        if unread:
-            query["unread_staff"] = {"$gt": 0}
+            wanted["status"] = status
+
+        def keep(d: Doc) -> bool:
+            if any(d.get(k) != v for k, v in wanted.items()):
+                return False
+            if unread and int(d.get("unread_staff") or 0) < 1:
+                return False
+            return before is None or (d["last_activity_at"], d["_id"]) < before
+
         order = [("last_activity_at", -1), ("_id", -1)]
-        out: list[Doc] = []
-        if before is not None:
-            # Two plain index ranges instead of an $or: the rest of the cursor's instant, then older.
-            at, tid = before
-            ties = self._store.threads.find({**query, "last_activity_at": at, "_id": {"$lt": tid}})
-            out = [d async for d in ties.sort(order).hint(THREADS_BY_ACTIVITY).limit(limit)]
-            query["last_activity_at"] = {"$lt": at}
-        if len(out) < limit:
-            rest = self._store.threads.find(query).sort(order).hint(THREADS_BY_ACTIVITY).limit(limit - len(out))
-            out += [d async for d in rest]
-        return out
+        if contact_ids is not None or unread:
+            # A few threads at most (one per contact; the unread ones): read them all, order here.
+            base: Doc = ({"org_id": org_id, "contact_id": {"$in": contact_ids}} if contact_ids is not None
+                         else {"org_id": org_id, "unread_staff": {"$gte": 1}})
+            found = [d async for d in self._store.threads.find(base) if keep(d)]
+            found.sort(key=lambda d: (d["last_activity_at"], d["_id"]), reverse=True)
+            return found[:limit]
+        base = {"org_id": org_id}
+        if "assignee" in wanted:
+            base["assignee"] = wanted.pop("assignee")
+        filtered = bool(wanted) or before is not None
+        return await self.recent.newest(
+            self._store.threads, base, "last_activity_at", limit=limit, order=order,
+            key=("threads", org_id, base.get("assignee", True), secure, status),
+            now=self._clock.now(), floor=await self._org_floor(org_id), at_of=lambda d: d["last_activity_at"],
+            upper=("$lte", before[0]) if before else None, upper_at=before[0] if before else None,
+            keep=keep if filtered else None,
+        )
+
+    async def _org_floor(self, org_id: str) -> datetime | None:
+        """Where the windows stop: the org's creation, less a margin. No thread is older, but one
+        that is anyway (an import, a skewed clock) is still read, by the last, open-ended query."""
+        if org_id not in self._org_floors:
+            doc = await self._store.orgs.find_one({"_id": org_id}, projection={"created_at": 1})
+            created = (doc or {}).get("created_at") or (oid_time(org_id) if doc else None)
+            if len(self._org_floors) > 10_000:
+                self._org_floors.clear()
+            self._org_floors[org_id] = created - FLOOR_MARGIN if created else None
+        return self._org_floors[org_id]
 
     # -- receiving ----------------------------------------------------------------------
     async def record_inbound(
@@ -302,15 +367,9 @@ class Conversations:
         if thread is None:
             thread = await self.thread_for(org.id, contact.id, channel)
         now = self._clock.now()
-        message: Doc = {
-            "_id": message_id, "org_id": org.id, "thread_id": thread["_id"], "contact_id": contact.id,
-            "direction": "inbound", "channel": channel, "author": {"kind": author_kind, "id": contact.id},
-            "secure": secure,
-            "body": await self._vault.seal(contact.dek_id, org.id, "messages", message_id, "body", body),
-            "preview": NEUTRAL_PREVIEW["inbound"], "status": "received",
-            "status_history": [{"status": "received", "at": now}], "provider_id": provider_id,
-            "link_id": None, "created_at": now, "flags": flags or [], "idempotency_key": "none:" + message_id,
-        }
+        message = await self._inbound_doc(org, contact, thread, now, message_id=message_id, channel=channel,
+                                          body=body, provider_id=provider_id, secure=secure, flags=flags,
+                                          author_kind=author_kind)
         try:
             await self._store.messages.insert_one(message)
         except DuplicateKeyError:
@@ -328,6 +387,166 @@ class Conversations:
         if channel in CHANNELS:
             await self._contacts.touch_channel(contact, channel)
         return message, thread, True
+
+    async def _inbound_doc(
+        self, org: Org, contact: Contact, thread: Doc, now: datetime, *, message_id: str, channel: str, body: str,
+        provider_id: str | None, secure: bool, flags: list[str] | None, author_kind: str,
+    ) -> Doc:
+        return {
+            "_id": message_id, "org_id": org.id, "thread_id": thread["_id"], "contact_id": contact.id,
+            "direction": "inbound", "channel": channel, "author": {"kind": author_kind, "id": contact.id},
+            "secure": secure,
+            "body": await self._vault.seal(contact.dek_id, org.id, "messages", message_id, "body", body),
+            "preview": NEUTRAL_PREVIEW["inbound"], "status": "received",
+            "status_history": [{"status": "received", "at": now}], "provider_id": provider_id,
+            "link_id": None, "created_at": now, "flags": flags or [], "idempotency_key": "none:" + message_id,
+        }
+
+    # -- receiving in bulk (the inbound processor under backlog) ---------------------------
+    async def threads_for(self, org_id: str, contact_ids: list[str], channel: str) -> dict[str, Doc]:
+        """thread_for for several contacts of one org: one lookup, one insert for the new ones.
+
+        Returns {contact_id: thread}.
+        """
+        wanted = list(dict.fromkeys(contact_ids))
+        if not wanted:
+            return {}
+        found = {d["contact_id"]: d async for d in self._store.threads.find(
+            {"org_id": org_id, "contact_id": {"$in": wanted}})}
+        missing = [c for c in wanted if c not in found]
+        if not missing:
+            return found
+        now = self._clock.now()
+        docs = [{"_id": new_id(), "org_id": org_id, "contact_id": cid, "secure": False, "status": "open",
+                 "assignee": None, "created_at": now, "last_activity_at": now, "unread_staff": 0,
+                 "preview": "", "channel": channel} for cid in missing]
+        lost: set[str] = set()
+        try:
+            await self._store.threads.insert_many(docs, ordered=False)
+        except BulkWriteError as err:
+            _only_duplicates(err)
+            lost = {docs[e["index"]]["contact_id"] for e in err.details["writeErrors"]}
+        found.update({d["contact_id"]: d for d in docs if d["contact_id"] not in lost})
+        if lost:  # created concurrently; the stored ones win
+            found.update({d["contact_id"]: d async for d in self._store.threads.find(
+                {"org_id": org_id, "contact_id": {"$in": list(lost)}})})
+        return found
+
+    async def record_inbound_many(self, org: Org, items: list[Inbound], *, channel: str) -> list[bool]:
+        """record_inbound for several messages of one org, in O(1) writes.
+
+        One insert for the messages (a duplicate id is a message stored by an earlier run: not
+        new, and like record_inbound it then touches nothing else), one update per distinct
+        (count, secure) group of threads, one for the contacts' channel. Returns `new` per item.
+        """
+        if not items:
+            return []
+        now = self._clock.now()
+        messages = [await self._inbound_doc(org, it.contact, it.thread, now, message_id=it.message_id,
+                                            channel=channel, body=it.body, provider_id=it.provider_id,
+                                            secure=it.secure, flags=it.flags, author_kind="contact")
+                    for it in items]
+        stored_before: set[str] = set()
+        try:
+            await self._store.messages.insert_many(messages, ordered=False)
+        except BulkWriteError as err:
+            _only_duplicates(err)
+            stored_before = {messages[e["index"]]["_id"] for e in err.details["writeErrors"]}
+        new = [it.message_id not in stored_before for it in items]
+        per_thread: dict[str, list[int]] = {}  # thread id -> [new messages, any secure]
+        for it, is_new in zip(items, new, strict=True):
+            if is_new:
+                counts = per_thread.setdefault(it.thread["_id"], [0, 0])
+                counts[0] += 1
+                counts[1] |= int(it.secure)
+        groups: dict[tuple[int, int], list[str]] = {}
+        for thread_id, (n, secure) in per_thread.items():
+            groups.setdefault((n, secure), []).append(thread_id)
+        for (n, secure), thread_ids in groups.items():
+            update: Doc = {"$set": {"last_activity_at": now, "preview": NEUTRAL_PREVIEW["inbound"],
+                                    "status": "open"}, "$inc": {"unread_staff": n}}
+            if secure:
+                update["$set"]["secure"] = True
+            if channel in CHANNELS:
+                update["$set"]["channel"] = channel
+            await self._store.threads.update_many({"_id": {"$in": thread_ids}}, update)
+        if channel in CHANNELS:
+            await self._contacts.touch_channels([it.contact for it, n in zip(items, new, strict=True) if n], channel)
+        return new
+
+    async def issue_link_notices(
+        self, org: Org, notices: list[Notice], *, channel: str, template: str,
+    ) -> dict[str, Pending]:
+        """send_link_notice for several notices with deterministic job ids, in O(1) writes.
+
+        A notice whose job exists already (an earlier run) or whose contact opted out of the
+        channel is skipped. Links, reply tokens and jobs go in one transaction where the server
+        has them. Returns {job_id: the "link.issued" audit entry} for the caller to append with
+        its other entries (a notice that had to go the one-by-one way is audited there). That
+        includes the entry of a job an earlier run queued but stopped before auditing.
+        """
+        if not notices:
+            return {}
+        existing = {d["_id"]: d async for d in self._store.outbox.find(
+            {"_id": {"$in": [n.job_id for n in notices]}}, projection={"link_id": 1})}
+        out: dict[str, Pending] = {}
+        earlier = [n for n in notices if n.job_id in existing and existing[n.job_id].get("link_id")]
+        unaudited = await self._audit.without(org.id, "link.issued", [n.message_id for n in earlier if n.message_id])
+        for n in earlier:
+            if n.message_id in unaudited:
+                out[n.job_id] = self._link_issued(n, existing[n.job_id]["link_id"], template, channel)
+        todo = [n for n in notices if n.job_id not in existing and not n.contact.opted_out(channel)]
+        links: list[Doc] = []
+        replies: list[Doc] = []
+        jobs: list[Doc] = []
+        for n in todo:
+            link_doc, token = self._links.new(
+                org_id=org.id, thread_id=n.thread_id, contact_id=n.contact.id, message_id=n.message_id,
+                ttl_seconds=org.policy.link_ttl_seconds, channel=channel,
+            )
+            reply_doc, reply_token = self._reply_token(org.id, n.thread_id, n.contact.id, channel)
+            links.append(link_doc)
+            if reply_doc is not None:
+                replies.append(reply_doc)
+            jobs.append(await self._outbox.job(
+                kind=channel, org_id=org.id, template=template, contact_id=n.contact.id,
+                dek_id=n.contact.dek_id, message_id=None, link_token=token, job_id=n.job_id,
+                link_id=link_doc["_id"], reply_token=reply_token, thread_id=n.thread_id, in_reply_to=None,
+            ))
+        if not jobs:
+            return out
+        try:
+            async with self._store.transaction() as session:
+                await self._store.links.insert_many(links, session=session)
+                if replies:
+                    await self._store.reply_tokens.insert_many(replies, session=session)
+                await self._store.outbox.insert_many(jobs, session=session)
+        except OperationFailure:
+            # Another run issued some of them meanwhile, or the transaction conflicted. Without a
+            # transaction some of ours may be stored: those are recognised by their link id and
+            # kept; the others go one by one (send_link_notice skips issued ones, audits the rest).
+            link_of = {j["_id"]: j["link_id"] for j in jobs}
+            ours = {d["_id"] async for d in self._store.outbox.find(
+                {"_id": {"$in": list(link_of)}}, projection={"link_id": 1}) if d.get("link_id") == link_of[d["_id"]]}
+            for n in todo:
+                if n.job_id not in ours:
+                    await self.send_link_notice(org, n.contact, n.thread_id, channel=channel, template=template,
+                                                job_id=n.job_id, message_id=n.message_id)
+        else:
+            ours = {j["_id"] for j in jobs}
+        for n, link_doc, job in zip(todo, links, jobs, strict=True):
+            if job["_id"] not in ours:
+                continue
+            self._outbox.announce(job["_id"])
+            out[n.job_id] = self._link_issued(n, link_doc["_id"], template, channel)
+        return out
+
+    @staticmethod
+    def _link_issued(n: Notice, link_id: str, template: str, channel: str) -> Pending:
+        """The audit entry send_link_notice appends for a notice."""
+        return Pending("link.issued", Actor("system"), ids={
+            "thread_id": n.thread_id, "link_id": link_id, "contact_id": n.contact.id, "message_id": n.message_id},
+            detail={"template": template, "channel": channel})
 
     # -- reading ------------------------------------------------------------------------
     async def get_message(self, org_id: str, message_id: str) -> Doc:
@@ -353,10 +572,25 @@ class Conversations:
             out.append(doc)
         return out
 
-    async def latest_messages(self, org_id: str, thread_id: str, limit: int = 50) -> list[Doc]:
-        """The newest `limit` messages of a thread, returned oldest first, bodies opened."""
-        docs = [d async for d in self._store.messages.find({"org_id": org_id, "thread_id": thread_id})
-                .sort("_id", -1).limit(limit)]
+    async def latest_messages(self, org_id: str, thread_id: str, limit: int = 50,
+                              before: str | None = None) -> list[Doc]:
+        """The newest `limit` messages of a thread (older than the message id `before`), returned
+        oldest first, bodies opened.
+
+        Message ids are ObjectId hex, so they sort by creation time: the read is one window of
+        _id on (org_id, thread_id, _id) at a time (gateway/recent.py), so the first page of a
+        thread of 5,000 messages costs what a thread of 50 costs.
+        """
+        now = datetime.now(UTC)  # ids carry the real time, not the service clock
+        created = oid_time(thread_id)
+        upper_at = oid_time(before) if before else None
+        docs = await self.recent.newest(
+            self._store.messages, {"org_id": org_id, "thread_id": thread_id}, "_id", limit=limit,
+            order=[("_id", -1)], key=("messages", thread_id, limit), now=now,
+            floor=created - FLOOR_MARGIN if created else None, bound=oid_at,
+            at_of=lambda d: oid_time(d["_id"]) or now, upper=("$lt", before) if before else None,
+            upper_at=(upper_at + timedelta(seconds=1)) if upper_at else None,
+        )
         docs.reverse()
         for d in docs:
             d["text"] = await self.open_body(d)

@@ -17,7 +17,9 @@ logger = logging.getLogger(__name__)
 
 Doc = dict[str, Any]
 
-# Key patterns that queries name in hint() (a planner may otherwise pick a worse index).
+# Key patterns of indexes that queries rely on. Don't hint() them on hot paths: SecantusDB answers a
+# hinted query by walking the WHOLE index (every org's entries), where the unhinted query reads
+# only the range its equality prefix and range bounds select.
 THREADS_BY_ACTIVITY = [("org_id", ASCENDING), ("last_activity_at", DESCENDING), ("_id", DESCENDING)]
 AUDIT_BY_MESSAGE = [("org_id", ASCENDING), ("message_id", ASCENDING), ("seq", ASCENDING)]
 CONTACTS_BY_ID = [("org_id", ASCENDING), ("_id", DESCENDING)]
@@ -53,9 +55,12 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     "threads": [
         IndexModel([("org_id", ASCENDING), ("contact_id", ASCENDING)], unique=True),
+        # Staff inbox: windows of last_activity_at (gateway/recent.py), all threads / one assignee's.
+        # The time field is the LAST key field on purpose: SecantusDB drops the rows equal to an
+        # inclusive range bound when more key fields follow it.
         IndexModel([("org_id", ASCENDING), ("last_activity_at", DESCENDING)]),
-        # Staff inbox: newest activity first, ties by _id, so each page is one index range.
-        IndexModel(THREADS_BY_ACTIVITY),
+        IndexModel([("org_id", ASCENDING), ("assignee", ASCENDING), ("last_activity_at", DESCENDING)]),
+        IndexModel(THREADS_BY_ACTIVITY),  # no longer read by the app (tests hint it); see gateway/recent.py
         IndexModel([("org_id", ASCENDING), ("unread_staff", ASCENDING)]),  # staff inbox: unread count
     ],
     "messages": [
@@ -66,7 +71,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     "links": [
         IndexModel([("token_hash", ASCENDING)], unique=True),
-        IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING)]),
+        # A thread's links, and its newest ones by _id windows (staff thread page).
+        IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING), ("_id", ASCENDING)]),
     ],
     "inbound_events": [
         IndexModel([("provider", ASCENDING), ("provider_id", ASCENDING)], unique=True),
@@ -86,6 +92,9 @@ INDEXES: dict[str, list[IndexModel]] = {
         # Staff portal: per-message timeline, and the audit view's actor filter.
         IndexModel(AUDIT_BY_MESSAGE),
         IndexModel([("org_id", ASCENDING), ("actor.id", ASCENDING), ("seq", ASCENDING)]),
+        # Staff thread page: the thread-level activity (assigned, closed, viewed, ...), an $in on action,
+        # without reading the thread's message events and staff reads.
+        IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING), ("action", ASCENDING), ("seq", ASCENDING)]),
     ],
     # Staff sign-in throttling counters (gateway.staff_auth.LoginThrottle): one per key and window.
     "login_throttle": [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0)],

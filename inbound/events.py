@@ -1,13 +1,22 @@
-"""Durable intake: every provider delivery is sealed and stored once before it is acknowledged."""
+"""Durable intake: every provider delivery is sealed and stored once before it is acknowledged.
+
+Concurrent deliveries share their insert (group commit): a delivery that arrives while another
+insert is in flight waits for it and then goes in the next insert_many with every other delivery
+that arrived meanwhile. Each caller still returns only once the write holding its own document is
+acknowledged (majority, journaled), and learns its own outcome (stored, duplicate, or failed). A
+lone delivery is inserted at once, so there is no added latency without concurrency.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from gateway.errors import StoreUnavailable
 from gateway.ids import new_id
@@ -17,6 +26,97 @@ from gateway.vault import Vault
 
 logger = logging.getLogger(__name__)
 
+GROUP_MAX = 64  # documents per shared insert
+GROUP_INFLIGHT = 2  # shared inserts in flight at once
+
+
+class GroupInsert:
+    """insert_one for concurrent callers, done as shared insert_many commands (group commit)."""
+
+    def __init__(self, collection: AsyncCollection[Doc], *, max_docs: int = GROUP_MAX,
+                 inflight: int = GROUP_INFLIGHT) -> None:
+        self._coll = collection
+        self._max = max_docs
+        self._inflight_max = inflight
+        self._inflight = 0
+        self._waiting: list[tuple[Doc, asyncio.Future[BaseException | None], Callable[[], None] | None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def insert(self, doc: Doc, on_stored: Callable[[], None] | None = None) -> None:
+        """Store `doc`; returns once that is acknowledged. Raises as insert_one would
+        (DuplicateKeyError for this document, another PyMongoError when the write failed).
+
+        `on_stored` runs as soon as the write is acknowledged, even if the caller has gone.
+        """
+        fut: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((doc, fut, on_stored))
+        if self._inflight < self._inflight_max:
+            self._inflight += 1
+            task = asyncio.create_task(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        # Shielded: a caller that goes away must not cancel the write that others share.
+        err = await asyncio.shield(fut)
+        if err is not None:
+            raise err
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting[:self._max], self._waiting[self._max:]
+                try:
+                    outcomes = await self._write([doc for doc, _, _ in group])
+                except BaseException as err:  # cancelled: nobody may be left waiting
+                    for _, fut, _ in group:
+                        if not fut.done():
+                            fut.set_result(StoreUnavailable("intake interrupted"))
+                    raise err
+                for (_, fut, on_stored), outcome in zip(group, outcomes, strict=True):
+                    if outcome is None and on_stored is not None:
+                        try:
+                            on_stored()
+                        except Exception:
+                            logger.exception("intake: hand-over failed (the sweep takes the event)")
+                    if not fut.done():
+                        fut.set_result(outcome)
+        finally:
+            self._inflight -= 1
+
+    async def _write(self, docs: list[Doc]) -> list[BaseException | None]:
+        """One outcome per document: None (stored) or the exception its caller raises."""
+        try:
+            if len(docs) == 1:
+                await self._coll.insert_one(docs[0])
+            else:
+                await self._coll.insert_many(docs, ordered=False)
+        except BulkWriteError as err:
+            if err.details.get("writeConcernErrors"):  # nothing in it is known to be durable
+                return [_own(err) for _ in docs]
+            out: list[BaseException | None] = [None] * len(docs)
+            for e in err.details.get("writeErrors", []):
+                msg = str(e.get("errmsg", "write error"))
+                out[e["index"]] = DuplicateKeyError(msg, 11000) if e.get("code") == 11000 else PyMongoError(msg)
+            return out
+        except PyMongoError as err:
+            return [err] if len(docs) == 1 else [_own(err) for _ in docs]
+        except Exception as err:
+            if len(docs) == 1:
+                return [err]
+            # One document the driver refused (it fails the whole command): one by one, so that
+            # only its own caller gets the error.
+            return [(await self._write([doc]))[0] for doc in docs]
+        return [None] * len(docs)
+
+
+def _own(err: PyMongoError) -> PyMongoError:
+    """A copy of a shared error for one caller (an exception object is raised in one place)."""
+    try:
+        copy = type(err)(str(err))
+    except Exception:
+        copy = PyMongoError(str(err))
+    copy.__cause__ = err
+    return copy
+
 
 class InboundEvents:
     """Stores raw provider events (sealed, unique per provider id) and wakes the processor."""
@@ -25,6 +125,7 @@ class InboundEvents:
         self._store = store
         self._vault = vault
         self._clock = clock
+        self._intake = GroupInsert(store.inbound_events)
         # Called with an event id and document once it is stored: the local processor's fast path.
         self.listeners: list[Callable[[str, Doc], None]] = []
 
@@ -44,13 +145,21 @@ class InboundEvents:
                 "kind": kind, "received_at": now, "state": state, "attempts": 0,
                 "next_attempt_at": now, "lease_until": now, "meta": meta or {},
             }
+            if state == "pending":
+                doc.update(self._lease_on_insert() or {})
+
+            def hand_over() -> None:  # as soon as it is stored (even if our caller has gone)
+                if state == "pending":
+                    for listener in self.listeners:
+                        listener(eid, doc)
+
             if payload is not None:
                 doc["payload"] = await self._vault.seal(
                     dek_id, seal_org, "inbound_events", eid, "payload", json.dumps(payload)
                 )
             if raw is not None:
                 doc["raw"] = await self._vault.seal(dek_id, seal_org, "inbound_events", eid, "raw", raw)
-            await self._store.inbound_events.insert_one(doc)
+            await self._intake.insert(doc, on_stored=hand_over)
         except DuplicateKeyError:
             existing = await self._store.inbound_events.find_one(
                 {"provider": provider, "provider_id": provider_id}, projection={"_id": 1}
@@ -60,10 +169,15 @@ class InboundEvents:
             logger.warning("inbound event not stored: database unavailable",
                            extra={"fields": {"provider": provider, "error": type(err).__name__}})
             raise StoreUnavailable("database unavailable") from err
-        if state == "pending":
-            for listener in self.listeners:
-                listener(eid, doc)
         return eid, True
+
+    def _lease_on_insert(self) -> Doc | None:
+        """A local worker's lease for the event (its insert is then the claim): gateway/leases.py."""
+        for listener in self.listeners:
+            offer = getattr(listener, "lease_on_insert", None)
+            if offer is not None and (lease := offer()) is not None:
+                return dict(lease)
+        return None
 
     async def open_payload(self, event: Doc) -> dict[str, Any]:
         org = event.get("org_id") or "-"

@@ -67,7 +67,9 @@ class Deps:
                             path="/")
 
     async def unread_threads(self, org_id: str) -> int:
-        return int(await self.s.store.threads.count_documents({"org_id": org_id, "unread_staff": {"$gt": 0}}))
+        # $gte 1, not $gt 0: SecantusDB starts an exclusive range at the first entry EQUAL to the bound
+        # and steps over every one of them (here: every read thread of the org).
+        return int(await self.s.store.threads.count_documents({"org_id": org_id, "unread_staff": {"$gte": 1}}))
 
     async def page(self, request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
         """Render a staff page: the signed-in member, the nav counters and the CSRF token come along."""

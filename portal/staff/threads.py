@@ -14,7 +14,7 @@ audited denial.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -23,14 +23,16 @@ from gateway.classifier import find_sensitive
 from gateway.contacts import Contact
 from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
-from gateway.store import AUDIT_BY_MESSAGE, Doc
+from gateway.recent import FLOOR_MARGIN, oid_at, oid_time
+from gateway.store import Doc
 from portal import attachments
 from portal.staff.common import STAFF, Deps, form_fields, redirect
 from portal.staff.contacts import pin_action
 from portal.staff.inbox import fmt_time
 from portal.staff.policy import ANY_STAFF, policy
 
-MESSAGES = 200
+MESSAGES = 50  # the newest page; "Earlier messages" pages back (?before=<message id>)
+LINKS = 20
 AUDIT_LIMIT = 2000
 
 STATUS_LABELS = {
@@ -103,13 +105,18 @@ class ThreadPages:
         org = ctx.org
         contact = await self._contact(request, thread)
         info = await self.s.contacts.reveal(contact)
-        docs = await self.s.conversations.latest_messages(org.id, thread["_id"], limit=MESSAGES)
-        links = await self.s.links.for_thread(org.id, thread["_id"])
+        before = request.query.get("before") if request.method == "GET" else None
+        before = before if before and is_id(before) else None
+        docs = await self.s.conversations.latest_messages(org.id, thread["_id"], limit=MESSAGES + 1, before=before)
+        earlier = docs[1]["_id"] if len(docs) > MESSAGES else None
+        docs = docs[-MESSAGES:]
+        links = await self._links(org.id, thread["_id"])
         staff = await self.d.staff.list(org.id)
         emails = {m.id: m.email for m in staff}
         timeline, activity = await self._timeline(org.id, thread["_id"], docs, emails)
         files = await attachments.for_messages(self.s, org.id, [d["_id"] for d in docs])
-        await self.s.conversations.mark_read(org.id, thread["_id"], ctx.actor, self.d.ip(request), count=len(docs))
+        await self.s.conversations.mark_read(org.id, thread["_id"], ctx.actor, self.d.ip(request), count=len(docs),
+                                             unread=int(thread.get("unread_staff") or 0))
         now = self.s.clock.now()
         name = info.get("name") or contact.phone_hint or contact.email_hint or "Contact"
         messages = [{
@@ -125,7 +132,7 @@ class ThreadPages:
             "expires": fmt_time(lk["expires_at"]), "opened": fmt_time(lk.get("opened_at")),
             "failures": int(lk.get("failures", 0)), "channel": lk.get("channel", "sms"),
             "pin": bool(lk.get("pin_hash")),
-        } for lk in links[:20]]
+        } for lk in links]
         secure_default = org.policy.secure_default if draft_secure is None else draft_secure
         return await self.d.page(
             request, "staff/thread.html", status=status, thread=thread, contact=contact, info=info, name=name,
@@ -134,6 +141,16 @@ class ThreadPages:
             warning=[SENSITIVE_LABELS.get(k, k) for k in warning] if warning else None,
             secure_checked=bool(thread.get("secure")) or secure_default, generated_pin=generated_pin,
             last_id=docs[-1]["_id"] if docs else "",
+            earlier_url=f"/staff/threads/{thread['_id']}?before={earlier}" if earlier else None,
+        )
+
+    async def _links(self, org_id: str, thread_id: str) -> list[Doc]:
+        """The thread's newest links (ids are ObjectId hex: one window of (org_id, thread_id, _id))."""
+        created = oid_time(thread_id)
+        return await self.s.conversations.recent.newest(
+            self.s.store.links, {"org_id": org_id, "thread_id": thread_id}, "_id", limit=LINKS, order=[("_id", -1)],
+            key=("links", thread_id), now=datetime.now(UTC), floor=created - FLOOR_MARGIN if created else None,
+            bound=oid_at, at_of=lambda d: oid_time(d["_id"]) or datetime.now(UTC),
         )
 
     @staticmethod
@@ -148,12 +165,14 @@ class ThreadPages:
         """Per-message events (delivery history + audit entries with that message id) and thread activity."""
         ids = [d["_id"] for d in docs]
         entries: dict[int, Doc] = {}
-        if ids:
+        if ids:  # (org_id, message_id, seq): one index lookup per message shown
             async for e in self.s.store.audit.find({"org_id": org_id, "message_id": {"$in": ids}}).sort(
-                    "seq", 1).hint(AUDIT_BY_MESSAGE).limit(AUDIT_LIMIT):
+                    "seq", 1).limit(AUDIT_LIMIT):
                 entries[e["seq"]] = e
-        async for e in self.s.store.audit.find({"org_id": org_id, "thread_id": thread_id}).sort(
-                "seq", -1).limit(AUDIT_LIMIT):
+        # Thread-level activity only, by (org_id, thread_id, action, seq): not the thread's message
+        # events and staff reads, whose number grows with every message and every view.
+        activity_query = {"org_id": org_id, "thread_id": thread_id, "action": {"$in": list(THREAD_LABELS)}}
+        async for e in self.s.store.audit.find(activity_query).sort("seq", -1).limit(AUDIT_LIMIT):
             entries[e["seq"]] = e
         by_message: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
         activity: list[dict[str, Any]] = []
