@@ -20,7 +20,6 @@ Doc = dict[str, Any]
 # Key patterns of indexes that queries rely on. Don't hint() them on hot paths: SecantusDB answers a
 # hinted query by walking the WHOLE index (every org's entries), where the unhinted query reads
 # only the range its equality prefix and range bounds select.
-THREADS_BY_ACTIVITY = [("org_id", ASCENDING), ("last_activity_at", DESCENDING), ("_id", DESCENDING)]
 AUDIT_BY_MESSAGE = [("org_id", ASCENDING), ("message_id", ASCENDING), ("seq", ASCENDING)]
 CONTACTS_BY_ID = [("org_id", ASCENDING), ("_id", DESCENDING)]
 
@@ -60,7 +59,6 @@ INDEXES: dict[str, list[IndexModel]] = {
         # inclusive range bound when more key fields follow it.
         IndexModel([("org_id", ASCENDING), ("last_activity_at", DESCENDING)]),
         IndexModel([("org_id", ASCENDING), ("assignee", ASCENDING), ("last_activity_at", DESCENDING)]),
-        IndexModel(THREADS_BY_ACTIVITY),  # no longer read by the app (tests hint it); see gateway/recent.py
         IndexModel([("org_id", ASCENDING), ("unread_staff", ASCENDING)]),  # staff inbox: unread count
     ],
     "messages": [

@@ -16,7 +16,6 @@ from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
 from gateway.phone import normalize_e164
 from gateway.pins import generate_pin
-from gateway.store import CONTACTS_BY_ID
 from portal.staff.common import STAFF, Deps, form_fields, redirect
 from portal.staff.inbox import fmt_time
 from portal.staff.policy import ANY_STAFF, policy
@@ -90,7 +89,7 @@ class ContactPages:
             query["_id"] = found.id if found else "none"
         elif cursor:
             query["_id"] = {"$lt": cursor}
-        docs = [d async for d in self.s.store.contacts.find(query).sort("_id", -1).hint(CONTACTS_BY_ID).limit(PAGE + 1)]
+        docs = [d async for d in self.s.store.contacts.find(query).sort("_id", -1).limit(PAGE + 1)]
         page, more = docs[:PAGE], len(docs) > PAGE
         labels = await self.d.contact_labels(org_id, [d["_id"] for d in page])
         rows = [{

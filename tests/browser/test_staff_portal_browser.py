@@ -54,7 +54,7 @@ async def test_staff_and_client_hold_a_secure_conversation_live(live, browser):
     await s.get_by_role("link", name="Compose").click()
     await expect(s.get_by_role("heading", level=1)).to_have_text("New message")
     await staff_a11y(s, "compose")
-    await s.get_by_label("To (mobile number)").fill(CLIENT_PHONE)
+    await s.get_by_label("Mobile number (for SMS)").fill(CLIENT_PHONE)
     await s.get_by_label("Name (optional, for a new contact)").fill("Dana Whitfield")
     await s.get_by_label("Message").fill(FIRST)
     secure = s.get_by_role("checkbox", name=re.compile("Send securely"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from gateway.audit import SYSTEM
-from gateway.store import THREADS_BY_ACTIVITY
 from tests.portal.test_staff_support import signed_in
 
 CANARY = "canary-91c2 your HIV test result is negative"
@@ -107,17 +106,3 @@ async def test_paging_by_cursor_is_stable_and_newest_first(gw):
         assert page2 == list(reversed(made))[50:]
         bad = await b.get("/staff/?cursor=junk")
         assert bad.status == 422
-
-
-async def test_inbox_queries_use_the_activity_index(gw):
-    """Both shapes Conversations.list_threads sends (first page, after a cursor) are index scans."""
-    await send(gw, "+15551230002")
-    order = [("last_activity_at", -1), ("_id", -1)]
-    now = gw.clock.now()
-    for query in ({"org_id": gw.org.id, "secure": True},
-                  {"org_id": gw.org.id, "last_activity_at": {"$lt": now}},
-                  {"org_id": gw.org.id, "last_activity_at": now, "_id": {"$lt": "f" * 24}}):
-        plan = await gw.store.threads.find(query).sort(order).hint(THREADS_BY_ACTIVITY).limit(51).explain()
-        winning = repr(plan["queryPlanner"]["winningPlan"])
-        assert "IXSCAN" in winning and "org_id_1_last_activity_at_-1__id_-1" in winning, winning
-        assert "COLLSCAN" not in winning
