@@ -78,7 +78,7 @@ async def main() -> None:
             gw.data_dir.mkdir(parents=True)
             gw.start()
             try:
-                org = gw.admin("create-org", "--name", "Bench Clinic", "--sms-number", "+15005550006",
+                org = gw.admin("create-org", "--name", "Bench Clinic", "--sms-number", "+15005550010",
                                "--email-from", "care@bench.test", "--reply-domain", REPLY_DOMAIN)
                 key = gw.admin("create-api-key", "--org", org["id"], "--name", "bench")["key"]
                 async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:

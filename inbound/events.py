@@ -91,7 +91,7 @@ class GroupInsert:
                 await self._coll.insert_many(docs, ordered=False)
         except BulkWriteError as err:
             if err.details.get("writeConcernErrors"):  # nothing in it is known to be durable
-                return [_own(err) for _ in docs]
+                return [PyMongoError("write concern not satisfied") for _ in docs]
             out: list[BaseException | None] = [None] * len(docs)
             for e in err.details.get("writeErrors", []):
                 msg = str(e.get("errmsg", "write error"))

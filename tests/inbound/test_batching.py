@@ -18,6 +18,8 @@ from gateway.store import Doc, Store
 from inbound.events import InboundEvents
 from inbound.processor import InboundProcessor
 from inbound.sms import SmsReplyHandler
+from tests.inbound.test_twilio_webhooks import outage_gw  # noqa: F401 (a fixture)
+from tests.support.database import SecantusServer
 from tests.support.harness import ORG_NUMBER, Gateway
 from tests.support.twilio_standin import inbound_sms_params, new_sid
 
@@ -432,3 +434,27 @@ async def _count(store: Store, collection: str, n: int, query: Doc | None = None
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_document_that_cannot_be_stored_fails_only_its_own_delivery(store: Store) -> None:
+    from bson.errors import InvalidDocument
+    from pymongo.errors import PyMongoError
+
+    from inbound.events import GroupInsert
+
+    intake = GroupInsert(store.db["group_insert_test"], inflight=1)
+    docs: list[Doc] = [{"_id": f"d{i}", "n": i} for i in range(6)]
+    docs[3]["blob"] = b"x" * (17 * 1024 * 1024)  # over the 16 MB document limit
+    results = await asyncio.gather(*(intake.insert(d) for d in docs), return_exceptions=True)
+    assert [r is None for r in results] == [True, True, True, False, True, True]
+    assert isinstance(results[3], PyMongoError | InvalidDocument)
+    assert sorted([d["_id"] async for d in store.db["group_insert_test"].find({})]) == ["d0", "d1", "d2", "d4", "d5"]
+
+
+async def test_deliveries_sharing_an_insert_during_an_outage_each_get_503(
+        outage_gw: tuple[Gateway, SecantusServer]) -> None:  # noqa: F811
+    gw, server = outage_gw
+    server.stop()
+    responses = await asyncio.gather(*(gw.post_signed("/webhooks/twilio/sms", gw.sms_params(body=f"during {i}"))
+                                       for i in range(6)))
+    assert [r.status for r in responses] == [503] * 6
