@@ -84,6 +84,7 @@ class InboundSmtpConfig:
     tls_key_file: str = ""
     require_starttls: bool = False
     max_message_bytes: int = 10_000_000
+    messages_per_minute_per_peer: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +254,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("inbound_smtp.tls_key_file", "tls_cert_file and tls_key_file go together")
     if ib.require_starttls and not ib.tls_cert_file:
         raise ConfigError("inbound_smtp.require_starttls", "needs tls_cert_file and tls_key_file")
+    if ib.messages_per_minute_per_peer < 1:
+        raise ConfigError("inbound_smtp.messages_per_minute_per_peer", "must be at least 1")
     if ib.max_message_bytes < 10_000:
         raise ConfigError("inbound_smtp.max_message_bytes", "must be at least 10000")
     ob = config.outbox

@@ -41,7 +41,6 @@ def _no_debug(record: logging.LogRecord) -> bool:
 logging.getLogger("mail.log").addFilter(_no_debug)
 
 MAX_RECIPIENTS = 10
-MESSAGES_PER_MINUTE = 60
 
 
 class ReplyHandler:
@@ -52,7 +51,7 @@ class ReplyHandler:
         self._orgs = orgs
         self._reply_tokens = reply_tokens
         self._events = events
-        self._rate = RateLimiter(MESSAGES_PER_MINUTE, 60)
+        self._rate = RateLimiter(config.messages_per_minute_per_peer, 60)
 
     async def _domains(self, domain: str) -> bool:
         domain = domain.lower()
