@@ -28,6 +28,7 @@ from gateway.store import Store, make_client
 logger = logging.getLogger("hushlink")
 
 DEMO_NUMBER = "+15005550006"
+DEMO_STAFF = "admin@demo.hushlink.test"
 DEMO_PAYLOAD = '{"to": {"phone": "+15551230001", "name": "Alex"}, "body": "Your lab results are ready."}'
 
 
@@ -64,7 +65,6 @@ def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 # -- serve ----------------------------------------------------------------------------------
 async def serve(config: Config, role: str) -> int:
-    from gateway.api_keys import ApiKeys
     from gateway.app import build_runtime, create_app
 
     async with open_services(config, own_database=True) as services:
@@ -82,6 +82,10 @@ async def serve(config: Config, role: str) -> int:
         url = services.public_url
         print(f"Hushlink is running: {url}  (role {role}; database "
               f"{'embedded' if not config.database.uri else 'external'})", flush=True)
+        if runtime.sandbox is not None:
+            if not await services.orgs.all():
+                await _demo_org(services, url)
+            print(f"Sandbox phone and mailbox (see what was sent, answer as the contact): {url}/sandbox", flush=True)
         if role in ("all", "web"):
             from gateway.staff_auth import SETUP_TTL_SECONDS, first_run_url
 
@@ -90,17 +94,6 @@ async def serve(config: Config, role: str) -> int:
                 print(f"First run: no staff account exists yet. Create your organization and its first admin at\n"
                       f"  {setup_url}\n(one use, valid {SETUP_TTL_SECONDS // 60} minutes; restart to get a new one)",
                       flush=True)
-        if runtime.sandbox is not None:
-            if not await services.orgs.all():
-                org = await services.orgs.create("Demo Clinic", DEMO_NUMBER)
-                key, _ = await ApiKeys(services.store, services.clock).create(org.id, "quick start")
-                print(f"Sandbox mode (no Twilio account configured). Demo org {org.id} with number {DEMO_NUMBER}.")
-                print(f"API key (shown once): {key}")
-                print("Send a secure message:\n"
-                      f"  curl -s -X POST {url}/api/v1/messages -H 'Authorization: Bearer {key}' "
-                      "-H 'Content-Type: application/json' "
-                      "-d '" + DEMO_PAYLOAD + "'")
-            print(f"Sandbox phone (see what was sent, answer as the contact): {url}/sandbox", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,6 +103,26 @@ async def serve(config: Config, role: str) -> int:
         await runner.cleanup()
         await runtime.close()
     return 0
+
+
+async def _demo_org(services: Services, url: str) -> None:
+    """Sandbox quick start: a demo org, an API key and a staff admin, their secrets printed once."""
+    import secrets as pysecrets
+
+    from gateway.api_keys import ApiKeys
+    from gateway.staff import Staff
+
+    org = await services.orgs.create("Demo Clinic", DEMO_NUMBER)
+    key, _ = await ApiKeys(services.store, services.clock).create(org.id, "quick start")
+    password = "-".join(pysecrets.token_urlsafe(6) for _ in range(4))
+    await Staff(services.store, services.clock).create(org.id, DEMO_STAFF, "admin", password)
+    print(f"Sandbox mode (no Twilio account configured). Demo org {org.id} with number {DEMO_NUMBER}.")
+    print(f"API key (shown once): {key}")
+    print(f"Staff portal: {url}/staff/login as {DEMO_STAFF}, password (shown once): {password}")
+    print("Send a secure message:\n"
+          f"  curl -s -X POST {url}/api/v1/messages -H 'Authorization: Bearer {key}' "
+          "-H 'Content-Type: application/json' "
+          "-d '" + DEMO_PAYLOAD + "'")
 
 
 # -- admin ----------------------------------------------------------------------------------

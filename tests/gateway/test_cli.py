@@ -87,6 +87,7 @@ def test_serve_runs_the_sandbox_loop_admin_commands_work_and_sigterm_exits_zero(
     assert code == 0
     out = proc.stdout.read() if proc.stdout else ""
     assert "Hushlink is running" in out and "/sandbox" in out
+    assert "/staff/login as admin@demo.hushlink.test, password (shown once):" in out
     keyring = Path(env["HUSHLINK_SERVER__DATA_DIR"]) / "keyring.json"
     assert keyring.stat().st_mode & 0o777 == 0o600
 
