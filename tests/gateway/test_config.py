@@ -232,3 +232,9 @@ def test_dkim_settings_go_together():
     with pytest.raises(ConfigError) as err:
         load_config(None, {"HUSHLINK_SMTP__DKIM_SELECTOR": "s1"})
     assert err.value.key == "smtp.dkim_private_key"
+
+
+def test_the_common_password_list_ships_with_the_package():
+    from gateway.staff import common_passwords
+
+    assert len(common_passwords()) >= 50 and "password1234" in common_passwords()
