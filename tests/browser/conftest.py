@@ -156,7 +156,8 @@ async def live(store: Store, keyring: Keyring, clock: FrozenClock, twilio: Twili
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     if not chromium_available():
-        pytest.skip("Chromium is not installed at the configured path")
+        pytest.fail("Chromium is not installed at /usr/bin/chromium: run the suite with ./scripts/test.sh, "
+                    "which installs it")
     async with chromium() as b:
         yield b
 
