@@ -17,7 +17,7 @@ from pymongo import ReturnDocument
 from gateway.audit import Actor
 from gateway.conversations import validate_body
 from gateway.errors import LinkUnavailable, PinRejected, ValidationError
-from gateway.ids import new_id
+from gateway.ids import is_id, new_id
 from gateway.services import Services
 from gateway.store import Doc
 from gateway.tokens import csrf_ok, csrf_token, looks_like_token, token_hash
@@ -29,6 +29,7 @@ from portal.strings import STRINGS
 logger = logging.getLogger(__name__)
 
 MAX_RENEWALS = 3
+PAGE = 50  # messages on the conversation page (older ones one page at a time)
 
 
 def same_origin(request: web.Request, public_url: str) -> bool:
@@ -161,13 +162,23 @@ class ClientPortal:
         if session is None:
             return render(request, "client/notice.html", status=401, message=STRINGS["session_over"])
         org = await self._s.orgs.get(session["org_id"])
-        docs = await self._s.conversations.latest_messages(org.id, session["thread_id"], limit=200)
+        before = request.query.get("before") or None
+        if before is not None and not is_id(before):
+            before = None
+        # The newest PAGE messages, with a link to earlier ones: the page costs the same whatever
+        # the thread's length.
+        docs = await self._s.conversations.latest_messages(org.id, session["thread_id"], limit=PAGE + 1,
+                                                           before=before)
+        more = len(docs) > PAGE
+        docs = docs[-PAGE:]
+        earlier = docs[0]["_id"] if more else None
         if not session.get("viewed"):
             await self._record_view(session, docs, self._ip(request))
         files = await attachments.for_messages(self._s, org.id, [d["_id"] for d in docs])
         messages = [{**self._message_view(d), "attachments": files.get(d["_id"], [])} for d in docs]
         return render(request, "client/thread.html", org_name=org.name, messages=messages,
-                      csrf=self._session_csrf(session), last_id=docs[-1]["_id"] if docs else "")
+                      csrf=self._session_csrf(session), last_id=docs[-1]["_id"] if docs else "",
+                      earlier_url=f"/s/thread?before={earlier}" if earlier else None, live=before is None)
 
     @staticmethod
     def _message_view(d: Doc) -> dict[str, Any]:

@@ -23,5 +23,6 @@ STRINGS: dict[str, str] = {
     "signed_out": "You are signed out. Use the link in your message to open the conversation again.",
     "session_over": "Your session has ended. Open the link in your message again.",
     "empty": "No messages yet.",
+    "earlier": "Earlier messages",
     "sent": "Sent",
 }

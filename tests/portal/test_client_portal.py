@@ -746,3 +746,21 @@ async def test_a_per_message_pin_also_guards_later_links_to_the_same_thread(gw):
     assert wrong.status == 401
     right = await gw.open_link(fresh, pin="246810")
     assert right.status == 303
+
+
+async def test_a_long_conversation_shows_the_newest_page_and_links_to_earlier_ones(gw):
+    import re
+
+    for n in range(55):
+        await gw.api_send(body=f"Note number {n:02d}", secure=True)
+    await gw.drain()
+    opened = await gw.open_link(gw.last_link_token())
+    assert opened.status == 303
+    page = await (await gw.client.get("/s/thread")).text()
+    assert page.count('<li class="msg ') == 50
+    assert "Note number 54" in page and "Note number 04" not in page
+    earlier = re.search(r'href="(/s/thread\?before=[0-9a-f]{24})"', page)
+    assert earlier, "no link to earlier messages"
+    older = await (await gw.client.get(earlier.group(1))).text()
+    assert "Note number 00" in older and "Note number 54" not in older
+    assert "/static/client.js" not in older  # an older page is not live-updated
