@@ -49,7 +49,7 @@ SMALL_NUMBER, BIG_NUMBER = "+15005550011", "+15005550012"
 BASELINE_DB = "bench_baseline"
 PAGE = 50
 STAFF_MESSAGES = 50  # portal/staff/threads.py MESSAGES
-CLIENT_MESSAGES = 200  # portal/client.py
+CLIENT_MESSAGES = 50  # portal/client.py PAGE
 TARGET_VS_BASELINE = 3.0
 TARGET_FLAT = 1.5
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
