@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.audit import Actor
-from gateway.errors import ValidationError
+from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
 from gateway.orgs import Org
 from gateway.services import Services
@@ -27,6 +27,19 @@ MAX_PAGE = 200
 
 def _err(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _unauthorized(message: str) -> web.HTTPUnauthorized:
+    body = json.dumps({"error": {"code": "unauthorized", "message": message}})
+    return web.HTTPUnauthorized(text=body, content_type="application/json")
+
+
+def _path_id(request: web.Request) -> str:
+    """The {id} of the path; a malformed id is simply not found (404)."""
+    value = request.match_info["id"]
+    if not is_id(value):
+        raise NotFound("id")
+    return value
 
 
 def _iso(value: Any) -> str:
@@ -59,14 +72,15 @@ class ApiV1:
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
 
-    async def _org(self, request: web.Request) -> tuple[Org, Actor] | web.Response:
+    async def _org(self, request: web.Request) -> tuple[Org, Actor]:
+        """The caller's org and actor from the Bearer key; raises 401 (JSON) otherwise."""
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            return _err(401, "unauthorized", "missing Authorization: Bearer <api key>")
+            raise _unauthorized("missing Authorization: Bearer <api key>")
         doc = await self._s.store.api_keys.find_one({"key_hash": token_hash(key.strip()), "revoked_at": None})
         if doc is None:
-            return _err(401, "unauthorized", "unknown or revoked API key")
+            raise _unauthorized("unknown or revoked API key")
         return await self._s.orgs.get(doc["org_id"]), Actor("api", doc["_id"])
 
     async def _json(self, request: web.Request) -> dict[str, Any] | web.Response:
@@ -81,10 +95,7 @@ class ApiV1:
         return data
 
     async def send_message(self, request: web.Request) -> web.Response:
-        auth = await self._org(request)
-        if isinstance(auth, web.Response):
-            return auth
-        org, actor = auth
+        org, actor = await self._org(request)
         data = await self._json(request)
         if isinstance(data, web.Response):
             return data
@@ -127,25 +138,13 @@ class ApiV1:
         )
 
     async def get_message(self, request: web.Request) -> web.Response:
-        auth = await self._org(request)
-        if isinstance(auth, web.Response):
-            return auth
-        org, _ = auth
-        mid = request.match_info["id"]
-        if not is_id(mid):
-            return _err(404, "not_found", "not found")
-        doc = await self._s.conversations.get_message(org.id, mid)
+        org, _ = await self._org(request)
+        doc = await self._s.conversations.get_message(org.id, _path_id(request))
         return web.json_response(message_json(doc))
 
     async def thread_messages(self, request: web.Request) -> web.Response:
-        auth = await self._org(request)
-        if isinstance(auth, web.Response):
-            return auth
-        org, actor = auth
-        tid = request.match_info["id"]
-        if not is_id(tid):
-            return _err(404, "not_found", "not found")
-        thread = await self._s.conversations.get_thread(org.id, tid)
+        org, actor = await self._org(request)
+        thread = await self._s.conversations.get_thread(org.id, _path_id(request))
         try:
             limit = int(request.query.get("limit", "50"))
         except ValueError:
