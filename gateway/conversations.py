@@ -74,6 +74,7 @@ class Notice:
     thread_id: str
     job_id: str
     message_id: str | None
+    in_reply_to: str | None = None  # the Message-ID a notice mail answers (threads it in mail clients)
 
 
 def _only_duplicates(err: BulkWriteError) -> None:
@@ -511,7 +512,8 @@ class Conversations:
             jobs.append(await self._outbox.job(
                 kind=channel, org_id=org.id, template=template, contact_id=n.contact.id,
                 dek_id=n.contact.dek_id, message_id=None, link_token=token, job_id=n.job_id,
-                link_id=link_doc["_id"], reply_token=reply_token, thread_id=n.thread_id, in_reply_to=None,
+                link_id=link_doc["_id"], reply_token=reply_token, thread_id=n.thread_id,
+                in_reply_to=n.in_reply_to,
             ))
         if not jobs:
             return out
@@ -531,7 +533,8 @@ class Conversations:
             for n in todo:
                 if n.job_id not in ours:
                     await self.send_link_notice(org, n.contact, n.thread_id, channel=channel, template=template,
-                                                job_id=n.job_id, message_id=n.message_id)
+                                                job_id=n.job_id, message_id=n.message_id,
+                                                in_reply_to=n.in_reply_to)
         else:
             ours = {j["_id"] for j in jobs}
         for n, link_doc, job in zip(todo, links, jobs, strict=True):

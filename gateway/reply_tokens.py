@@ -45,3 +45,10 @@ class ReplyTokens:
 
     async def by_hash(self, digest: str) -> Doc | None:
         return await self._store.reply_tokens.find_one({"token_hash": digest})
+
+    async def by_hashes(self, digests: list[str]) -> dict[str, Doc]:
+        """by_hash for several tokens with one read: {token hash: token document}."""
+        if not digests:
+            return {}
+        cursor = self._store.reply_tokens.find({"token_hash": {"$in": list(dict.fromkeys(digests))}})
+        return {d["token_hash"]: d async for d in cursor}

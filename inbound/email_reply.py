@@ -8,14 +8,16 @@ Auto-replies are stored as such and never answered; bounces mark the original me
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from bson import Binary
 
-from gateway.audit import Actor, AuditLog
+from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
 from gateway.contacts import Contacts
-from gateway.conversations import Conversations
-from gateway.orgs import Orgs
+from gateway.conversations import Conversations, Inbound, Notice
+from gateway.orgs import Org, Orgs
 from gateway.ports import Clock
 from gateway.reply_tokens import ReplyTokens
 from gateway.store import Doc, Store
@@ -32,6 +34,48 @@ MAX_ATTACHMENT_BYTES = 10_000_000  # per attachment, decoded
 
 def _bare(message_id: str | None) -> str:
     return (message_id or "").strip().strip("<>").strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What an inbound mail becomes in its thread: the stripped text and how it is treated."""
+
+    text: str
+    secure: bool
+    flags: list[str]
+    auto_reply: bool
+    provider_id: str | None  # the mail's own Message-ID, bare
+    in_reply_to: str | None  # for the link-only answer
+
+    @property
+    def answer(self) -> bool:
+        """A link-only answer goes back for secure replies, never to an auto-reply."""
+        return self.secure and not self.auto_reply
+
+
+def _assess(parsed: ParsedMail, on_file: str | None, thread_secure: bool, sensitive_terms: Sequence[str]) -> Reply:
+    flags: list[str] = []
+    if parsed.is_auto_reply:
+        flags.append("auto_reply")
+    if not on_file or (parsed.from_address or "").lower() != on_file.lower():
+        flags.append("sender_mismatch")
+    if parsed.attachments_dropped:
+        flags.append(f"attachments_dropped:{parsed.attachments_dropped}")
+    text = (parsed.reply_text or parsed.text or "").strip()[:MAX_TEXT] or "(no text)"
+    sensitive = [] if parsed.is_auto_reply else find_sensitive(text, sensitive_terms)
+    if sensitive and not thread_secure:
+        flags.append("classified_sensitive")
+    return Reply(text=text, secure=thread_secure or bool(sensitive), flags=flags, auto_reply=parsed.is_auto_reply,
+                 provider_id=_bare(parsed.message_id) or None,
+                 in_reply_to=f"<{_bare(parsed.message_id)}>" if parsed.message_id else None)
+
+
+def _received(reply: Reply, message_id: str, thread_id: str, contact_id: str, attachments: int) -> Pending:
+    """The "message.received" audit entry of a reply."""
+    return Pending("message.received", Actor("client", contact_id), ids={
+        "thread_id": thread_id, "message_id": message_id, "contact_id": contact_id},
+        detail={"channel": "email", "secure": reply.secure, "auto_reply": reply.auto_reply,
+                "sender_mismatch": "sender_mismatch" in reply.flags, "attachments": attachments})
 
 
 class EmailReplyHandler:
@@ -55,46 +99,117 @@ class EmailReplyHandler:
             return "unroutable"
         org = await self._orgs.get(scope["org_id"])
         contact = await self._contacts.get(org.id, scope["contact_id"])
-        parsed = parse_message(await self._events.open_raw(event), max_attachments=MAX_ATTACHMENTS,
-                               max_attachment_bytes=MAX_ATTACHMENT_BYTES)
-        actor = Actor("client", contact.id)
+        parsed = await self._parse(event)
         if parsed.is_bounce:
             return await self._bounce(org.id, contact.id, parsed)
-        flags: list[str] = []
-        if parsed.is_auto_reply:
-            flags.append("auto_reply")
         on_file = (await self._contacts.reveal(contact))["email"]
-        if not on_file or (parsed.from_address or "").lower() != on_file.lower():
-            flags.append("sender_mismatch")
-        if parsed.attachments_dropped:
-            flags.append(f"attachments_dropped:{parsed.attachments_dropped}")
-        text = (parsed.reply_text or parsed.text or "").strip()[:MAX_TEXT] or "(no text)"
         thread = await self._conversations.get_thread(org.id, scope["thread_id"])
-        sensitive = [] if parsed.is_auto_reply else find_sensitive(text, org.policy.sensitive_terms)
-        if sensitive and not thread.get("secure"):
-            flags.append("classified_sensitive")
-        secure = bool(thread.get("secure")) or bool(sensitive)
+        reply = _assess(parsed, on_file, bool(thread.get("secure")), org.policy.sensitive_terms)
         # Before the message (idempotent upserts): a crash in between must not leave a message
         # whose attachments are never stored, as a re-run sees the message already there.
         await self._store_attachments(org.id, contact.dek_id, eid, thread["_id"], contact.id, parsed)
         message, thread, new = await self._conversations.record_inbound(
-            org, contact, message_id=eid, channel="email", body=text, provider_id=_bare(parsed.message_id) or None,
-            secure=secure, flags=flags, thread=thread,
+            org, contact, message_id=eid, channel="email", body=reply.text, provider_id=reply.provider_id,
+            secure=reply.secure, flags=reply.flags, thread=thread,
         )
-        if new:
-            await self._audit.append(org.id, "message.received", actor, thread_id=thread["_id"], message_id=eid,
-                                     contact_id=contact.id,
-                                     detail={"channel": "email", "secure": secure, "auto_reply": parsed.is_auto_reply,
-                                             "sender_mismatch": "sender_mismatch" in flags,
-                                             "attachments": len(parsed.attachments)})
-        if secure and not parsed.is_auto_reply:
+        if new or await self._audit.without(org.id, "message.received", [eid]):
+            # (Stored by an earlier run that stopped before its audit entry: append it now.)
+            await self._audit.append_many(org.id, [_received(reply, eid, thread["_id"], contact.id,
+                                                             len(parsed.attachments))])
+        if reply.answer:
             contact = await self._contacts.get(org.id, contact.id)
-            in_reply_to = f"<{_bare(parsed.message_id)}>" if parsed.message_id else None
             await self._conversations.send_link_notice(
                 org, contact, thread["_id"], channel="email", template="inbound_ack",
-                job_id=f"{eid}:ack", message_id=eid, in_reply_to=in_reply_to,
+                job_id=f"{eid}:ack", message_id=eid, in_reply_to=reply.in_reply_to,
             )
         return "done"
+
+    async def _parse(self, event: Doc) -> ParsedMail:
+        return parse_message(await self._events.open_raw(event), max_attachments=MAX_ATTACHMENTS,
+                             max_attachment_bytes=MAX_ATTACHMENT_BYTES)
+
+    # -- many at once -------------------------------------------------------------------------
+    async def batch(self, events: list[Doc]) -> tuple[list[object], list[Doc]]:
+        """Process the plain replies among `events` in bulk, as __call__ would one by one.
+
+        Returns (ids of events done, events left to the one-by-one path): bounces, mail with
+        attachments, and anything unreadable or unroutable go there. Raises on a database error;
+        the processor then runs every event of the batch one by one (every step is idempotent).
+        """
+        rest: list[Doc] = []
+        hashes: dict[object, str] = {}
+        for event in events:
+            try:
+                hashes[event["_id"]] = (await self._events.open_payload(event))["token_hash"]
+            except Exception:  # unreadable: the one-by-one path decides
+                rest.append(event)
+        scopes = await self._reply_tokens.by_hashes(list(hashes.values()))
+        by_org: dict[str, list[tuple[Doc, Doc]]] = {}
+        for event in events:
+            scope = scopes.get(hashes.get(event["_id"], ""))
+            if scope is None or scope["org_id"] != event.get("org_id"):
+                if event["_id"] in hashes:
+                    rest.append(event)
+                continue
+            by_org.setdefault(scope["org_id"], []).append((event, scope))
+        done: list[object] = []
+        for org_id, items in by_org.items():
+            ok, left = await self._bulk(await self._orgs.get(org_id), items)
+            done += ok
+            rest += left
+        return done, rest
+
+    async def _bulk(self, org: Org, items: list[tuple[Doc, Doc]]) -> tuple[list[object], list[Doc]]:
+        rest: list[Doc] = []
+        contacts = await self._contacts.get_many_revealed(org.id, [s["contact_id"] for _, s in items], "email")
+        threads = {d["_id"]: d async for d in self._store.threads.find(
+            {"_id": {"$in": list({s["thread_id"] for _, s in items})}, "org_id": org.id})}
+        # In arrival order, as one-by-one processing would see them: a sensitive reply makes its
+        # standard thread secure, and every later reply in that thread is then secure too.
+        items = sorted(items, key=lambda x: (x[0].get("received_at") is None, x[0].get("received_at"), x[0]["_id"]))
+        secure_now = {tid: bool(t.get("secure")) for tid, t in threads.items()}
+        flow: list[tuple[Inbound, Reply]] = []
+        for event, scope in items:
+            found = contacts.get(scope["contact_id"])
+            thread = threads.get(scope["thread_id"])
+            if found is None or thread is None:
+                rest.append(event)
+                continue
+            parsed = await self._parse(event)
+            if parsed.is_bounce or parsed.attachments:
+                rest.append(event)
+                continue
+            contact, on_file = found
+            reply = _assess(parsed, on_file, secure_now[thread["_id"]], org.policy.sensitive_terms)
+            secure_now[thread["_id"]] = reply.secure
+            flow.append((Inbound(contact, thread, event["_id"], reply.text, reply.provider_id, reply.secure,
+                                 reply.flags), reply))
+        if not flow:
+            return [], rest
+        stored = await self._conversations.record_inbound_many(org, [m for m, _ in flow], channel="email")
+        new = {m.message_id: n for (m, _), n in zip(flow, stored, strict=True)}
+        # Stored by an earlier run that stopped before its audit entry: append it now, once.
+        unaudited = await self._audit.without(
+            org.id, "message.received", [m.message_id for m, _ in flow if not new[m.message_id]])
+        issued: dict[str, Pending] = {}
+        wanted = [(m, r) for m, r in flow if r.answer]
+        if wanted:  # consent as it is now (as contacts.get would see it)
+            fresh = await self._contacts.get_many(org.id, [m.contact.id for m, _ in wanted])
+            gone = {m.message_id for m, _ in wanted if m.contact.id not in fresh}
+            issued = await self._conversations.issue_link_notices(org, [
+                Notice(fresh[m.contact.id], m.thread["_id"], f"{m.message_id}:ack", m.message_id, r.in_reply_to)
+                for m, r in wanted if m.message_id not in gone], channel="email", template="inbound_ack")
+            if gone:  # erased meanwhile: the one-by-one path handles them as it would have
+                rest += [event for event, _ in items if event["_id"] in gone]
+                flow = [(m, r) for m, r in flow if m.message_id not in gone]
+        entries: list[Pending] = []
+        for m, reply in flow:
+            if new[m.message_id] or m.message_id in unaudited:
+                entries.append(_received(reply, m.message_id, m.thread["_id"], m.contact.id, 0))
+            if (ack := issued.get(f"{m.message_id}:ack")) is not None:
+                entries.append(ack)
+        await self._audit.append_many(org.id, entries)
+        return [m.message_id for m, _ in flow], rest
 
     async def _store_attachments(self, org_id: str, dek_id: str, message_id: str, thread_id: str, contact_id: str,
                                  parsed: ParsedMail) -> None:
