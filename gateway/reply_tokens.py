@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from pymongo.asynchronous.client_session import AsyncClientSession
 
+from gateway.grouped import GroupedLookup
 from gateway.ids import new_id
 from gateway.ports import Clock
 from gateway.store import Doc, Store
@@ -23,6 +24,8 @@ class ReplyTokens:
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
         self._clock = clock
+        # Concurrent SMTP sessions checking their recipients share one query (gateway/grouped.py).
+        self._lookup: GroupedLookup[str, Doc] = GroupedLookup(self.by_hashes)
 
     def new(self, *, org_id: str, thread_id: str, contact_id: str) -> tuple[Doc, str]:
         token = new_token()
@@ -38,13 +41,13 @@ class ReplyTokens:
     async def find_live(self, token: str) -> Doc | None:
         if not looks_like_token(token):
             return None
-        doc = await self._store.reply_tokens.find_one({"token_hash": token_hash(token)})
+        doc = await self._lookup.get(token_hash(token))
         if doc is None or doc.get("revoked_at") or self._clock.now() >= doc["expires_at"]:
             return None
         return doc
 
     async def by_hash(self, digest: str) -> Doc | None:
-        return await self._store.reply_tokens.find_one({"token_hash": digest})
+        return await self._lookup.get(digest)
 
     async def by_hashes(self, digests: list[str]) -> dict[str, Doc]:
         """by_hash for several tokens with one read: {token hash: token document}."""

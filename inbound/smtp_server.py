@@ -14,6 +14,7 @@ import ssl
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from pymongo.errors import PyMongoError
@@ -23,6 +24,7 @@ from gateway.errors import StoreUnavailable
 from gateway.orgs import Orgs
 from gateway.phone import mask_email
 from gateway.reply_tokens import ReplyTokens
+from gateway.store import Doc
 from gateway.tokens import token_hash
 from inbound.events import InboundEvents
 from outbound.compose_email import parse_reply_address
@@ -52,6 +54,8 @@ class ReplyHandler:
         self._reply_tokens = reply_tokens
         self._events = events
         self._rate = RateLimiter(config.messages_per_minute_per_peer, 60)
+        # The token documents found at RCPT, for DATA (saves a second lookup per recipient).
+        self._scopes: WeakKeyDictionary[Envelope, dict[str, Doc]] = WeakKeyDictionary()
 
     async def _domains(self, domain: str) -> bool:
         domain = domain.lower()
@@ -76,7 +80,7 @@ class ReplyHandler:
         domain = address.rpartition("@")[2]
         token = parse_reply_address(address, domain) if domain else None
         try:
-            live = token is not None and await self._domains(domain) and await self._reply_tokens.find_live(token)
+            live = await self._reply_tokens.find_live(token) if token and await self._domains(domain) else None
         except PyMongoError:  # the database is down: say so, the sender will retry
             logger.warning("smtp: cannot check recipient, database unavailable")
             return "451 4.3.0 Temporarily unable to check the recipient"
@@ -85,6 +89,7 @@ class ReplyHandler:
             return "550 5.1.1 No such recipient"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
+        self._scopes.setdefault(envelope, {})[address] = live
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -98,12 +103,13 @@ class ReplyHandler:
             message_id = ""
         message_key = message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
         threads: set[str] = set()
+        scopes = self._scopes.pop(envelope, {})
         try:
             for rcpt in envelope.rcpt_tos:
                 token = parse_reply_address(rcpt, rcpt.rpartition("@")[2])
                 assert token is not None  # RCPT accepted only reply addresses
                 digest = token_hash(token)
-                doc = await self._reply_tokens.by_hash(digest)
+                doc = scopes.get(rcpt) or await self._reply_tokens.by_hash(digest)
                 if doc is None or doc["thread_id"] in threads:
                     continue
                 threads.add(doc["thread_id"])
