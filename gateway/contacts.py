@@ -78,15 +78,16 @@ class Contacts:
         docs = self._store.contacts.find({"_id": {"$in": list(dict.fromkeys(contact_ids))}, "org_id": org_id})
         return {d["_id"]: _contact(d) async for d in docs if not d.get("erased_at")}
 
-    async def get_many_revealed(self, org_id: str, contact_ids: list[str], field: str
-                                ) -> dict[str, tuple[Contact, str | None]]:
-        """get_many() plus one opened field of each contact (e.g. the email on file), one read."""
+    async def get_many_revealed(self, org_id: str, contact_ids: list[str], fields: tuple[str, ...]
+                                ) -> dict[str, tuple[Contact, dict[str, str | None]]]:
+        """get_many() plus the opened `fields` of each contact (e.g. the address on file), one read."""
         docs = self._store.contacts.find({"_id": {"$in": list(dict.fromkeys(contact_ids))}, "org_id": org_id})
-        out: dict[str, tuple[Contact, str | None]] = {}
+        out: dict[str, tuple[Contact, dict[str, str | None]]] = {}
         async for d in docs:
             if not d.get("erased_at"):
-                value = await self._vault.open(org_id, "contacts", d["_id"], field, d[field]) if d.get(field) else None
-                out[d["_id"]] = (_contact(d), value)
+                out[d["_id"]] = (_contact(d), {
+                    f: await self._vault.open(org_id, "contacts", d["_id"], f, d[f]) if d.get(f) else None
+                    for f in fields})
         return out
 
     async def by_phone(self, org_id: str, e164: str) -> Contact | None:

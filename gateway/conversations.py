@@ -619,6 +619,18 @@ class Conversations:
         res = await self._store.messages.update_one({"_id": message_id, "status": {"$in": lower}}, update)
         return res.modified_count == 1
 
+    async def apply_status_many(self, message_ids: list[str], status: str, at: datetime) -> None:
+        """apply_status for several messages reaching the same status at once: two writes."""
+        if not message_ids or status not in STATUS_RANK:
+            return
+        ids = list(dict.fromkeys(message_ids))
+        await self._store.messages.update_many(
+            {"_id": {"$in": ids}, "status_history.status": {"$ne": status}},
+            {"$push": {"status_history": {"status": status, "at": at}}})
+        lower = [s for s, r in STATUS_RANK.items() if r < STATUS_RANK[status]]
+        await self._store.messages.update_many({"_id": {"$in": ids}, "status": {"$in": lower}},
+                                               {"$set": {"status": status}})
+
     def _reply_token(self, org_id: str, thread_id: str, contact_id: str, channel: str) -> tuple[Doc | None, str | None]:
         """A fresh reply address token for an outgoing mail (none for SMS)."""
         if channel != "email":

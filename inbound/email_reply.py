@@ -161,7 +161,7 @@ class EmailReplyHandler:
 
     async def _bulk(self, org: Org, items: list[tuple[Doc, Doc]]) -> tuple[list[object], list[Doc]]:
         rest: list[Doc] = []
-        contacts = await self._contacts.get_many_revealed(org.id, [s["contact_id"] for _, s in items], "email")
+        contacts = await self._contacts.get_many_revealed(org.id, [s["contact_id"] for _, s in items], ("email",))
         threads = {d["_id"]: d async for d in self._store.threads.find(
             {"_id": {"$in": list({s["thread_id"] for _, s in items})}, "org_id": org.id})}
         # In arrival order, as one-by-one processing would see them: a sensitive reply makes its
@@ -179,7 +179,7 @@ class EmailReplyHandler:
             if parsed.is_bounce or parsed.attachments:
                 rest.append(event)
                 continue
-            contact, on_file = found
+            contact, on_file = found[0], found[1]["email"]
             reply = _assess(parsed, on_file, secure_now[thread["_id"]], org.policy.sensitive_terms)
             secure_now[thread["_id"]] = reply.secure
             flow.append((Inbound(contact, thread, event["_id"], reply.text, reply.provider_id, reply.secure,

@@ -3,6 +3,11 @@
 Transient failures (429, 5xx, timeouts, network) retry with capped exponential backoff and
 jitter; permanent ones (invalid number, opted out) fail at once and show on the message. A job
 is "sent" only with a provider id. Leases live in MongoDB, so several workers can run this.
+
+Under backlog the lease worker hands over whole batches (gateway/leases.py): the recipients of a
+batch are read with one query per org, the sends go out concurrently (bounded), and the jobs
+that went out are marked sent with O(1) writes. Anything that fails takes the one-job path for
+its outcome (retry, failure), exactly as it would alone.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import logging
 import random
 import time
 from datetime import timedelta
+from typing import NamedTuple
 
-from gateway.audit import Actor
-from gateway.contacts import OPTED_OUT
+from pymongo import UpdateOne
+
+from gateway.audit import Actor, Pending
+from gateway.contacts import OPTED_OUT, Contact
 from gateway.errors import IntegrityError, NotFound, ProviderPermanent, ProviderTransient
 from gateway.leases import LeaseWorker
 from gateway.orgs import Org
@@ -28,6 +36,15 @@ from outbound.compose_email import CONTENT_TEMPLATES, make_message_id, render_em
 from outbound.compose_email import LINK_TEMPLATES as EMAIL_LINK_TEMPLATES
 
 logger = logging.getLogger(__name__)
+
+SEND_CONCURRENCY = 8  # provider calls in flight per batch
+ADDRESS_FIELD = {"sms": "phone", "email": "email"}
+
+
+class Recipient(NamedTuple):
+    org: Org
+    contact: Contact
+    address: str | None  # the contact's address on file for the job's channel
 
 
 class Pacer:
@@ -59,7 +76,8 @@ class OutboxDispatcher:
         self._pacer = Pacer(self._cfg.sms_per_second)
         self.worker = LeaseWorker(services.store.outbox, services.clock, owner=owner,
                                   lease_seconds=self._cfg.lease_seconds, poll_seconds=self._cfg.poll_seconds,
-                                  handle=self.deliver, name="outbox dispatcher")
+                                  handle=self.deliver, name="outbox dispatcher",
+                                  handle_batch=self.deliver_batch)
         self.wake = self.worker.wake
         services.outbox.listeners.append(self.worker.notify)
 
@@ -84,16 +102,21 @@ class OutboxDispatcher:
 
     # -- one job --------------------------------------------------------------------------
     async def deliver(self, job: Doc) -> None:
+        provider_id = await self._attempt(job)
+        if provider_id is not None:
+            await self._mark_sent(job, provider_id)
+
+    async def _attempt(self, job: Doc, recipient: Recipient | None = None) -> str | None:
+        """Send the job; returns its provider id, or None once its failure is recorded."""
         try:
             if job["kind"] == "sms":
-                provider_id = await self._send_sms(job)
-            elif job["kind"] == "sms_redact":
+                return await self._send_sms(job, recipient)
+            if job["kind"] == "sms_redact":
                 await self._sms.redact_sms(job["provider_sid"])
-                provider_id = job["provider_sid"]
-            elif job["kind"] == "email" and self._email is not None:
-                provider_id = await self._send_email(job)
-            else:
-                raise ProviderPermanent(f"no sender for job kind {job['kind']}", code="no_sender")
+                return str(job["provider_sid"])
+            if job["kind"] == "email" and self._email is not None:
+                return await self._send_email(job, recipient)
+            raise ProviderPermanent(f"no sender for job kind {job['kind']}", code="no_sender")
         except ProviderTransient as err:
             await self._retry_or_give_up(job, err)
         except ProviderPermanent as err:
@@ -104,22 +127,73 @@ class OutboxDispatcher:
         except ValueError as err:
             # The text cannot be composed (e.g. the link does not fit one SMS): retrying won't help.
             await self._fail(job, FAILED, "compose", str(err))
-        else:
-            await self._mark_sent(job, provider_id)
+        return None
 
-    async def _recipient(self, job: Doc, channel: str) -> tuple[Org, str]:
+    async def _recipient(self, job: Doc, channel: str, known: Recipient | None) -> tuple[Org, str]:
         """The org and the contact's address on file for `channel`; permanent failure if none or opted out."""
-        org = await self._s.orgs.get(job["org_id"])
-        contact = await self._s.contacts.get(org.id, job["contact_id"])
-        if contact.opted_out(channel):
-            raise ProviderPermanent(f"contact opted out of {channel}", code="opted_out")
-        address = (await self._s.contacts.reveal(contact))["phone" if channel == "sms" else "email"]
+        if known is None:
+            org = await self._s.orgs.get(job["org_id"])
+            contact = await self._s.contacts.get(org.id, job["contact_id"])
+            if contact.opted_out(channel):
+                raise ProviderPermanent(f"contact opted out of {channel}", code="opted_out")
+            address = (await self._s.contacts.reveal(contact))[ADDRESS_FIELD[channel]]
+        else:
+            org, contact, address = known
+            if contact.opted_out(channel):
+                raise ProviderPermanent(f"contact opted out of {channel}", code="opted_out")
         if not address:
             raise ProviderPermanent(f"contact has no {channel} address", code="no_address")
         return org, address
 
-    async def _send_sms(self, job: Doc) -> str:
-        org, phone = await self._recipient(job, "sms")
+    # -- many jobs ------------------------------------------------------------------------
+    async def deliver_batch(self, jobs: list[Doc]) -> None:
+        """Deliver claimed jobs together (see the module docstring)."""
+        recipients = await self._recipients(jobs)
+        await self._assign_message_ids([j for j in jobs if j["kind"] == "email" and j["_id"] in recipients])
+        slots = asyncio.Semaphore(SEND_CONCURRENCY)
+
+        async def attempt(job: Doc) -> str | None:
+            async with slots:
+                return await self._attempt(job, recipients.get(job["_id"]))
+
+        outcomes = await asyncio.gather(*(attempt(job) for job in jobs))
+        await self._mark_sent_many([(j, pid) for j, pid in zip(jobs, outcomes, strict=True) if pid is not None])
+
+    async def _recipients(self, jobs: list[Doc]) -> dict[object, Recipient]:
+        """Each sms/email job's org, contact and address: one read per org. A job missing here
+        (its contact erased, its org gone) resolves on its own path, which records why."""
+        by_org: dict[str, list[Doc]] = {}
+        for job in jobs:
+            if job["kind"] in ADDRESS_FIELD and job.get("contact_id"):
+                by_org.setdefault(job["org_id"], []).append(job)
+        out: dict[object, Recipient] = {}
+        for org_id, group in by_org.items():
+            try:
+                org = await self._s.orgs.get(org_id)
+                contacts = await self._s.contacts.get_many_revealed(
+                    org.id, [j["contact_id"] for j in group], tuple({ADDRESS_FIELD[j["kind"]] for j in group}))
+            except (NotFound, IntegrityError):  # e.g. an address that no longer opens
+                continue
+            for job in group:
+                if (found := contacts.get(job["contact_id"])) is not None:
+                    contact, fields = found
+                    out[job["_id"]] = Recipient(org, contact, fields.get(ADDRESS_FIELD[job["kind"]]))
+        return out
+
+    async def _assign_message_ids(self, jobs: list[Doc]) -> None:
+        """Fix the Message-ID of every email job that has none yet, with one write (a retry then
+        sends the same mail)."""
+        todo: list[UpdateOne] = []
+        for job in jobs:
+            if not job.get("email_message_id"):
+                org = await self._s.orgs.get(job["org_id"])
+                job["email_message_id"] = make_message_id(self._from_address(org).rpartition("@")[2])
+                todo.append(UpdateOne({"_id": job["_id"]}, {"$set": {"email_message_id": job["email_message_id"]}}))
+        if todo:
+            await self._s.store.outbox.bulk_write(todo, ordered=False)
+
+    async def _send_sms(self, job: Doc, recipient: Recipient | None) -> str:
+        org, phone = await self._recipient(job, "sms", recipient)
         text = await self._text_for(job, org.name)
         await self._pacer.wait(org.sms_sender)
         sent = await self._sms.send_sms(from_number=org.sms_sender, to_number=phone, body=text,
@@ -137,10 +211,10 @@ class OutboxDispatcher:
             url = f"{self._s.public_url}/s/{token}"
         return sms_text(template, org_name=org_name, url=url)
 
-    async def _send_email(self, job: Doc) -> str:
+    async def _send_email(self, job: Doc, recipient: Recipient | None) -> str:
         s = self._s
         assert self._email is not None
-        org, address = await self._recipient(job, "email")
+        org, address = await self._recipient(job, "email", recipient)
         template = job["template"]
         if template not in EMAIL_LINK_TEMPLATES | CONTENT_TEMPLATES:
             raise ProviderPermanent(f"template {template} has no email form", code="no_template")
@@ -152,7 +226,7 @@ class OutboxDispatcher:
             message = await s.conversations.get_message(org.id, job["message_id"])
             body = await s.conversations.open_body(message)
         subject, text, html = render_email(template, org_name=org.name, url=url, body=body)
-        from_address = org.email_from or s.config.smtp.from_address or f"no-reply@{self._mail_domain(org)}"
+        from_address = self._from_address(org)
         reply_domain = org.reply_domain or s.config.inbound_smtp.reply_domain
         reply_to = None
         if job.get("reply_token") and reply_domain:
@@ -173,33 +247,53 @@ class OutboxDispatcher:
                              headers=tuple(headers))
         return await self._email.send_email(mail)
 
+    def _from_address(self, org: Org) -> str:
+        return org.email_from or self._s.config.smtp.from_address or f"no-reply@{self._mail_domain(org)}"
+
     def _mail_domain(self, org: Org) -> str:
         return org.reply_domain or self._s.config.inbound_smtp.reply_domain or "localhost"
 
     async def _mark_sent(self, job: Doc, provider_id: str) -> None:
+        await self._mark_sent_many([(job, provider_id)])
+
+    async def _mark_sent_many(self, sent: list[tuple[Doc, str]]) -> None:
+        """Record sent jobs: O(1) writes however many (one job is the same code path)."""
+        if not sent:
+            return
         s = self._s
         now = s.clock.now()
-        await s.store.outbox.update_one(
+        await s.store.outbox.bulk_write([UpdateOne(
             {"_id": job["_id"]},
             {"$set": {"state": SENT, "provider_id": provider_id, "sent_at": now, "updated_at": now,
                       "last_error": None}, "$unset": {"link_token": "", "reply_token": ""}},
-        )
-        if job.get("message_id") and job["kind"] in ("sms", "email"):
-            ids = {"provider_id": provider_id}
-            if job["kind"] == "email":
-                ids["email_message_id"] = provider_id  # bounces name the original Message-ID
-            await s.store.messages.update_one({"_id": job["message_id"]}, {"$set": ids})
-            await s.conversations.apply_status(job["message_id"], "accepted", now)
-            if job["kind"] == "email":  # the relay took it; mail has no delivery callbacks
-                await s.conversations.apply_status(job["message_id"], "sent", now)
-            await s.audit.append(job["org_id"], "message.accepted", Actor("system"), message_id=job["message_id"],
-                                 job_id=job["_id"], detail={"channel": job["kind"]})
-        # Status callbacks that arrived before we knew this provider id: apply them now.
-        async for ev in s.store.delivery_events.find({"provider_id": provider_id}).sort("_id", 1):
-            await apply_delivery_event(s, provider_id, ev["status"], ev.get("error_code"), ev["at"])
+        ) for job, provider_id in sent], ordered=False)
+        tracked = [(job, pid) for job, pid in sent if job.get("message_id") and job["kind"] in ("sms", "email")]
+        if tracked:
+            await s.store.messages.bulk_write([UpdateOne({"_id": job["message_id"]}, {"$set": {
+                "provider_id": pid,
+                # Bounces name the original Message-ID.
+                **({"email_message_id": pid} if job["kind"] == "email" else {}),
+            }}) for job, pid in tracked], ordered=False)
+            await s.conversations.apply_status_many([job["message_id"] for job, _ in tracked], "accepted", now)
+            # The relay took it; mail has no delivery callbacks.
+            await s.conversations.apply_status_many(
+                [job["message_id"] for job, _ in tracked if job["kind"] == "email"], "sent", now)
+            by_org: dict[str, list[Pending]] = {}
+            for job, _ in tracked:
+                by_org.setdefault(job["org_id"], []).append(Pending(
+                    "message.accepted", Actor("system"), ids={"message_id": job["message_id"], "job_id": job["_id"]},
+                    detail={"channel": job["kind"]}))
+            for org_id, entries in by_org.items():
+                await s.audit.append_many(org_id, entries)
+        # Status callbacks that arrived before we knew these provider ids: apply them now.
+        async for ev in s.store.delivery_events.find(
+                {"provider_id": {"$in": [pid for _, pid in sent]}}).sort("_id", 1):
+            await apply_delivery_event(s, ev["provider_id"], ev["status"], ev.get("error_code"), ev["at"])
         after_send = getattr(self._sms, "after_send", None)
-        if after_send is not None and job["kind"] == "sms":
-            await after_send(provider_id)
+        if after_send is not None:
+            for job, provider_id in sent:
+                if job["kind"] == "sms":
+                    await after_send(provider_id)
 
     async def _retry_or_give_up(self, job: Doc, err: ProviderTransient) -> None:
         attempts = int(job["attempts"])
