@@ -355,6 +355,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--threads", type=int, default=10_000, help="threads in the big organization")
     ap.add_argument("--messages", type=int, default=5_000, help="messages in the big thread")
+    ap.add_argument("--only", default="", help="measure only the pages whose name starts with this (profiling)")
     ap.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--uri", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -402,6 +403,8 @@ async def main(args: argparse.Namespace) -> None:
                     newest = await newest_message(gw.env, t)
                     pages[f"{kind} @ {sp.big_thread:,} msgs"] = getter(
                         who, gw.url + path.format(id=t["_id"]), messages_exactly(min(sp.big_thread, shown), newest))
+            if args.only:
+                pages = {k: v for k, v in pages.items() if k.startswith(("baseline", args.only))}
             results = await measure(pages, args.requests, args.warmup)
         finally:
             for sess in sessions:
@@ -410,6 +413,10 @@ async def main(args: argparse.Namespace) -> None:
                 baseline.terminate()
                 baseline.wait(30)
             gw.stop()
+    if args.only:
+        for name, r in results.items():
+            print(f"{name:<32} p50 {r.pct(50):8.2f} ms  p95 {r.pct(95):8.2f} ms")
+        return
     report(args, specs, info, results, seeded, time.perf_counter() - started)
 
 

@@ -3,6 +3,13 @@
 Each entry stores `prev` (the previous entry's MAC) and `mac` = HMAC(mac_key, canonical JSON of
 the entry). A unique index on (org_id, seq) keeps concurrent appends on one linear chain: the
 loser of a race gets DuplicateKeyError and retries on the new head.
+
+The chain's head is also recorded in `audit_heads`, so that verify() notices entries cut off the
+end. An append returns once its entries are stored; the head is recorded just after, in the
+background, and appends that come meanwhile share one head write (each journaled write is a
+fsync on the embedded database, the largest cost of a page view that audits). A crash in between
+leaves the recorded head behind the chain, never ahead of it: the chain stays valid, and only the
+newest entries are not covered by the truncation check until the next append.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from gateway.crypto import Sealer
 from gateway.ports import Clock
@@ -76,6 +83,8 @@ class AuditLog:
         # race each other here; across processes the unique (org_id, seq) index settles it.
         self._heads: dict[str, Doc] = {}
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._unsaved: dict[str, Doc] = {}  # heads waiting for their write, per org
+        self._head_writers: dict[str, asyncio.Task[None]] = {}
 
     async def append(
         self,
@@ -105,7 +114,7 @@ class AuditLog:
                     continue
                 head = _head_of(entry)
                 self._heads[org_id] = head
-                await self._save_head(org_id, head)
+                self._record_head(org_id, head)
                 return entry
         raise RuntimeError("audit append kept losing races")
 
@@ -157,7 +166,7 @@ class AuditLog:
             else:
                 raise RuntimeError("audit append kept losing races")
             self._heads[org_id] = head
-            await self._save_head(org_id, head)
+            self._record_head(org_id, head)
         return stored
 
     async def without(self, org_id: str, action: str, message_ids: list[str]) -> set[str]:
@@ -199,6 +208,27 @@ class AuditLog:
         head: Doc = _head_of(doc) if doc else {"seq": 0, "mac": GENESIS}
         return await self._roll_forward(org_id, head)
 
+    def _record_head(self, org_id: str, head: Doc) -> None:
+        """Record `head` in the background; one writer per org writes the latest head it sees."""
+        self._unsaved[org_id] = head
+        if org_id not in self._head_writers:
+            self._head_writers[org_id] = asyncio.create_task(self._write_heads(org_id))
+
+    async def _write_heads(self, org_id: str) -> None:
+        try:
+            while (head := self._unsaved.pop(org_id, None)) is not None:
+                try:
+                    await self._save_head(org_id, head)
+                except PyMongoError as err:  # the next append records a later head
+                    logger.warning("audit head not recorded", extra={"fields": {"error": type(err).__name__}})
+        finally:
+            del self._head_writers[org_id]
+
+    async def flush(self) -> None:
+        """Wait until every head recorded so far is written (before verifying or stopping)."""
+        while self._head_writers:
+            await asyncio.gather(*self._head_writers.values(), return_exceptions=True)
+
     async def _save_head(self, org_id: str, head: Doc) -> None:
         res = await self._store.audit_heads.update_one({"_id": org_id, "seq": {"$lt": head["seq"]}}, {"$set": head})
         if res.matched_count == 0:
@@ -209,6 +239,7 @@ class AuditLog:
 
     async def verify(self, org_id: str) -> int | None:
         """Walk the chain; return the first bad seq, or None if the chain is intact."""
+        await self.flush()
         prev = GENESIS
         expected_seq = 1
         async for entry in self._store.audit.find({"org_id": org_id}).sort("seq", 1):

@@ -50,10 +50,14 @@ async def open_services(config: Config, *, own_database: bool = False) -> AsyncI
     keyring = load_or_create_keyring(keyring_path(config))
     client = make_client(uri, config.database.timeout_seconds)
     store = Store(client, config.database.name)
+    services = None
     try:
         await store.ensure_indexes()
-        yield build_services(config, store, keyring, SystemClock())
+        services = build_services(config, store, keyring, SystemClock())
+        yield services
     finally:
+        if services is not None:
+            await services.audit.flush()
         await client.close()
         if embedded is not None:
             await embedded.stop()

@@ -178,3 +178,46 @@ async def test_audit_of_a_real_send_holds_no_body_or_address(gw):
         for secret in (body, "CANARY-AUDIT", token, pin, "5551230001"):
             assert secret.encode() not in raw, (secret, d["action"])
     assert await gw.services.audit.verify(gw.org.id) is None
+
+
+async def test_the_recorded_head_catches_up_and_cutting_off_the_tail_is_detected(audit, store, clock):
+    await fill(audit, clock)
+    await audit.flush()
+    assert (await store.audit_heads.find_one({"_id": ORG}))["seq"] == 6
+    await store.audit.delete_many({"org_id": ORG, "seq": {"$gte": 5}})
+    assert await audit.verify(ORG) == 5
+
+
+async def test_appends_that_come_together_share_head_writes(audit, store):
+    writes = 0
+    save = audit._save_head
+
+    async def counted(org_id, head):
+        nonlocal writes
+        writes += 1
+        await save(org_id, head)
+
+    audit._save_head = counted  # type: ignore[method-assign]
+    await asyncio.gather(*(audit.append(ORG, "test.burst", Actor("api", f"k{i}")) for i in range(40)))
+    await audit.flush()
+    assert writes < 40
+    assert (await store.audit_heads.find_one({"_id": ORG}))["seq"] == 40
+    assert await audit.verify(ORG) is None
+
+
+async def test_a_head_left_behind_by_a_crash_still_verifies_and_the_next_append_moves_it(audit, store, clock, keyring):
+    await fill(audit, clock, n=3)
+    await audit.flush()
+    # A process that stored entries 4 and 5 and died before recording its head:
+    crashed = AuditLog(store, Sealer(keyring), clock)
+    crashed._record_head = lambda org_id, head: None  # type: ignore[method-assign]
+    await crashed.append(ORG, "test.lost_head", Actor("system"))
+    await crashed.append(ORG, "test.lost_head", Actor("system"))
+    assert (await store.audit_heads.find_one({"_id": ORG}))["seq"] == 3
+    fresh = AuditLog(store, Sealer(keyring), clock)
+    assert await fresh.verify(ORG) is None
+    entry = await fresh.append(ORG, "test.after", Actor("system"))
+    assert entry["seq"] == 6
+    await fresh.flush()
+    assert (await store.audit_heads.find_one({"_id": ORG}))["seq"] == 6
+    assert await fresh.verify(ORG) is None
