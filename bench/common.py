@@ -115,5 +115,27 @@ class Gateway:
             self.proc.wait(60)
 
 
+async def wait_until_processed(uri: str, db: str, query: dict[str, object], n: int, start: float,
+                               timeout: float = 600) -> float:
+    """Seconds from `start` until `n` documents match `query` in `messages`, every inbound event
+    being processed. The poll is an indexed lookup of any pending event; the (scanning) count runs
+    only once nothing is pending, so watching does not load the server it measures."""
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if await client[db].inbound_events.find_one({"state": "pending"}, projection={"_id": 1}) is None:
+                done = time.perf_counter() - start
+                if await client[db].messages.count_documents(query) >= n:
+                    return done
+            if time.monotonic() > deadline:
+                raise SystemExit(f"messages did not all reach their threads within {timeout:.0f} s")
+            await asyncio.sleep(0.01)
+    finally:
+        await client.close()
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)

@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-from pymongo import AsyncMongoClient
 
-from bench.common import BIN, Gateway, LoadResult, free_port, run_load
+from bench.common import BIN, Gateway, LoadResult, free_port, run_load, wait_until_processed
 from tests.support.twilio_standin import TwilioStandIn, inbound_sms_params, new_sid, sign
 
 ORG_NUMBER = "+15005550006"
@@ -41,16 +40,6 @@ def signed_requests(url_base: str, public_url: str, account_sid: str, token: str
                 return r.status
         reqs.append(send)
     return reqs
-
-
-async def wait_for_threads(uri: str, db: str, n: int, start: float) -> float:
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri)
-    try:
-        while await client[db].messages.count_documents({"direction": "inbound"}) < n:
-            await asyncio.sleep(0.05)
-        return time.perf_counter() - start
-    finally:
-        await client.close()
 
 
 async def main() -> None:
@@ -85,7 +74,8 @@ async def main() -> None:
                                            args.requests, args.senders)
                     start = time.perf_counter()
                     ack = await run_load("hushlink webhook ack", reqs, args.concurrency)
-                    e2e_s = await wait_for_threads(uri, "hushlink", args.requests + 50, start)
+                    e2e_s = await wait_until_processed(uri, "hushlink", {"direction": "inbound"},
+                                                       args.requests + 50, start)
                 finally:
                     baseline.terminate()
                     baseline.wait(30)
