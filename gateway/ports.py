@@ -40,6 +40,8 @@ class OutgoingEmail:
     message_id: str
     reply_to: str | None
     headers: tuple[tuple[str, str], ...] = ()
+    # The envelope sender (MAIL FROM), where relays send bounces; None: from_address.
+    return_path: str | None = None
 
 
 class EmailSender(Protocol):

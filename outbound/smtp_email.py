@@ -39,6 +39,7 @@ import logging
 import re
 import ssl
 from datetime import UTC, datetime
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -184,7 +185,10 @@ class SmtpEmailSender:
                 data = self._dkim.sign(data)
             except Exception as err:  # dkimpy's own errors; the key was checked at startup
                 raise _config_error("dkim", mail) from err
-        sender = Address(addr_spec=mail.from_address).addr_spec
+        try:
+            sender = Address(addr_spec=mail.return_path or mail.from_address).addr_spec
+        except (ValueError, IndexError, HeaderParseError) as err:  # CR/LF, or not one plain address
+            raise ProviderPermanent("smtp send refused: invalid return path", code="invalid_mail") from err
         recipient = Address(addr_spec=mail.to_address).addr_spec
         try:
             async with asyncio.timeout(self._timeout):
@@ -196,7 +200,7 @@ class SmtpEmailSender:
                     port=self._port,
                     username=self._username or None,
                     password=self._password or None,
-                    local_hostname=self._local_hostname or sender.rpartition("@")[2],
+                    local_hostname=self._local_hostname or mail.from_address.rpartition("@")[2],
                     use_tls=False,
                     start_tls=self._starttls,
                     validate_certs=True,

@@ -390,6 +390,8 @@ async def test_bounce_marks_the_original_notification_failed_with_the_dsn_status
     sent, notice = await email_thread(gw)
     assert (await api_message(gw, sent["id"]))["status"] == "sent"
     rcpt = reply_address(reply_token_of(notice))
+    # Relays send bounces to the envelope sender: it is the reply address, so they come back here.
+    assert gw.mail.messages[-1]["mail_from"] == rcpt
     await deliver(port, rcpt, dsn_for(str(notice["Message-ID"]), rcpt, "5.1.1"), mail_from="")
     await gw.drain()
     data = await api_message(gw, sent["id"])

@@ -218,6 +218,24 @@ async def test_header_injection_is_refused_before_any_connection(
     assert sink.messages == []
 
 
+async def test_the_return_path_is_the_envelope_sender_and_the_from_header_stays(sink: SmtpSink) -> None:
+    mail = notice()
+    assert mail.reply_to is not None
+    await plain_sender(sink).send_email(replace(mail, return_path=mail.reply_to))
+    [got] = sink.messages
+    assert got["mail_from"] == mail.reply_to
+    assert got["message"]["From"].addresses[0].addr_spec == FROM
+
+
+@pytest.mark.parametrize("bad", ["bounce@x.example\r\nRCPT TO:<evil@x.example>", "<evil@x.example>", "two words@x"])
+async def test_a_return_path_that_is_not_one_plain_address_is_refused_before_any_connection(
+        sink: SmtpSink, bad: str) -> None:
+    with pytest.raises(ProviderPermanent) as caught:
+        await plain_sender(sink).send_email(notice(return_path=bad))
+    assert caught.value.code == "invalid_mail"
+    assert sink.messages == []
+
+
 @pytest.mark.parametrize(
     "name",
     ['x Bcc: evil@x, "Mallory" <evil@x.example>; ok', 'x Bcc: evil@x, "M" <evil@x.example>; Ünï'],
