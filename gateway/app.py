@@ -97,7 +97,8 @@ def build_runtime(services: Services, *, sms: SmsSender | None = None, email: Em
     elif isinstance(email, SandboxEmailSender):
         sandbox_mail = email
     handlers = {
-        "sms": SmsReplyHandler(s.store, events, s.orgs, s.contacts, s.conversations, s.outbox, s.audit),
+        "sms": SmsReplyHandler(s.store, events, s.orgs, s.contacts, s.conversations, s.outbox, s.audit,
+                               media=sms, vault=s.vault),
         "email": EmailReplyHandler(s.store, s.vault, events, s.orgs, s.contacts, s.conversations, s.reply_tokens,
                                    s.audit, s.clock),
     }

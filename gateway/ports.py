@@ -23,8 +23,20 @@ class SmsSender(Protocol):
     ) -> SentSms: ...
 
     async def redact_sms(self, provider_id: str) -> None:
-        """Remove the body of a stored message at the provider (Twilio: update body="")."""
+        """Remove the body and media of a stored message at the provider (Twilio: update
+        body="", delete each Media resource)."""
         ...
+
+    async def fetch_media(self, url: str, *, max_bytes: int) -> Media:
+        """Download one media item of an inbound MMS (a MediaUrl the provider's webhook named).
+        ProviderPermanent for a URL outside the provider's API or a file over max_bytes."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    content_type: str
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)

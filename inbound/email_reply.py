@@ -11,8 +11,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bson import Binary
-
 from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
 from gateway.contacts import Contacts
@@ -22,6 +20,7 @@ from gateway.ports import Clock
 from gateway.reply_tokens import ReplyTokens
 from gateway.store import Doc, Store
 from gateway.vault import Vault
+from inbound.attachments import IncomingFile, seal_attachments
 from inbound.events import InboundEvents
 from inbound.mail.parse import ParsedMail, parse_message
 
@@ -107,7 +106,9 @@ class EmailReplyHandler:
         reply = _assess(parsed, on_file, bool(thread.get("secure")), org.policy.sensitive_terms)
         # Before the message (idempotent upserts): a crash in between must not leave a message
         # whose attachments are never stored, as a re-run sees the message already there.
-        await self._store_attachments(org.id, contact.dek_id, eid, thread["_id"], contact.id, parsed)
+        await seal_attachments(self._store, self._vault, org_id=org.id, dek_id=contact.dek_id, message_id=eid,
+                               thread_id=thread["_id"], contact_id=contact.id, files=[
+                                   IncomingFile(a.filename or "", a.content_type, a.data) for a in parsed.attachments])
         message, thread, new = await self._conversations.record_inbound(
             org, contact, message_id=eid, channel="email", body=reply.text, provider_id=reply.provider_id,
             secure=reply.secure, flags=reply.flags, thread=thread,
@@ -210,18 +211,6 @@ class EmailReplyHandler:
                 entries.append(ack)
         await self._audit.append_many(org.id, entries)
         return [m.message_id for m, _ in flow], rest
-
-    async def _store_attachments(self, org_id: str, dek_id: str, message_id: str, thread_id: str, contact_id: str,
-                                 parsed: ParsedMail) -> None:
-        for n, att in enumerate(parsed.attachments):
-            aid = f"{message_id}:{n}"
-            await self._store.attachments.update_one({"_id": aid}, {"$setOnInsert": {
-                "_id": aid, "org_id": org_id, "message_id": message_id, "thread_id": thread_id,
-                "contact_id": contact_id, "size": len(att.data),
-                "content_type": att.content_type,
-                "filename": await self._vault.seal(dek_id, org_id, "attachments", aid, "filename", att.filename or ""),
-                "data": Binary(await self._vault.seal(dek_id, org_id, "attachments", aid, "data", att.data)),
-            }}, upsert=True)
 
     async def _bounce(self, org_id: str, contact_id: str, parsed: ParsedMail) -> str:
         bounce = parsed.bounce

@@ -1,20 +1,22 @@
 """Inbound SMS: keyword handling, sealing into the thread, link-only acknowledgement, redaction.
 
 Flow for one stored Twilio event: org (by the number it was sent to) → contact (blind index on
-the sender) → STOP/START/HELP → classify → sealed message in the thread → acknowledgement and
-provider-side redaction through the outbox. Every step is idempotent (ids derive from the event).
+the sender) → STOP/START/HELP → classify → MMS media downloaded and sealed as attachments →
+sealed message in the thread → acknowledgement and provider-side redaction (body and media)
+through the outbox. Every step is idempotent (ids derive from the event).
 
 `batch` runs the same flow for many events with O(1) round trips: contacts and threads looked up
 (and created) with `$in`, messages in one insert (a duplicate id = stored by an earlier run),
 thread counters in a few grouped updates, link-only acknowledgements and redactions in one write
 each, every audit entry of the batch in one chained append. A sender with a keyword anywhere in
 the batch has all of its events left to the one-by-one path, in order, as has any event that is
-not a plain reply from a valid number to a known org.
+not a plain text reply from a valid number to a known org (MMS included).
 """
 
 from __future__ import annotations
 
 import logging
+import mimetypes
 from typing import Any
 
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -23,20 +25,45 @@ from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
 from gateway.contacts import OPTED_IN, OPTED_OUT, Contacts
 from gateway.conversations import Conversations, Inbound, Notice
-from gateway.errors import ValidationError
+from gateway.errors import ProviderPermanent, ValidationError
 from gateway.keywords import Keyword, parse_keyword
 from gateway.orgs import Org, Orgs
 from gateway.outbox import Outbox
 from gateway.phone import normalize_e164
+from gateway.ports import SmsSender
 from gateway.store import Doc, Store
+from gateway.vault import Vault
+from inbound.attachments import IncomingFile, seal_attachments
 from inbound.events import InboundEvents
 
 logger = logging.getLogger(__name__)
 
 
+MAX_MEDIA_BYTES = 10_000_000  # per item; Twilio's own cap for inbound MMS is 5 MB in total
+
+
+def media_count(payload: dict[str, Any]) -> int:
+    try:
+        return max(0, int(payload.get("NumMedia", "0") or "0"))
+    except ValueError:
+        return 0
+
+
+MEDIA_EXTENSIONS = frozenset({".jpg", ".png", ".gif", ".webp", ".pdf", ".mp4", ".3gp", ".txt", ".vcf"})
+
+
+def media_filename(n: int, content_type: str) -> str:
+    """A neutral name for the n-th item (MMS media has none): "media-1.jpg"."""
+    ext = mimetypes.guess_extension(content_type) or ""
+    return f"media-{n + 1}{ext if ext in MEDIA_EXTENSIONS else ''}"
+
+
 class SmsReplyHandler:
     def __init__(self, store: Store, events: InboundEvents, orgs: Orgs, contacts: Contacts,
-                 conversations: Conversations, outbox: Outbox, audit: AuditLog) -> None:
+                 conversations: Conversations, outbox: Outbox, audit: AuditLog, *,
+                 media: SmsSender | None = None, vault: Vault | None = None) -> None:
+        self._media = media
+        self._vault = vault
         self._store = store
         self._events = events
         self._orgs = orgs
@@ -65,6 +92,13 @@ class SmsReplyHandler:
         flags = [f"media:{payload['NumMedia']}"] if str(payload.get("NumMedia", "0")) not in ("", "0") else []
         if sensitive and not thread.get("secure"):
             flags.append("classified_sensitive")
+        files, unavailable = await self._fetch_media(payload)
+        if unavailable:
+            flags.append(f"media_unavailable:{unavailable}")
+        if files:
+            assert self._vault is not None  # given with the media source (gateway/app.py)
+            await seal_attachments(self._store, self._vault, org_id=org.id, dek_id=contact.dek_id, message_id=eid,
+                                   thread_id=thread["_id"], contact_id=contact.id, files=files)
         message, thread, new = await self._conversations.record_inbound(
             org, contact, message_id=eid, channel="sms", body=body,
             provider_id=payload.get("MessageSid"), secure=secure, flags=flags, thread=thread,
@@ -99,6 +133,26 @@ class SmsReplyHandler:
                 job_id=f"{eid}:redact", provider_sid=payload["MessageSid"],
             ))
         return "done"
+
+    async def _fetch_media(self, payload: dict[str, Any]) -> tuple[list[IncomingFile], int]:
+        """The MMS media of a message, downloaded, and how many could not be (gone at the
+        provider, too large, not a media URL of ours). A transient failure raises: the event
+        runs again later, before its message exists."""
+        files: list[IncomingFile] = []
+        unavailable = 0
+        for n in range(media_count(payload)):
+            url = str(payload.get(f"MediaUrl{n}", ""))
+            if self._media is None or not url:
+                unavailable += 1
+                continue
+            try:
+                media = await self._media.fetch_media(url, max_bytes=MAX_MEDIA_BYTES)
+            except ProviderPermanent as err:
+                logger.warning("mms media not stored", extra={"fields": {"code": err.code, "item": n}})
+                unavailable += 1
+                continue
+            files.append(IncomingFile(media_filename(n, media.content_type), media.content_type, media.data))
+        return files, unavailable
 
     async def _queue_reply(self, org_id: str, contact_id: str, template: str, job_id: str) -> None:
         contact = await self._contacts.get(org_id, contact_id)
@@ -141,9 +195,9 @@ class SmsReplyHandler:
                 continue
             key = (org.id, phone)
             senders.setdefault(key, []).append((event, payload))
-            if parse_keyword(str(payload.get("Body", ""))) is not None:
+            if parse_keyword(str(payload.get("Body", ""))) is not None or media_count(payload):
                 unusual.add(key)
-        for key in unusual:  # keep a sender's STOP/START/HELP in order with its other messages
+        for key in unusual:  # keep a sender's STOP/START/HELP or MMS in order with its other messages
             rest.extend(event for event, _ in senders.pop(key))
         done: list[object] = []
         by_org: dict[str, dict[str, list[tuple[Doc, dict[str, Any]]]]] = {}

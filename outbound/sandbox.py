@@ -9,7 +9,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable
 
-from gateway.ports import Clock, OutgoingEmail, SentSms
+from gateway.errors import ProviderPermanent
+from gateway.ports import Clock, Media, OutgoingEmail, SentSms
 from gateway.store import Store
 from gateway.vault import Vault
 
@@ -45,6 +46,10 @@ class SandboxSmsSender:
     async def redact_sms(self, provider_id: str) -> None:
         await self._store.sandbox_sms.update_one({"_id": provider_id}, {"$set": {"redacted": True},
                                                                            "$unset": {"body": ""}})
+
+    async def fetch_media(self, url: str, *, max_bytes: int) -> Media:
+        """The sandbox phone sends text only: no inbound message names media here."""
+        raise ProviderPermanent("the sandbox has no media", code="media_url")
 
     async def record_reply(self, *, from_number: str, to_number: str, body: str) -> None:
         """Keep what the sandbox phone sent, so the page shows both sides."""

@@ -7,6 +7,11 @@ Twilio's errors are translated here and nowhere else (gateway/errors.py):
                                          opted out, "21211" invalid To, "20003" bad credentials
     connection errors, timeouts       -> ProviderTransient(code="network")
 
+MMS media is downloaded from the MediaUrl a webhook names, with the account's credentials, and
+only from this account's Messages resource on the configured API (any other URL is refused: a
+webhook's URL never makes us send credentials elsewhere). Twilio answers with a redirect to its
+media CDN; aiohttp drops the credentials on that cross-origin hop.
+
 Twilio's own error text can quote the recipient ("The 'To' number +1555... is not a valid
 phone number"), so it never reaches our messages or logs: they carry status and code only.
 """
@@ -14,8 +19,11 @@ phone number"), so it never reaches our messages or logs: they carry status and 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import re
 from typing import Self
+from urllib.parse import urlsplit
 
 import aiohttp
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
@@ -23,11 +31,13 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from gateway.errors import ProviderPermanent, ProviderTransient
-from gateway.ports import SentSms
+from gateway.ports import Media, SentSms
 
 logger = logging.getLogger(__name__)
 
 _MESSAGING_SERVICE_PREFIX = "MG"
+TWILIO_API = "https://api.twilio.com"
+_SID_PART = re.compile(r"^[A-Z]{2}[0-9a-f]{32}$")
 
 
 def mask_number(number: str) -> str:
@@ -56,6 +66,7 @@ class TwilioSmsSender:
         self._timeout = timeout
         self._http: AsyncTwilioHttpClient | None = None
         self._client: Client | None = None
+        self._media_http: aiohttp.ClientSession | None = None
 
     async def send_sms(
         self, *, from_number: str, to_number: str, body: str, status_callback: str | None
@@ -85,23 +96,70 @@ class TwilioSmsSender:
         return SentSms(provider_id=message.sid, status=str(message.status or "queued"))
 
     async def redact_sms(self, provider_id: str) -> None:
-        """Blank the stored body of message `provider_id` at Twilio (update with Body="")."""
+        """Blank the stored body of message `provider_id` at Twilio (update with Body="") and
+        delete its media."""
         # https://www.twilio.com/docs/messaging/api/message-resource#update-a-message-resource
+        # https://www.twilio.com/docs/messaging/api/media-resource#delete-a-media-resource
         context = self._client_now().messages(provider_id)
         try:
             async with asyncio.timeout(self._timeout):
                 await context.update_async(body="")
+                for media in await context.media.list_async():
+                    await context.media(media.sid).delete_async()
         except (TwilioRestException, TwilioServiceException) as err:
             raise _provider_error("redact", err, None) from err
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             raise _network_error("redact", err, None) from err
         logger.info("twilio redacted sms", extra={"provider_id": provider_id})
 
+    async def fetch_media(self, url: str, *, max_bytes: int) -> Media:
+        """Download one MMS media item (see the module docstring)."""
+        if not self._is_our_media(url):
+            logger.warning("twilio media url refused: not this account's media")
+            raise ProviderPermanent("twilio media refused: not a media URL of this account", code="media_url")
+        if self._media_http is None:
+            self._media_http = aiohttp.ClientSession()
+        try:
+            # aiohttp removes the Authorization header on a redirect to another origin (the CDN).
+            basic = base64.b64encode(f"{self._account_sid}:{self._auth_token}".encode()).decode()
+            async with asyncio.timeout(self._timeout), self._media_http.get(
+                    url, headers={"Authorization": "Basic " + basic}, max_redirects=3) as resp:
+                if resp.status != 200:
+                    status = resp.status
+                    message = f"twilio media failed: HTTP {status}"
+                    logger.warning("twilio media failed", extra={"http_status": status})
+                    if status == 429 or status >= 500:
+                        raise ProviderTransient(message, code=str(status))
+                    raise ProviderPermanent(message, code=str(status))
+                if (resp.content_length or 0) > max_bytes:
+                    raise ProviderPermanent("twilio media too large", code="media_too_large")
+                data = await resp.content.read(max_bytes + 1)
+                if len(data) > max_bytes:
+                    raise ProviderPermanent("twilio media too large", code="media_too_large")
+                content_type = resp.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip()
+        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            raise _network_error("media", err, None) from err
+        return Media(content_type=content_type or "application/octet-stream", data=data)
+
+    def _is_our_media(self, url: str) -> bool:
+        """/2010-04-01/Accounts/<this account>/Messages/<sid>/Media/<sid> on the configured API."""
+        base = urlsplit(self._api_base or TWILIO_API)
+        found = urlsplit(url)
+        if (found.scheme, found.netloc) != (base.scheme, base.netloc) or found.query or found.fragment:
+            return False
+        parts = found.path.split("/")
+        return (len(parts) == 8 and parts[:4] == ["", "2010-04-01", "Accounts", self._account_sid]
+                and parts[4] == "Messages" and parts[6] == "Media"
+                and bool(_SID_PART.match(parts[5])) and bool(_SID_PART.match(parts[7])))
+
     async def close(self) -> None:
         """Close the HTTP session; a later call opens a new one."""
         http, self._http, self._client = self._http, None, None
         if http is not None:
             await http.close()
+        media, self._media_http = self._media_http, None
+        if media is not None:
+            await media.close()
 
     async def __aenter__(self) -> Self:
         return self

@@ -236,8 +236,76 @@ async def test_redact_blanks_the_stored_body(
 
     assert standin.redactions == [sent.provider_id]
     assert standin.store[sent.provider_id]["body"] == ""
-    assert standin.requests[-1]["form"] == {"Body": ""}
+    assert [r["form"] for r in standin.requests if r["method"] == "POST"][-1] == {"Body": ""}
     assert standin.messages[0]["body"] == CANARY  # the record of what was sent stays
+
+
+async def test_redact_also_deletes_the_media_of_an_mms(
+    standin: TwilioStandIn, sender: TwilioSmsSender
+) -> None:
+    sent = await send(sender)
+    standin.add_media(sent.provider_id, "image/jpeg", b"\xff\xd8 photo")
+    standin.add_media(sent.provider_id, "image/png", b"\x89PNG scan")
+    other = await send(sender)
+    standin.add_media(other.provider_id, "image/jpeg", b"someone else's")
+
+    await sender.redact_sms(sent.provider_id)
+
+    assert standin.media[sent.provider_id] == {}
+    assert len(standin.media[other.provider_id]) == 1
+    assert [r["status"] for r in standin.requests if r["method"] == "DELETE"] == [204, 204]
+
+
+async def test_media_is_fetched_with_credentials_that_never_reach_the_cdn(
+    standin: TwilioStandIn, sender: TwilioSmsSender
+) -> None:
+    url = standin.add_media("MM" + "a" * 32, "image/jpeg", b"\xff\xd8 the photo")
+
+    media = await sender.fetch_media(url, max_bytes=1000)
+
+    assert (media.content_type, media.data) == ("image/jpeg", b"\xff\xd8 the photo")
+    api, cdn = [r for r in standin.requests if r["method"] == "GET"]
+    assert api["authorized"] and api["status"] == 307
+    assert cdn["path"] == "/cdn" and cdn["authorized"] is False
+
+
+@pytest.mark.parametrize("make_url", [
+    lambda s: "https://evil.example/2010-04-01/Accounts/" + s.account_sid + "/Messages/MM" + "a" * 32 + "/Media/ME"
+    + "b" * 32,
+    lambda s: s.base_url + "/2010-04-01/Accounts/AC" + "0" * 32 + "/Messages/MM" + "a" * 32 + "/Media/ME" + "b" * 32,
+    lambda s: s.base_url + "/2010-04-01/Accounts/" + s.account_sid + "/Messages/MM" + "a" * 32 + ".json",
+    lambda s: s.base_url + "/2010-04-01/Accounts/" + s.account_sid + "/Messages/MM" + "a" * 32 + "/Media/ME"
+    + "b" * 32 + "?redirect=https://evil.example",
+    lambda s: s.base_url.replace("http://", "https://") + "/2010-04-01/Accounts/" + s.account_sid
+    + "/Messages/MM" + "a" * 32 + "/Media/ME" + "b" * 32,
+])
+async def test_a_url_that_is_not_this_accounts_media_is_refused_without_a_request(
+    standin: TwilioStandIn, sender: TwilioSmsSender, make_url: Callable[[TwilioStandIn], str]
+) -> None:
+    with pytest.raises(ProviderPermanent) as caught:
+        await sender.fetch_media(make_url(standin), max_bytes=1000)
+    assert caught.value.code == "media_url"
+    assert standin.requests == []
+
+
+async def test_media_over_the_size_cap_is_refused(standin: TwilioStandIn, sender: TwilioSmsSender) -> None:
+    url = standin.add_media("MM" + "a" * 32, "video/mp4", b"x" * 5000)
+    with pytest.raises(ProviderPermanent) as caught:
+        await sender.fetch_media(url, max_bytes=4999)
+    assert caught.value.code == "media_too_large"
+
+
+async def test_media_gone_is_permanent_and_an_outage_transient(
+    standin: TwilioStandIn, sender: TwilioSmsSender
+) -> None:
+    url = standin.add_media("MM" + "a" * 32, "image/jpeg", b"photo")
+    standin.fail_next(status=503)
+    with pytest.raises(ProviderTransient):
+        await sender.fetch_media(url, max_bytes=1000)
+    standin.media.clear()
+    with pytest.raises(ProviderPermanent) as caught:
+        await sender.fetch_media(url, max_bytes=1000)
+    assert caught.value.code == "404"
 
 
 async def test_redacting_an_unknown_message_is_permanent(

@@ -2,7 +2,10 @@
 
 It speaks the slice of the Programmable Messaging API that Hushlink uses
 (https://www.twilio.com/docs/messaging/api/message-resource): create, fetch and update
-(`Body=""` redacts) a Message, with HTTP Basic auth and Twilio's legacy error JSON. It records
+(`Body=""` redacts) a Message, and the Media of an inbound MMS: its content at the MediaUrl a
+webhook names (redirected to a "CDN" path, as Twilio does), list and delete
+(https://www.twilio.com/docs/messaging/api/media-resource), with HTTP Basic auth and Twilio's
+legacy error JSON. It records
 what it received, can be scripted to fail or stall, and can play Twilio's part in webhooks:
 signed status callbacks and signed inbound SMS
 (https://www.twilio.com/docs/usage/security#validating-requests).
@@ -133,6 +136,7 @@ class TwilioStandIn:
       requests    every API request: method, path, form, authorized, status
       callbacks   every webhook sent: url, actual_url, params, signature, status, text
       opted_out   numbers that always get 400 / 21610 (STOP received)
+      media       message sid -> its media: {sid: (content type, bytes)}; deleting removes one
     """
 
     def __init__(
@@ -153,7 +157,9 @@ class TwilioStandIn:
         self.requests: list[dict[str, Any]] = []
         self.callbacks: list[dict[str, Any]] = []
         self.opted_out: set[str] = set()
+        self.media: dict[str, dict[str, tuple[str, bytes]]] = {}
         self._script: deque[_Step] = deque()
+        self._cdn_objects: dict[str, tuple[str, bytes]] = {}
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closing = asyncio.Event()
@@ -175,6 +181,10 @@ class TwilioStandIn:
         app.router.add_post(prefix + ".json", self._create)
         app.router.add_get(prefix + "/{sid}.json", self._fetch)
         app.router.add_post(prefix + "/{sid}.json", self._update)
+        app.router.add_get(prefix + "/{sid}/Media.json", self._list_media)
+        app.router.add_get(prefix + "/{sid}/Media/{media_sid}", self._media_content)
+        app.router.add_delete(prefix + "/{sid}/Media/{media_sid}.json", self._delete_media)
+        app.router.add_get("/cdn/{token}", self._cdn)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -260,6 +270,30 @@ class TwilioStandIn:
         return await self.post_webhook(
             url, params, deliver_to=deliver_to, signing_token=signing_token
         )
+
+    def add_media(self, message_sid: str, content_type: str, data: bytes) -> str:
+        """Attach media to an inbound message; returns its MediaUrl (as a webhook names it)."""
+        media_sid = new_sid("ME")
+        self.media.setdefault(message_sid, {})[media_sid] = (content_type, data)
+        return f"{self.base_url}/{API_VERSION}/Accounts/{self.account_sid}/Messages/{message_sid}/Media/{media_sid}"
+
+    def mms_params(self, *, frm: str, to: str, body: str, media: list[tuple[str, bytes]],
+                   sid: str | None = None) -> dict[str, str]:
+        """The webhook form of an inbound MMS whose media this stand-in serves."""
+        params = inbound_sms_params(frm=frm, to=to, body=body, account_sid=self.account_sid,
+                                    sid=sid or new_sid("MM"))
+        params["NumMedia"] = str(len(media))
+        sid = params["MessageSid"]
+        now = _now()
+        self.store[sid] = {  # Twilio keeps the inbound message as a resource too
+            "sid": sid, "account_sid": self.account_sid, "from": frm, "to": to, "body": body,
+            "status": "received", "direction": "inbound", "num_media": str(len(media)),
+            "date_created": now, "date_updated": now,
+            "uri": f"/{API_VERSION}/Accounts/{self.account_sid}/Messages/{sid}.json"}
+        for i, (content_type, data) in enumerate(media):
+            params[f"MediaUrl{i}"] = self.add_media(params["MessageSid"], content_type, data)
+            params[f"MediaContentType{i}"] = content_type
+        return params
 
     async def send_inbound_sms(
         self,
@@ -403,6 +437,54 @@ class TwilioStandIn:
             resource["date_updated"] = _now()
             self.redactions.append(sid)
         return self._answer(request, 200, _public(resource))
+
+    async def _list_media(self, request: web.Request) -> web.Response:
+        _, refusal = await self._admit(request)
+        if refusal is not None:
+            return refusal
+        sid = request.match_info["sid"]
+        base = f"/{API_VERSION}/Accounts/{self.account_sid}/Messages/{sid}/Media"
+        items = [{"sid": msid, "account_sid": self.account_sid, "parent_sid": sid, "content_type": ctype,
+                  "date_created": _now(), "date_updated": _now(), "uri": f"{base}/{msid}.json"}
+                 for msid, (ctype, _) in self.media.get(sid, {}).items()]
+        return self._answer(request, 200, {
+            "media_list": items, "page": 0, "page_size": 50, "first_page_uri": base + ".json?Page=0&PageSize=50",
+            "next_page_uri": None, "previous_page_uri": None, "uri": base + ".json?Page=0&PageSize=50",
+            "start": 0, "end": max(0, len(items) - 1)})
+
+    async def _media_content(self, request: web.Request) -> web.StreamResponse:
+        """The MediaUrl: authenticated, then a redirect to the content (Twilio serves it from a CDN)."""
+        _, refusal = await self._admit(request)
+        if refusal is not None:
+            return refusal
+        found = self.media.get(request.match_info["sid"], {}).get(request.match_info["media_sid"])
+        if found is None:
+            return self._not_found(request)
+        token = secrets.token_urlsafe(16)
+        self._cdn_objects[token] = found
+        request[_RECORD]["status"] = 307
+        # Another origin (localhost, not 127.0.0.1), as Twilio's CDN is another host.
+        port = urlsplit(self.base_url).port
+        raise web.HTTPTemporaryRedirect(f"http://localhost:{port}/cdn/{token}")
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        """The redirect's target: no Twilio credentials may arrive here."""
+        self.requests.append({"method": "GET", "path": "/cdn", "form": {},
+                              "authorized": "Authorization" in request.headers, "status": 200})
+        found = self._cdn_objects.pop(request.match_info["token"], None)
+        if found is None:
+            return web.Response(status=404)
+        content_type, data = found
+        return web.Response(body=data, content_type=content_type)
+
+    async def _delete_media(self, request: web.Request) -> web.Response:
+        _, refusal = await self._admit(request)
+        if refusal is not None:
+            return refusal
+        if self.media.get(request.match_info["sid"], {}).pop(request.match_info["media_sid"], None) is None:
+            return self._not_found(request)
+        request[_RECORD]["status"] = 204
+        return web.Response(status=204)
 
     async def _admit(self, request: web.Request) -> tuple[dict[str, str], web.Response | None]:
         """Record the request, check credentials and account, then play any scripted step."""

@@ -1,0 +1,35 @@
+"""Files that arrive with a client's message (email attachments, MMS media), sealed at rest.
+
+Stored before the message itself, with ids derived from the message id ("<message id>:<n>") and
+idempotent upserts: a crash in between never leaves a message whose files are missing, since a
+re-run stores them again and finds the message already there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bson import Binary
+
+from gateway.store import Store
+from gateway.vault import Vault
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingFile:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+async def seal_attachments(store: Store, vault: Vault, *, org_id: str, dek_id: str, message_id: str,
+                           thread_id: str, contact_id: str, files: Sequence[IncomingFile]) -> None:
+    for n, f in enumerate(files):
+        aid = f"{message_id}:{n}"
+        await store.attachments.update_one({"_id": aid}, {"$setOnInsert": {
+            "_id": aid, "org_id": org_id, "message_id": message_id, "thread_id": thread_id,
+            "contact_id": contact_id, "size": len(f.data), "content_type": f.content_type,
+            "filename": await vault.seal(dek_id, org_id, "attachments", aid, "filename", f.filename),
+            "data": Binary(await vault.seal(dek_id, org_id, "attachments", aid, "data", f.data)),
+        }}, upsert=True)
