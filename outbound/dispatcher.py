@@ -156,8 +156,13 @@ class OutboxDispatcher:
             async with slots:
                 return await self._attempt(job, recipients.get(job["_id"]))
 
-        outcomes = await asyncio.gather(*(attempt(job) for job in jobs))
-        await self._mark_sent_many([(j, pid) for j, pid in zip(jobs, outcomes, strict=True) if pid is not None])
+        # Every outcome is waited for: one job's unexpected error (the database going away while
+        # recording a failure) must not keep the others that did go out from being marked sent.
+        outcomes = await asyncio.gather(*(attempt(job) for job in jobs), return_exceptions=True)
+        await self._mark_sent_many([(j, pid) for j, pid in zip(jobs, outcomes, strict=True) if isinstance(pid, str)])
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _recipients(self, jobs: list[Doc]) -> dict[object, Recipient]:
         """Each sms/email job's org, contact and address: one read per org. A job missing here

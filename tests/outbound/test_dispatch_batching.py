@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from gateway.audit import Actor
 from gateway.clock import FrozenClock
 from gateway.config import Config
@@ -92,6 +94,40 @@ async def test_a_transient_error_in_a_batch_retries_only_its_own_job(gw: Gateway
     await gw.drain()
     assert [(await message(gw, s["id"]))["status"] for s in sent] == ["accepted"] * 4
     assert len(gw.twilio.messages) == 4
+
+
+class BrokenForOneNumber:
+    """A sender that fails unexpectedly (not a provider error) for one number, sends the rest."""
+
+    def __init__(self, inner: TwilioSmsSender, broken: str) -> None:
+        self.inner = inner
+        self.broken = broken
+
+    async def send_sms(self, *, from_number: str, to_number: str, body: str, status_callback: str | None) -> Any:
+        if to_number == self.broken:
+            raise RuntimeError("sender bug")
+        return await self.inner.send_sms(from_number=from_number, to_number=to_number, body=body,
+                                         status_callback=status_callback)
+
+    async def redact_sms(self, provider_id: str) -> None:
+        await self.inner.redact_sms(provider_id)
+
+    async def fetch_media(self, url: str, *, max_bytes: int) -> Any:
+        return await self.inner.fetch_media(url, max_bytes=max_bytes)
+
+
+async def test_an_unexpected_error_in_one_send_still_records_the_others_as_sent(gw: Gateway) -> None:
+    sent = [await gw.api_send(to={"phone": p}, body="Secure note", secure=True) for p in PHONES[:4]]
+    inner = TwilioSmsSender(gw.twilio.account_sid, gw.twilio.auth_token, api_base=gw.twilio.base_url, timeout=3)
+    dispatcher = OutboxDispatcher(gw.services, BrokenForOneNumber(inner, PHONES[2]), owner="test")
+    try:
+        with pytest.raises(RuntimeError):
+            await dispatcher.deliver_batch(await claim_all(gw))
+    finally:
+        await inner.close()
+    statuses = [(await message(gw, s["id"]))["status"] for s in sent]
+    assert statuses == ["accepted", "accepted", "queued", "accepted"]  # nothing sent twice later
+    assert sorted(m["to"] for m in gw.twilio.messages) == sorted(PHONES[:2] + PHONES[3:4])
 
 
 # -- round trips --------------------------------------------------------------------------------
