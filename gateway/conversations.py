@@ -39,6 +39,9 @@ STATUS_RANK = {
 
 NEUTRAL_PREVIEW = {"inbound": "New reply", "outbound": "Message sent"}
 
+# list_threads' assignee filter: True anyone, None nobody, a staff id, or a tuple of any of those.
+AssigneeFilter = str | None | bool | tuple[str | None, ...]
+
 
 def validate_body(body: Any, field: str = "body") -> str:
     if not isinstance(body, str):
@@ -285,33 +288,47 @@ class Conversations:
         return thread
 
     async def mark_read(self, org_id: str, thread_id: str, actor: Actor, ip: str | None = None,
-                        count: int = 0, unread: int | None = None) -> None:
+                        count: int = 0, unread: int | None = None, grant_id: str | None = None) -> None:
         """A staff member read the thread's content: reset its unread counter and audit the view.
 
         `unread` is the counter on the thread document the caller read at the start of the request;
         0 skips the reset (an update that matches nothing still costs a journaled write). A reply
         that arrived since then stays unread until the next view, which is the safe side.
+        `grant_id` names the break-glass grant the view was made under (gateway.access), if any.
         """
         # Only when there is something to reset: a no-op write would wake every live inbox for nothing.
         if unread is None or unread > 0:
             await self._store.threads.update_one({"_id": thread_id, "org_id": org_id, "unread_staff": {"$ne": 0}},
                                                  {"$set": {"unread_staff": 0}})
-        await self._audit.append(org_id, "thread.read", actor, ip=ip, thread_id=thread_id, detail={"count": count})
+        detail: dict[str, str | int | bool | None] = {"count": count}
+        if grant_id:
+            detail["grant_id"] = grant_id
+        await self._audit.append(org_id, "thread.read", actor, ip=ip, thread_id=thread_id, detail=detail)
 
     async def list_threads(
         self, org_id: str, *, limit: int = 50, before: tuple[datetime, str] | None = None,
-        assignee: str | None | bool = True, secure: bool | None = None, status: str | None = None,
+        assignee: AssigneeFilter = True, secure: bool | None = None, status: str | None = None,
         contact_ids: list[str] | None = None, unread: bool = False,
     ) -> list[Doc]:
         """Threads newest activity first, after the cursor (last_activity_at, _id) of the previous page.
 
-        assignee=True means anyone (or nobody); None means unassigned; a string is that staff id.
+        assignee=True means anyone (or nobody); None means unassigned; a string is that staff id; a
+        tuple is any of those (an agent who sees only their own and unassigned threads).
         Every read is one index range, sized so a page costs the same however many threads the org
         has (gateway/recent.py): a window of last_activity_at on (org_id, last_activity_at), or on
         (org_id, assignee, last_activity_at) for one assignee. Unread-only reads the unread threads
         (org_id, unread_staff >= 1), a contact search the (org_id, contact_id) index. The other
         filters are applied to what those reads return.
         """
+        if isinstance(assignee, tuple):
+            # One read per assignee (each an index window of its own), merged; a thread reassigned
+            # between the reads is listed once.
+            parts = await asyncio.gather(*(
+                self.list_threads(org_id, limit=limit, before=before, assignee=one, secure=secure, status=status,
+                                  contact_ids=contact_ids, unread=unread) for one in assignee))
+            merged = {d["_id"]: d for part in parts for d in part}
+            newest = sorted(merged.values(), key=lambda d: (d["last_activity_at"], d["_id"]), reverse=True)
+            return newest[:limit]
         wanted: Doc = {}
         if assignee is not True:
             wanted["assignee"] = assignee

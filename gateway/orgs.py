@@ -18,6 +18,9 @@ from gateway.store import Doc, Store
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$")
 LINK_TTL_CHOICES = (3600, 86400, 7 * 86400, 10 * 86400, 180 * 86400, 365 * 86400)
+# Which threads an agent may open (admins open every thread): "all" of the org's, or only those
+# "assigned" to them or to nobody (HIPAA minimum necessary; others need break-glass, gateway/access.py).
+AGENT_SCOPES = ("all", "assigned")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,8 @@ class OrgPolicy:
     staff_idle_seconds: int = 900
     staff_absolute_seconds: int = 12 * 3600
     require_totp: bool = False
+    agent_scope: str = "all"
+    break_glass_minutes: int = 30  # how long an emergency (break-glass) grant opens a thread
 
     def validate(self) -> OrgPolicy:
         if not 60 <= self.link_ttl_seconds <= 366 * 86400:
@@ -43,6 +48,10 @@ class OrgPolicy:
                 raise ValidationError(name, "must be between 60 s and 8 h")
         if not 3600 <= self.staff_absolute_seconds <= 24 * 3600:
             raise ValidationError("staff_absolute_seconds", "must be between 1 h and 24 h")
+        if self.agent_scope not in AGENT_SCOPES:
+            raise ValidationError("agent_scope", "must be all or assigned")
+        if not 5 <= self.break_glass_minutes <= 240:
+            raise ValidationError("break_glass_minutes", "must be between 5 and 240 minutes")
         return self
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -60,6 +61,16 @@ class EmailSender(Protocol):
     """Sends one mail. Raises ProviderTransient or ProviderPermanent (gateway.errors)."""
 
     async def send_email(self, mail: OutgoingEmail) -> str: ...
+
+
+class StaffAlerts(Protocol):
+    """Tells an org's admins that something needs their review (e.g. break-glass access was used).
+
+    An alert carries ids only (grant, thread, staff member): never content, a reason typed by
+    staff, or client data, so every channel it may travel through is safe for it.
+    """
+
+    async def alert(self, org_id: str, kind: str, ids: Mapping[str, str], *, severity: str = "high") -> None: ...
 
 
 class Clock(Protocol):

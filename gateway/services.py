@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.access import BreakGlass
+from gateway.alerts import StoredStaffAlerts
 from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.contacts import Contacts
@@ -12,7 +14,7 @@ from gateway.crypto import Keyring, Sealer
 from gateway.links import Links
 from gateway.orgs import Orgs
 from gateway.outbox import Outbox
-from gateway.ports import Clock
+from gateway.ports import Clock, StaffAlerts
 from gateway.reply_tokens import ReplyTokens
 from gateway.sessions import Sessions
 from gateway.store import Store
@@ -34,13 +36,17 @@ class Services:
     outbox: Outbox
     conversations: Conversations
     reply_tokens: ReplyTokens
+    alerts: StaffAlerts
+    break_glass: BreakGlass
 
     @property
     def public_url(self) -> str:
         return self.config.server.public_url.rstrip("/")
 
 
-def build_services(config: Config, store: Store, keyring: Keyring, clock: Clock) -> Services:
+def build_services(config: Config, store: Store, keyring: Keyring, clock: Clock, *,
+                   alerts: StaffAlerts | None = None) -> Services:
+    """The services; `alerts` replaces the stored staff alerts (tests pass a recording fake)."""
     sealer = Sealer(keyring)
     vault = Vault(store, sealer, clock)
     audit = AuditLog(store, sealer, clock)
@@ -48,9 +54,11 @@ def build_services(config: Config, store: Store, keyring: Keyring, clock: Clock)
     links = Links(store, audit, clock)
     outbox = Outbox(store, vault, clock)
     reply_tokens = ReplyTokens(store, clock)
+    alerts = alerts if alerts is not None else StoredStaffAlerts(store, clock)
     return Services(
         config=config, clock=clock, store=store, sealer=sealer, vault=vault, audit=audit,
         orgs=Orgs(store, clock), contacts=contacts, links=links, sessions=Sessions(store, clock),
-        outbox=outbox, reply_tokens=reply_tokens,
+        outbox=outbox, reply_tokens=reply_tokens, alerts=alerts,
+        break_glass=BreakGlass(store, vault, audit, alerts, clock),
         conversations=Conversations(store, vault, contacts, links, outbox, audit, clock, reply_tokens),
     )

@@ -105,6 +105,16 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING)]),
     ],
     "attachments": [IndexModel([("org_id", ASCENDING), ("message_id", ASCENDING)])],
+    # Break-glass grants (gateway.access): the check on every request to a thread outside the
+    # member's scope (time last: a range on it follows the equality prefix), and the admins' list.
+    # No TTL: an expired grant, with its sealed reason, is the record admins review.
+    "break_glass": [
+        IndexModel([("org_id", ASCENDING), ("staff_id", ASCENDING), ("thread_id", ASCENDING),
+                    ("expires_at", ASCENDING)]),
+        IndexModel([("org_id", ASCENDING), ("_id", DESCENDING)]),
+    ],
+    # Staff alerts (gateway.alerts): the admins' banner counts the org's open ones.
+    "alerts": [IndexModel([("org_id", ASCENDING), ("reviewed", ASCENDING), ("_id", DESCENDING)])],
 }
 
 

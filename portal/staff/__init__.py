@@ -3,10 +3,10 @@
     auth.py        sign-in (password, throttling, TOTP), sign-out, account, first-run setup
     policy.py      the @policy decorator and the guard middleware (CSRF, roles, sessions)
     inbox.py       thread list with filters, search and cursor paging
-    threads.py     one conversation: timeline, reply, assign, close, links, PIN
+    threads.py     one conversation: timeline, reply, assign, close, links, PIN, break-glass
     compose.py     a new message to an existing or new contact
     contacts.py    contact list and detail (consent, opt-out history, PIN)
-    settings.py    org policy, staff accounts, API keys (admin)
+    settings.py    org policy, staff accounts, API keys, emergency access review (admin)
     audit_view.py  audit log filter and JSON-lines export (admin)
     live.py        Server-Sent Events from a change stream (polling fallback)
 """

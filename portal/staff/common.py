@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from gateway.access import thread_assignees
+from gateway.alerts import StoredStaffAlerts
 from gateway.api_keys import ApiKeys
 from gateway.audit import Actor
 from gateway.errors import IntegrityError, NotFound
@@ -54,6 +57,8 @@ class Deps:
         self.throttle = LoginThrottle(services.store, services.clock)
         self.setup = SetupTokens(services.store, services.clock)
         self.api_keys = ApiKeys(services.store, services.clock)
+        # The admins' banner reads the stored alerts, whichever StaffAlerts the services deliver through.
+        self.alerts = StoredStaffAlerts(services.store, services.clock)
         self.secret = services.sealer.keyring.mac_key
         https = services.config.server.is_https
         self.cookie = "__Host-hl_staff" if https else "hl_staff"
@@ -66,18 +71,30 @@ class Deps:
         response.set_cookie(self.cookie, value, httponly=True, secure=self.secure_cookie, samesite="Strict",
                             path="/")
 
-    async def unread_threads(self, org_id: str) -> int:
+    async def unread_threads(self, ctx: StaffContext) -> int:
+        """Unread threads the member may open (all of the org's, or their own and unassigned ones)."""
         # $gte 1, not $gt 0: SecantusDB starts an exclusive range at the first entry EQUAL to the bound
         # and steps over every one of them (here: every read thread of the org).
-        return int(await self.s.store.threads.count_documents({"org_id": org_id, "unread_staff": {"$gte": 1}}))
+        query = {"org_id": ctx.org.id, "unread_staff": {"$gte": 1}}
+        assignees = thread_assignees(ctx.org.policy, ctx.member)
+        if assignees is None:
+            return int(await self.s.store.threads.count_documents(query))
+        # The same indexed read of the unread threads; the assignee is checked here, since no index
+        # has both fields (a second range in the filter would read every thread of the org).
+        unread = self.s.store.threads.find(query, projection={"assignee": 1})
+        return sum([1 async for d in unread if d.get("assignee") in assignees])
+
+    async def open_alerts(self, ctx: StaffContext) -> int:
+        """Alerts waiting for an admin's review (admins only: the banner on every staff page)."""
+        return await self.alerts.open_count(ctx.org.id) if ctx.is_admin else 0
 
     async def page(self, request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
-        """Render a staff page: the signed-in member, the nav counters and the CSRF token come along."""
+        """Render a staff page: the signed-in member, the nav counters, admin alerts and the CSRF token come along."""
         ctx = request.get(STAFF)
         context.setdefault("csrf", ctx.csrf if ctx else "")
-        unread = await self.unread_threads(ctx.org.id) if ctx else 0
+        unread, alerts = await asyncio.gather(self.unread_threads(ctx), self.open_alerts(ctx)) if ctx else (0, 0)
         return render(request, template, status=status, me=ctx.member if ctx else None,
-                      org=ctx.org if ctx else None, unread_threads=unread, **context)
+                      org=ctx.org if ctx else None, unread_threads=unread, open_alerts=alerts, **context)
 
     async def contact_labels(self, org_id: str, contact_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Names (opened) and masked address hints of the given contacts, for the rows of one page."""

@@ -1,7 +1,9 @@
 """The staff inbox (/staff/): threads newest first, neutral previews, filters, search, cursor paging.
 
 Lists never show message content, secure or not: a row says who, whether the thread is secure,
-its status, assignee, unread count and a neutral preview ("New reply", "Message sent").
+its status, assignee, unread count and a neutral preview ("New reply", "Message sent"). Under the
+org policy agent_scope "assigned", an agent's inbox (search included) lists only the threads
+assigned to them or to nobody (gateway/access.py).
 
 Search: a phone number (E.164) or an email address is matched exactly through the contact's blind
 index, across all threads. Names are sealed, so a name is matched by opening the names of the
@@ -18,7 +20,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway.conversations import NEUTRAL_PREVIEW
+from gateway.access import thread_assignees
+from gateway.conversations import NEUTRAL_PREVIEW, AssigneeFilter
 from gateway.errors import ValidationError
 from gateway.ids import is_id
 from gateway.phone import normalize_e164
@@ -93,7 +96,7 @@ class Inbox:
         q = request.query.get("q", "").strip()[:100]
         before = decode_cursor(request.query.get("cursor"))
         filters: dict[str, Any] = {
-            "assignee": {"all": True, "mine": ctx.member.id, "unassigned": None}[view],
+            "assignee": self._assignee(view, thread_assignees(ctx.org.policy, ctx.member), ctx.member.id),
             "secure": {"all": None, "secure": True, "standard": False}[kind],
             "status": None if status == "all" else status,
             "unread": unread,
@@ -115,6 +118,15 @@ class Inbox:
             next_url=("/staff/?" + urlencode({**base, "cursor": next_cursor})) if next_cursor else None,
             first_url="/staff/?" + urlencode(base) if request.query.get("cursor") else None,
         )
+
+    @staticmethod
+    def _assignee(view: str, scope: tuple[str | None, ...] | None, me: str) -> AssigneeFilter:
+        """The list_threads assignee filter for the view, within the member's scope (None: all threads)."""
+        if view == "mine":
+            return me
+        if view == "unassigned":
+            return None
+        return True if scope is None else scope
 
     async def _rows(self, org_id: str, q: str, before: tuple[datetime, str] | None, filters: dict[str, Any]
                     ) -> tuple[list[Doc], dict[str, dict[str, Any]], bool, tuple[datetime, str] | None, bool]:

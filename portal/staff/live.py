@@ -3,7 +3,9 @@
 Fed by a MongoDB change stream on the org's threads (every new message, status change, read or
 assignment touches its thread); where change streams are unavailable (a standalone server), the
 stream polls threads by last_activity_at instead. Events carry ids and counters, never content:
-the page fetches itself again to show what changed.
+the page fetches itself again to show what changed. An agent who sees only their own and
+unassigned threads (agent_scope "assigned") gets events for those, and for a thread they hold an
+unexpired break-glass grant for, not for their colleagues' threads (gateway/access.py).
 
 A stream never extends the session's idle timeout (its policy has touch=False): the session is
 re-checked at every heartbeat and the stream ends with `event: signed_out` once it is gone. Each
@@ -21,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from pymongo.errors import OperationFailure, PyMongoError
 
+from gateway.access import in_scope
 from gateway.store import Doc
 from portal.staff.common import STAFF, Deps
 from portal.staff.policy import ANY_STAFF, policy
@@ -86,6 +89,13 @@ class LiveUpdates:
     async def _send(self, response: web.StreamResponse, event: str, data: dict[str, Any]) -> None:
         await response.write(f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
 
+    async def _visible(self, request: web.Request, doc: Doc) -> bool:
+        """May this stream's member hear of the thread (in scope, or under a break-glass grant)?"""
+        ctx = request[STAFF]
+        if in_scope(ctx.org.policy, ctx.member, doc):
+            return True
+        return await self.s.break_glass.active(ctx.org.id, ctx.member.id, doc["_id"]) is not None
+
     async def _alive(self, request: web.Request, response: web.StreamResponse) -> bool:
         ctx = request[STAFF]
         session = await self.s.sessions.get("staff", ctx.sid, touch=False)
@@ -109,7 +119,7 @@ class LiveUpdates:
                         return
                     continue
                 doc = change.get("fullDocument")
-                if doc is not None:
+                if doc is not None and await self._visible(request, doc):
                     await self._send(response, "thread", thread_event(doc))
 
     async def _poll(self, request: web.Request, response: web.StreamResponse, org_id: str, deadline: float) -> None:
@@ -121,7 +131,8 @@ class LiveUpdates:
             await asyncio.sleep(self.poll)
             changed = await self.changed_since(org_id, since)
             for doc in changed:
-                await self._send(response, "thread", thread_event(doc))
+                if await self._visible(request, doc):
+                    await self._send(response, "thread", thread_event(doc))
                 since = max(since, doc["last_activity_at"])
             quiet = 0.0 if changed else quiet + self.poll
             if quiet >= self.heartbeat:

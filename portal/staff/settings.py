@@ -1,9 +1,13 @@
-"""Settings (admin only): org policy, staff accounts, API keys.
+"""Settings (admin only): org policy, staff accounts, API keys, emergency (break-glass) access review.
 
 Disabling a member, changing their role or resetting their authenticator ends all their sessions
 at once (SECURITY.md C9; a privilege change never keeps an old session id). An admin can't
 disable or demote themselves, and the last enabled admin stays an admin, so nobody locks the
 organization out of its own settings.
+
+The emergency access page lists the org's break-glass grants with their reasons (opened here,
+escaped by the template; reading them is audited) and closes the open alerts that put the banner
+on every admin's pages (gateway/access.py, gateway/alerts.py).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from aiohttp import web
 
 from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
-from gateway.orgs import LINK_TTL_CHOICES
+from gateway.orgs import AGENT_SCOPES, LINK_TTL_CHOICES
 from gateway.staff import ROLES, StaffMember
 from portal.staff.common import STAFF, Deps, form_fields, redirect
 from portal.staff.inbox import fmt_time
@@ -23,6 +27,8 @@ from portal.staff.policy import policy
 TTL_LABELS = {3600: "1 hour", 86400: "24 hours", 7 * 86400: "7 days", 10 * 86400: "10 days",
               180 * 86400: "180 days", 365 * 86400: "365 days"}
 FLAGS = ("secure_default", "pin_required", "provider_redaction", "require_totp")
+SCOPE_LABELS = {"all": "Every conversation of the organization",
+                "assigned": "Only conversations assigned to them or to nobody"}
 MAX_TERMS = 200
 
 
@@ -48,6 +54,13 @@ def policy_changes(form: dict[str, str]) -> dict[str, Any]:
     if len(terms) > MAX_TERMS or any(len(t) > 80 or any(ord(c) < 32 for c in t) for t in terms):
         raise ValidationError("sensitive_terms", f"at most {MAX_TERMS} terms of up to 80 characters, one per line")
     changes["sensitive_terms"] = tuple(dict.fromkeys(terms))
+    # Added after the rest of the form: a form that predates them (or a script) leaves them as they are.
+    if "agent_scope" in form:
+        if form["agent_scope"] not in AGENT_SCOPES:
+            raise ValidationError("agent_scope", "must be one of the offered choices")
+        changes["agent_scope"] = form["agent_scope"]
+    if "break_glass_minutes" in form:
+        changes["break_glass_minutes"] = _int(form, "break_glass_minutes", "break_glass_minutes")
     return changes
 
 
@@ -66,6 +79,8 @@ class Settings:
         r.add_get("/settings/api-keys", self.keys_page)
         r.add_post("/settings/api-keys", self.create_key)
         r.add_post("/settings/api-keys/{id}/revoke", self.revoke_key)
+        r.add_get("/settings/emergency-access", self.emergency_page)
+        r.add_post("/settings/emergency-access/reviewed", self.emergency_reviewed)
 
     # -- org policy -------------------------------------------------------------------------
     @policy("admin")
@@ -78,7 +93,7 @@ class Settings:
         org = await self.s.orgs.get(ctx.org.id)
         return await self.d.page(request, "staff/settings.html", status=status, policy=org.policy,
                                  ttl_choices=[(s, TTL_LABELS.get(s, f"{s} s")) for s in LINK_TTL_CHOICES],
-                                 error=error, saved=saved, section="org")
+                                 scope_choices=list(SCOPE_LABELS.items()), error=error, saved=saved, section="org")
 
     @policy("admin")
     async def update_policy(self, request: web.Request) -> web.Response:
@@ -216,3 +231,29 @@ class Settings:
         await self.s.audit.append(ctx.org.id, "api_key.revoked", ctx.actor, ip=self.d.ip(request),
                                   detail={"key_id": kid})
         return redirect("/staff/settings/api-keys")
+
+    # -- emergency (break-glass) access -----------------------------------------------------------
+    @policy("admin")
+    async def emergency_page(self, request: web.Request) -> web.Response:
+        """The org's newest break-glass grants, reasons included, and the open alerts to close."""
+        ctx = request[STAFF]
+        grants = await self.s.break_glass.recent(ctx.org.id)
+        emails = {m.id: m.email for m in await self.d.staff.list(ctx.org.id)}
+        now = self.s.clock.now()
+        rows = [{"id": g["_id"], "at": fmt_time(g["created_at"]), "until": fmt_time(g["expires_at"]),
+                 "active": g["expires_at"] > now, "who": emails.get(g["staff_id"], g["staff_id"]),
+                 "staff_id": g["staff_id"], "thread_id": g["thread_id"], "reason": g["reason"]} for g in grants]
+        # The reasons may name a client or their condition: reading them is itself recorded.
+        await self.s.audit.append(ctx.org.id, "breakglass.reasons_viewed", ctx.actor, ip=self.d.ip(request),
+                                  detail={"grants": len(rows)})
+        return await self.d.page(request, "staff/settings_emergency.html", grants=rows,
+                                 reviewed=request.query.get("reviewed") == "1", section="emergency")
+
+    @policy("admin")
+    async def emergency_reviewed(self, request: web.Request) -> web.Response:
+        """Close the org's open alerts (the banner goes away for every admin)."""
+        ctx = request[STAFF]
+        closed = await self.d.alerts.mark_reviewed(ctx.org.id, ctx.member.id)
+        await self.s.audit.append(ctx.org.id, "alert.reviewed", ctx.actor, ip=self.d.ip(request),
+                                  detail={"alerts": closed})
+        return redirect("/staff/settings/emergency-access?reviewed=1")

@@ -10,6 +10,10 @@ Actions (POST, CSRF-checked by the policy middleware): reply (POST to the thread
 secure thread stays secure), assign, close/reopen, unlock / revoke / re-issue a link, set or
 clear the contact's PIN. Every id is looked up within the org; another org's id is a 404 and an
 audited denial.
+
+Under the org policy agent_scope "assigned", a thread assigned to another staff member is, for an
+agent, an audited 403 on every one of these routes: a page that offers break-glass emergency
+access (a reason, then the thread for the org's break_glass_minutes; gateway/access.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.access import REASON_MAX, in_scope
 from gateway.classifier import find_sensitive
 from gateway.contacts import Contact
 from gateway.errors import NotFound, ValidationError
@@ -54,6 +59,8 @@ THREAD_LABELS = {
     "contact.pin_cleared": "PIN cleared",
     "consent.opt_out": "Opted out", "consent.opt_in": "Opted in",
 }
+# The break-glass grant this request opens its thread under (set by ThreadPages._thread), if any.
+EMERGENCY = web.RequestKey("break_glass_grant", dict)
 SENSITIVE_LABELS = {"ssn": "a Social Security number", "card": "a card number", "date_of_birth": "a date of birth",
                     "record_number": "a record number", "term": "a term your organization marks as sensitive"}
 
@@ -82,14 +89,67 @@ class ThreadPages:
         r.add_post("/threads/{id}/links/{link_id}/{action}", self.link_action)
         r.add_post("/threads/{id}/pin", self.pin)
         r.add_get("/threads/{id}/attachments/{attachment_id}", self.attachment)
+        r.add_post("/threads/{id}/break-glass", self.break_glass)
 
-    async def _thread(self, request: web.Request) -> Doc:
+    async def _lookup(self, request: web.Request) -> Doc:
+        """The org's thread named in the URL; any other id is an audited 404."""
         ctx = request[STAFF]
         tid = request.match_info["id"]
         try:
             return await self.s.conversations.get_thread(ctx.org.id, tid)
         except NotFound:
             raise await self.d.deny(request, "thread", tid) from None
+
+    async def _thread(self, request: web.Request) -> Doc:
+        """The thread named in the URL, if the member may open it (every thread route asks here).
+
+        A thread outside the member's scope opens only under an unexpired break-glass grant,
+        looked up on every request, so a grant's end closes the thread to views and actions alike.
+        """
+        ctx = request[STAFF]
+        thread = await self._lookup(request)
+        if in_scope(ctx.org.policy, ctx.member, thread):
+            return thread
+        grant = await self.s.break_glass.active(ctx.org.id, ctx.member.id, thread["_id"])
+        if grant is None:
+            raise await self._refuse(request, thread)
+        request[EMERGENCY] = grant
+        return thread
+
+    async def _refuse(self, request: web.Request, thread: Doc) -> web.HTTPException:
+        """Audit the out-of-scope request; return the 403 (the break-glass page) to raise."""
+        ctx = request[STAFF]
+        await self.s.audit.append(ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=self.d.ip(request),
+                                  thread_id=thread["_id"],
+                                  detail={"object": "thread", "reason": "scope", "route": request.path[:200]})
+        page = await self._break_glass_page(request, thread, status=403)
+        # Raised, not returned, so every handler is refused by the one lookup it already makes.
+        return web.HTTPForbidden(text=page.text, content_type="text/html")
+
+    async def _break_glass_page(self, request: web.Request, thread: Doc, *, status: int, reason: str = "",
+                                error: str | None = None) -> web.Response:
+        """"Assigned to someone else", with the break-glass form. Nothing of the thread but its id."""
+        return await self.d.page(request, "staff/break_glass.html", status=status, thread_id=thread["_id"],
+                                 minutes=request[STAFF].org.policy.break_glass_minutes, reason=reason,
+                                 reason_max=REASON_MAX, error=error)
+
+    # -- break-glass ----------------------------------------------------------------------------
+    @policy(*ANY_STAFF)
+    async def break_glass(self, request: web.Request) -> web.Response:
+        """Open a thread outside the member's scope for the org's break_glass_minutes (SECURITY.md C10)."""
+        ctx = request[STAFF]
+        thread = await self._lookup(request)
+        url = f"/staff/threads/{thread['_id']}"
+        if in_scope(ctx.org.policy, ctx.member, thread) or \
+                await self.s.break_glass.active(ctx.org.id, ctx.member.id, thread["_id"]):
+            return redirect(url)  # open to them already: no emergency, no grant
+        reason = (await form_fields(request)).get("reason", "")
+        try:
+            await self.s.break_glass.grant(ctx.org, ctx.actor, thread, reason, ip=self.d.ip(request))
+        except ValidationError as err:
+            return await self._break_glass_page(request, thread, status=422, reason=reason[:REASON_MAX * 2],
+                                                error=err.message)
+        return redirect(url)
 
     async def _contact(self, request: web.Request, thread: Doc) -> Contact:
         return await self.s.contacts.get(request[STAFF].org.id, thread["contact_id"])
@@ -104,6 +164,7 @@ class ThreadPages:
                       draft_secure: bool | None = None) -> web.Response:
         ctx = request[STAFF]
         org = ctx.org
+        grant = request.get(EMERGENCY)
         before = request.query.get("before") if request.method == "GET" else None
         before = before if before and is_id(before) else None
         # The reads that need only the thread go out together (each is a round trip to the
@@ -127,7 +188,8 @@ class ThreadPages:
             self._message_entries(org.id, ids),
             attachments.for_messages(self.s, org.id, ids),
             self.s.conversations.mark_read(org.id, thread["_id"], ctx.actor, self.d.ip(request), count=len(docs),
-                                           unread=int(thread.get("unread_staff") or 0)),
+                                           unread=int(thread.get("unread_staff") or 0),
+                                           grant_id=grant["_id"] if grant else None),
         )
         timeline, activity = self._timeline(docs, [*message_entries, *activity_entries], emails)
         now = self.s.clock.now()
@@ -155,6 +217,7 @@ class ThreadPages:
             secure_checked=bool(thread.get("secure")) or secure_default, generated_pin=generated_pin,
             last_id=docs[-1]["_id"] if docs else "",
             earlier_url=f"/staff/threads/{thread['_id']}?before={earlier}" if earlier else None,
+            emergency_until=fmt_time(grant["expires_at"]) if grant else None,
         )
 
     async def _links(self, org_id: str, thread_id: str) -> list[Doc]:
@@ -283,7 +346,9 @@ class ThreadPages:
             except NotFound:
                 raise await self.d.deny(request, "staff", value) from None
             assignee = value
-        await self.s.conversations.assign(ctx.org.id, thread["_id"], assignee, ctx.actor)
+        updated = await self.s.conversations.assign(ctx.org.id, thread["_id"], assignee, ctx.actor)
+        if not in_scope(ctx.org.policy, ctx.member, updated) and request.get(EMERGENCY) is None:
+            return redirect("/staff/")  # handed to a colleague: no longer theirs to open
         return redirect(f"/staff/threads/{thread['_id']}")
 
     @policy(*ANY_STAFF)
