@@ -39,12 +39,18 @@ class ReplyTokens:
         await self._store.reply_tokens.insert_one(doc, session=session)
 
     async def find_live(self, token: str) -> Doc | None:
+        doc = await self.find_known(token)
+        return doc if doc is not None and self.is_live(doc) else None
+
+    async def find_known(self, token: str) -> Doc | None:
+        """The token's document, expired or not; None if unknown or revoked."""
         if not looks_like_token(token):
             return None
         doc = await self._lookup.get(token_hash(token))
-        if doc is None or doc.get("revoked_at") or self._clock.now() >= doc["expires_at"]:
-            return None
-        return doc
+        return None if doc is None or doc.get("revoked_at") else doc
+
+    def is_live(self, doc: Doc) -> bool:
+        return not doc.get("revoked_at") and self._clock.now() < doc["expires_at"]
 
     async def by_hash(self, digest: str) -> Doc | None:
         return await self._lookup.get(digest)

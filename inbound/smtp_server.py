@@ -1,16 +1,23 @@
 """The SMTP listener for email replies (aiosmtpd), on the gateway's event loop or alone (--role smtp).
 
 Reply codes are the contract (RFC 5321): RCPT accepts only reply+<token>@<reply domain> for a
-live token (550 5.1.1 otherwise, so nothing is stored for unknown addresses); DATA answers 250
+known token (550 5.1.1 otherwise, so nothing is stored for unknown addresses); DATA answers 250
 only after the sealed raw message is durably stored, 451 4.3.0 when the store is unavailable;
 aiosmtpd answers 552 above the size limit; a peer sending too fast gets 451 4.7.0.
+
+Routing is by the reply token first and by In-Reply-To/References second: a token past its
+lifetime (never a revoked one) still routes a reply whose In-Reply-To or References names a mail
+we sent to that same contact, the way a mail client answers an old notice. Without such a
+reference the recipient is refused at DATA (550 5.1.1), and nothing is stored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import ssl
+from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from typing import Any
@@ -24,7 +31,7 @@ from gateway.errors import StoreUnavailable
 from gateway.orgs import Orgs
 from gateway.phone import mask_email
 from gateway.reply_tokens import ReplyTokens
-from gateway.store import Doc
+from gateway.store import Doc, Store
 from gateway.tokens import token_hash
 from inbound.events import InboundEvents
 from outbound.compose_email import parse_reply_address
@@ -43,12 +50,16 @@ def _no_debug(record: logging.LogRecord) -> bool:
 logging.getLogger("mail.log").addFilter(_no_debug)
 
 MAX_RECIPIENTS = 10
+MAX_REFERENCES = 50
+_MSG_ID = re.compile(r"<[^<>\s]{1,250}>")
 
 
 class ReplyHandler:
     """aiosmtpd handler: recipients must be live reply addresses; DATA is stored before 250."""
 
-    def __init__(self, config: InboundSmtpConfig, orgs: Orgs, reply_tokens: ReplyTokens, events: InboundEvents) -> None:
+    def __init__(self, config: InboundSmtpConfig, orgs: Orgs, reply_tokens: ReplyTokens, events: InboundEvents,
+                 store: Store) -> None:
+        self._store = store
         self._config = config
         self._orgs = orgs
         self._reply_tokens = reply_tokens
@@ -80,17 +91,28 @@ class ReplyHandler:
         domain = address.rpartition("@")[2]
         token = parse_reply_address(address, domain) if domain else None
         try:
-            live = await self._reply_tokens.find_live(token) if token and await self._domains(domain) else None
+            known = await self._reply_tokens.find_known(token) if token and await self._domains(domain) else None
         except PyMongoError:  # the database is down: say so, the sender will retry
             logger.warning("smtp: cannot check recipient, database unavailable")
             return "451 4.3.0 Temporarily unable to check the recipient"
-        if not live:
+        if not known:
             logger.info("smtp: unknown recipient refused", extra={"fields": {"rcpt": mask_email(address)}})
             return "550 5.1.1 No such recipient"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        self._scopes.setdefault(envelope, {})[address] = live
+        self._scopes.setdefault(envelope, {})[address] = known
         return "250 OK"
+
+    async def _answers_our_mail(self, scope: Doc, headers: Message) -> bool:
+        """Does the mail name (In-Reply-To/References) one we sent to the token's contact?"""
+        refs = _referenced_ids(headers)
+        if not refs:
+            return False
+        bare = [r.strip("<>") for r in refs]
+        found = await self._store.messages.find_one(
+            {"email_message_id": {"$in": refs + bare}, "org_id": scope["org_id"], "contact_id": scope["contact_id"]},
+            projection={"_id": 1})
+        return found is not None
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
@@ -104,13 +126,21 @@ class ReplyHandler:
         message_key = message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
         threads: set[str] = set()
         scopes = self._scopes.pop(envelope, {})
+        stored = 0
         try:
             for rcpt in envelope.rcpt_tos:
                 token = parse_reply_address(rcpt, rcpt.rpartition("@")[2])
                 assert token is not None  # RCPT accepted only reply addresses
                 digest = token_hash(token)
                 doc = scopes.get(rcpt) or await self._reply_tokens.by_hash(digest)
-                if doc is None or doc["thread_id"] in threads:
+                if doc is None or doc.get("revoked_at"):
+                    continue
+                if not self._reply_tokens.is_live(doc) and not await self._answers_our_mail(doc, headers):
+                    logger.info("smtp: expired reply address without a reference to our mail",
+                                extra={"fields": {"rcpt": mask_email(rcpt)}})
+                    continue
+                stored += 1
+                if doc["thread_id"] in threads:
                     continue
                 threads.add(doc["thread_id"])
                 # Once per (Message-ID, conversation): a resent mail, or one sent to two reply
@@ -125,7 +155,21 @@ class ReplyHandler:
             # sender would bounce the mail instead of retrying it.
             logger.warning("smtp: message not stored, database unavailable")
             return "451 4.3.0 Temporarily unable to store the message, try again later"
+        if not stored:
+            return "550 5.1.1 No such recipient (the reply address has expired)"
         return "250 2.0.0 Message accepted"
+
+
+def _referenced_ids(headers: Message) -> list[str]:
+    """The Message-IDs named by In-Reply-To and References (newest last; at most MAX_REFERENCES)."""
+    found: list[str] = []
+    for name in ("References", "In-Reply-To"):
+        try:
+            value = str(headers.get(name, "") or "")
+        except Exception:  # noqa: BLE001 - a malformed header names nothing
+            value = ""
+        found += _MSG_ID.findall(value)
+    return list(dict.fromkeys(found))[-MAX_REFERENCES:]
 
 
 def make_smtp(handler: ReplyHandler, config: InboundSmtpConfig, hostname: str) -> SMTP:

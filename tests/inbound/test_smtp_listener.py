@@ -89,3 +89,74 @@ async def test_starttls_is_required_when_configured(gw, tmp_path):
     assert "starttls" in smtp.esmtp_extensions
     resp = await smtp.execute_command(b"MAIL", b"FROM:<alex@client.test>")
     assert resp.code == 530
+
+
+# -- routing by In-Reply-To / References when the reply address has expired ---------------------
+
+REPLY_TO_NOTICE = (
+    "From: Alex <alex@client.test>\r\nTo: {rcpt}\r\nSubject: Re: New secure message\r\n"
+    "Message-ID: <{mid}@client.test>\r\n{refs}\r\nYes, still the same number.\r\n"
+)
+
+
+async def _notice(gw) -> tuple[str, str, str]:
+    """(reply address, the notice's Message-ID, its thread) of a secure email notice."""
+    sent = await gw.api_send(channel="email", to={"email": CLIENT_EMAIL}, body="Please confirm your number.")
+    await gw.drain()
+    mail = gw.mail_to(CLIENT_EMAIL)[-1]
+    token = REPLY_RE.search(str(mail["Reply-To"])).group(1)
+    return f"reply+{token}@{REPLY_DOMAIN}", str(mail["Message-ID"]), sent["thread_id"]
+
+
+async def _expire_reply_tokens(gw) -> None:
+    gw.clock.advance(days=401)  # reply addresses live 400 days (gateway/reply_tokens.py)
+
+
+async def test_an_expired_reply_address_still_routes_a_reply_to_our_mail(gw):
+    port = await gw.start_smtp()
+    rcpt, notice_id, thread_id = await _notice(gw)
+    await _expire_reply_tokens(gw)
+    for refs in (f"In-Reply-To: {notice_id}\r\n", f"References: <other@client.test> {notice_id}\r\n"):
+        smtp = await _client(port)
+        mid = "r-" + refs[:5]
+        errors, response = await smtp.sendmail("alex@client.test", [rcpt],
+                                               REPLY_TO_NOTICE.format(rcpt=rcpt, mid=mid, refs=refs))
+        await smtp.quit()
+        assert errors == {} and response.startswith("2.0.0"), response
+    await gw.drain()
+    inbound = [m async for m in gw.store.messages.find({"direction": "inbound", "channel": "email"})]
+    assert len(inbound) == 2 and {m["thread_id"] for m in inbound} == {thread_id}
+
+
+async def test_an_expired_reply_address_without_a_reference_to_our_mail_is_refused(gw):
+    port = await gw.start_smtp()
+    rcpt, _, _ = await _notice(gw)
+    await _expire_reply_tokens(gw)
+    # Another contact's notice: a reference, but not to a mail this contact received.
+    other = await gw.api_send(channel="email", to={"email": "blake@client.test"}, body="Hello Blake.")
+    await gw.drain()
+    blakes = str(gw.mail_to("blake@client.test")[-1]["Message-ID"])
+    assert other["thread_id"]
+    for refs in ("", "In-Reply-To: <made-up@client.test>\r\n", f"In-Reply-To: {blakes}\r\n"):
+        smtp = await _client(port)
+        assert (await smtp.execute_command(b"MAIL", b"FROM:<alex@client.test>")).code == 250
+        assert (await smtp.execute_command(b"RCPT", f"TO:<{rcpt}>".encode())).code == 250
+        resp = None
+        try:
+            await smtp.data(REPLY_TO_NOTICE.format(rcpt=rcpt, mid="x" + str(len(refs)), refs=refs))
+        except aiosmtplib.SMTPDataError as err:
+            resp = err
+        assert resp is not None and resp.code == 550 and "5.1.1" in resp.message, refs
+        await smtp.quit()
+    assert await gw.store.inbound_events.count_documents({"kind": "email"}) == 0
+
+
+async def test_a_revoked_reply_address_is_refused_at_rcpt_even_with_a_reference(gw):
+    port = await gw.start_smtp()
+    rcpt, _, _ = await _notice(gw)
+    await gw.store.reply_tokens.update_many({}, {"$set": {"revoked_at": gw.clock.now()}})
+    smtp = await _client(port)
+    assert (await smtp.execute_command(b"MAIL", b"FROM:<alex@client.test>")).code == 250
+    resp = await smtp.execute_command(b"RCPT", f"TO:<{rcpt}>".encode())
+    assert resp.code == 550 and "5.1.1" in resp.message
+    await smtp.quit()
