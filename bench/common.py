@@ -137,5 +137,27 @@ async def wait_until_processed(uri: str, db: str, query: dict[str, object], n: i
         await client.close()
 
 
+async def wait_until_quiet(uri: str, db: str, timeout: float = 600) -> None:
+    """Until no inbound event and no outbox job is pending: the work a round left behind (e.g. the
+    answers still being mailed) must not run into the next round's baseline."""
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri)
+    deadline = time.monotonic() + timeout
+    try:
+        while any([await client[db][name].find_one({"state": "pending"}, projection={"_id": 1})
+                   for name in ("inbound_events", "outbox")]):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"work still pending after {timeout:.0f} s")
+            await asyncio.sleep(0.05)
+    finally:
+        await client.close()
+
+
+def median_run(runs: list[LoadResult]) -> LoadResult:
+    """The run with the median throughput (the upper one of an even count)."""
+    return sorted(runs, key=lambda r: r.throughput)[len(runs) // 2]
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
