@@ -17,6 +17,7 @@ from gateway.outbox import Outbox
 from gateway.ports import Clock, StaffAlerts
 from gateway.reply_tokens import ReplyTokens
 from gateway.sessions import Sessions
+from gateway.staff import Staff
 from gateway.store import Store
 from gateway.vault import Vault
 
@@ -38,6 +39,7 @@ class Services:
     reply_tokens: ReplyTokens
     alerts: StaffAlerts
     break_glass: BreakGlass
+    staff: Staff
 
     @property
     def public_url(self) -> str:
@@ -54,11 +56,14 @@ def build_services(config: Config, store: Store, keyring: Keyring, clock: Clock,
     links = Links(store, audit, clock)
     outbox = Outbox(store, vault, clock)
     reply_tokens = ReplyTokens(store, clock)
-    alerts = alerts if alerts is not None else StoredStaffAlerts(store, clock)
+    staff = Staff(store, clock)
+    # Alerts are mailed through the outbox: every runtime has a mail sender (the SMTP relay, or the
+    # sandbox shown at /sandbox when smtp.host is empty: gateway/app.py build_runtime).
+    alerts = alerts if alerts is not None else StoredStaffAlerts(store, clock, outbox=outbox, staff=staff)
     return Services(
         config=config, clock=clock, store=store, sealer=sealer, vault=vault, audit=audit,
         orgs=Orgs(store, clock), contacts=contacts, links=links, sessions=Sessions(store, clock),
         outbox=outbox, reply_tokens=reply_tokens, alerts=alerts,
-        break_glass=BreakGlass(store, vault, audit, alerts, clock),
+        break_glass=BreakGlass(store, vault, audit, alerts, clock), staff=staff,
         conversations=Conversations(store, vault, contacts, links, outbox, audit, clock, reply_tokens),
     )

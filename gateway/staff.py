@@ -98,6 +98,16 @@ class Staff:
             raise NotFound("staff")
         return doc
 
+    async def active_admins(self, org_id: str) -> list[StaffMember]:
+        """The org's admins whose accounts are not disabled (who staff alerts go to)."""
+        return [_member(d) async for d in self._store.staff.find(
+            {"org_id": org_id, "role": "admin", "disabled": False}).sort("_id", 1)]
+
+    async def get_many(self, org_id: str, staff_ids: list[str]) -> dict[str, StaffMember]:
+        """The org's members among `staff_ids`, by id, with one read (unknown ids are left out)."""
+        return {d["_id"]: _member(d) async for d in self._store.staff.find(
+            {"org_id": org_id, "_id": {"$in": list(dict.fromkeys(staff_ids))}})}
+
     async def list(self, org_id: str) -> list[StaffMember]:
         return [_member(d) async for d in self._store.staff.find({"org_id": org_id}).sort("email_norm", 1)]
 

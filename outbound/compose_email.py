@@ -2,7 +2,9 @@
 
 Link notices (secure_notice, inbound_ack, link_renewal) carry the org name and the link,
 nothing else: the subject is neutral and no message content can reach them (SECURITY.md A11).
-Only the "message" template (a standard send) carries a body. Templates live in
+Only the "message" template (a standard send) carries a body. Staff alerts (render_staff_alert)
+go to the org's admins, not to contacts: they name the org and the staff portal page to review,
+never a client, a thread, a reason typed by staff or any content. Templates live in
 outbound/templates/email/; the HTML ones are autoescaped, the text ones are not.
 """
 
@@ -22,6 +24,13 @@ SUBJECTS = {
     "inbound_ack": "{org} received your reply",
     "link_renewal": "Your new secure link from {org}",
     "message": "Message from {org}",
+}
+
+# Staff alerts (gateway/alerts.py), by alert kind: subject, template, and the staff portal page
+# where an admin reviews it (reached through sign-in, so the mail itself is no capability).
+STAFF_ALERTS = {
+    "breakglass.grant": ("Security alert: emergency access used in {org}", "breakglass_alert",
+                         "/staff/settings/emergency-access"),
 }
 
 LINK_TEMPLATES = frozenset({"secure_notice", "inbound_ack", "link_renewal"})
@@ -85,6 +94,24 @@ def render_email(
     org = clean_org_name(org_name)
     subject = SUBJECTS[template].format(org=org)
     context = {"org": org, "subject": subject, "url": url, "body": body}
+    text = _env.get_template(f"{template}.txt").render(context)
+    html = _env.get_template(f"{template}.html").render(context)
+    return subject, text, html
+
+
+def render_staff_alert(kind: str, *, org_name: str, public_url: str) -> tuple[str, str, str]:
+    """Return (subject, text, html) of the mail that tells an admin about an alert of `kind`.
+
+    Takes no ids and no content on purpose: the mail says what happened and where to review it.
+    """
+    if kind not in STAFF_ALERTS:
+        raise ValueError(f"alert kind {kind!r} has no email form")
+    subject_format, template, path = STAFF_ALERTS[kind]
+    url = public_url.rstrip("/") + path
+    _check_url(url)
+    org = clean_org_name(org_name)
+    subject = subject_format.format(org=org)
+    context = {"org": org, "subject": subject, "url": url}
     text = _env.get_template(f"{template}.txt").render(context)
     html = _env.get_template(f"{template}.html").render(context)
     return subject, text, html

@@ -8,6 +8,11 @@ Under backlog the lease worker hands over whole batches (gateway/leases.py): the
 batch are read with one query per org, the sends go out concurrently (bounded), and the jobs
 that went out are marked sent with O(1) writes. Anything that fails takes the one-job path for
 its outcome (retry, failure), exactly as it would alone.
+
+Besides contacts, the outbox mails staff: a "staff_alert" job (gateway/alerts.py) names a staff
+member, not a contact. Its address is the member's account email, read at send time (the batch
+reads a group's members with one query per org); an account that was disabled, deleted or is no
+longer an admin fails the job at once (codes staff_disabled, staff_deleted, staff_not_admin).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import NamedTuple
 
 from pymongo import UpdateOne
 
+from gateway.alerts import STAFF_ALERT
 from gateway.audit import Actor, Pending
 from gateway.contacts import OPTED_OUT, Contact
 from gateway.errors import IntegrityError, NotFound, ProviderPermanent, ProviderTransient
@@ -29,22 +35,37 @@ from gateway.orgs import Org
 from gateway.outbox import DEAD, FAILED, SENT
 from gateway.ports import EmailSender, OutgoingEmail, SmsSender
 from gateway.services import Services
+from gateway.staff import StaffMember
 from gateway.store import Doc
 from inbound.twilio_webhooks import apply_delivery_event
 from outbound.compose import LINK_TEMPLATES, sms_text
-from outbound.compose_email import CONTENT_TEMPLATES, make_message_id, render_email, reply_address
+from outbound.compose_email import (
+    CONTENT_TEMPLATES,
+    STAFF_ALERTS,
+    make_message_id,
+    render_email,
+    render_staff_alert,
+    reply_address,
+)
 from outbound.compose_email import LINK_TEMPLATES as EMAIL_LINK_TEMPLATES
 
 logger = logging.getLogger(__name__)
 
 SEND_CONCURRENCY = 8  # provider calls in flight per batch
 ADDRESS_FIELD = {"sms": "phone", "email": "email"}
+MAILED = ("email", STAFF_ALERT)  # the job kinds that go out as mail (one Message-ID each)
+STAFF_FROM_NAME = "Hushlink"  # staff alerts come from the gateway, not from the org to its clients
 
 
 class Recipient(NamedTuple):
     org: Org
     contact: Contact
     address: str | None  # the contact's address on file for the job's channel
+
+
+class StaffRecipient(NamedTuple):
+    org: Org
+    member: StaffMember  # the staff account a staff_alert job mails
 
 
 class Pacer:
@@ -106,16 +127,19 @@ class OutboxDispatcher:
         if provider_id is not None:
             await self._mark_sent(job, provider_id)
 
-    async def _attempt(self, job: Doc, recipient: Recipient | None = None) -> str | None:
+    async def _attempt(self, job: Doc, recipient: Recipient | StaffRecipient | None = None) -> str | None:
         """Send the job; returns its provider id, or None once its failure is recorded."""
+        contact = recipient if isinstance(recipient, Recipient) else None
         try:
             if job["kind"] == "sms":
-                return await self._send_sms(job, recipient)
+                return await self._send_sms(job, contact)
             if job["kind"] == "sms_redact":
                 await self._sms.redact_sms(job["provider_sid"])
                 return str(job["provider_sid"])
             if job["kind"] == "email" and self._email is not None:
-                return await self._send_email(job, recipient)
+                return await self._send_email(job, contact)
+            if job["kind"] == STAFF_ALERT and self._email is not None:
+                return await self._send_staff_alert(job, recipient if isinstance(recipient, StaffRecipient) else None)
             raise ProviderPermanent(f"no sender for job kind {job['kind']}", code="no_sender")
         except ProviderTransient as err:
             await self._retry_or_give_up(job, err)
@@ -145,11 +169,28 @@ class OutboxDispatcher:
             raise ProviderPermanent(f"contact has no {channel} address", code="no_address")
         return org, address
 
+    async def _staff_recipient(self, job: Doc, known: StaffRecipient | None) -> tuple[Org, str]:
+        """The org and the address of the admin a staff_alert job mails; permanent failure if the
+        account is gone, disabled or no longer an admin (such a job never reaches a contact lookup)."""
+        if known is None:
+            org = await self._s.orgs.get(job["org_id"])
+            try:
+                member = await self._s.staff.get(org.id, job["staff_id"])
+            except NotFound:
+                raise ProviderPermanent("the staff account no longer exists", code="staff_deleted") from None
+        else:
+            org, member = known
+        if member.disabled:
+            raise ProviderPermanent("the staff account is disabled", code="staff_disabled")
+        if member.role != "admin":
+            raise ProviderPermanent("the staff member is no longer an admin", code="staff_not_admin")
+        return org, member.email
+
     # -- many jobs ------------------------------------------------------------------------
     async def deliver_batch(self, jobs: list[Doc]) -> None:
         """Deliver claimed jobs together (see the module docstring)."""
         recipients = await self._recipients(jobs)
-        await self._assign_message_ids([j for j in jobs if j["kind"] == "email" and j["_id"] in recipients])
+        await self._assign_message_ids([j for j in jobs if j["kind"] in MAILED and j["_id"] in recipients])
         slots = asyncio.Semaphore(SEND_CONCURRENCY)
 
         async def attempt(job: Doc) -> str | None:
@@ -164,14 +205,27 @@ class OutboxDispatcher:
             if isinstance(outcome, BaseException):
                 raise outcome
 
-    async def _recipients(self, jobs: list[Doc]) -> dict[object, Recipient]:
-        """Each sms/email job's org, contact and address: one read per org. A job missing here
-        (its contact erased, its org gone) resolves on its own path, which records why."""
+    async def _recipients(self, jobs: list[Doc]) -> dict[object, Recipient | StaffRecipient]:
+        """Each sms/email job's org, contact and address, and each staff_alert job's org and staff
+        member: one read per org and kind. A job missing here (its contact erased, its staff account
+        deleted, its org gone) resolves on its own path, which records why."""
         by_org: dict[str, list[Doc]] = {}
+        staff_by_org: dict[str, list[Doc]] = {}
         for job in jobs:
             if job["kind"] in ADDRESS_FIELD and job.get("contact_id"):
                 by_org.setdefault(job["org_id"], []).append(job)
-        out: dict[object, Recipient] = {}
+            elif job["kind"] == STAFF_ALERT and job.get("staff_id"):
+                staff_by_org.setdefault(job["org_id"], []).append(job)
+        out: dict[object, Recipient | StaffRecipient] = {}
+        for org_id, group in staff_by_org.items():
+            try:
+                org = await self._s.orgs.get(org_id)
+            except NotFound:
+                continue
+            members = await self._s.staff.get_many(org.id, [j["staff_id"] for j in group])
+            for job in group:
+                if (member := members.get(job["staff_id"])) is not None:
+                    out[job["_id"]] = StaffRecipient(org, member)
         for org_id, group in by_org.items():
             try:
                 org = await self._s.orgs.get(org_id)
@@ -237,11 +291,7 @@ class OutboxDispatcher:
         if job.get("reply_token") and reply_domain:
             reply_token = await s.vault.open(org.id, "outbox", job["_id"], "reply_token", job["reply_token"])
             reply_to = reply_address(reply_token, reply_domain)
-        # One Message-ID per job, fixed before the first attempt, so a retry is the same mail.
-        message_id = job.get("email_message_id")
-        if not message_id:
-            message_id = make_message_id(from_address.rpartition("@")[2])
-            await s.store.outbox.update_one({"_id": job["_id"]}, {"$set": {"email_message_id": message_id}})
+        message_id = await self._message_id(job, from_address)
         headers: list[tuple[str, str]] = []
         if template == "inbound_ack":
             headers.append(("Auto-Submitted", "auto-replied"))
@@ -253,6 +303,29 @@ class OutboxDispatcher:
                              text=text, html=html, message_id=message_id, reply_to=reply_to,
                              headers=tuple(headers), return_path=reply_to)
         return await self._email.send_email(mail)
+
+    async def _send_staff_alert(self, job: Doc, recipient: StaffRecipient | None) -> str:
+        assert self._email is not None
+        if job["template"] not in STAFF_ALERTS:
+            raise ProviderPermanent(f"alert kind {job['template']} has no email form", code="no_template")
+        org, address = await self._staff_recipient(job, recipient)
+        subject, text, html = render_staff_alert(job["template"], org_name=org.name, public_url=self._s.public_url)
+        from_address = self._from_address(org)
+        # No Reply-To and no reply token: an answer to an alert has nowhere to go but the sender.
+        mail = OutgoingEmail(from_address=from_address, from_name=STAFF_FROM_NAME, to_address=address,
+                             subject=subject, text=text, html=html,
+                             message_id=await self._message_id(job, from_address), reply_to=None,
+                             headers=(("Auto-Submitted", "auto-generated"),))  # RFC 3834 section 5
+        return await self._email.send_email(mail)
+
+    async def _message_id(self, job: Doc, from_address: str) -> str:
+        """The job's Message-ID, fixed before the first attempt, so a retry is the same mail."""
+        message_id = job.get("email_message_id")
+        if not message_id:
+            message_id = make_message_id(from_address.rpartition("@")[2])
+            job["email_message_id"] = message_id
+            await self._s.store.outbox.update_one({"_id": job["_id"]}, {"$set": {"email_message_id": message_id}})
+        return str(message_id)
 
     def _from_address(self, org: Org) -> str:
         return org.email_from or self._s.config.smtp.from_address or f"no-reply@{self._mail_domain(org)}"

@@ -24,6 +24,7 @@ from gateway.staff import validate_password
 from gateway.staff_auth import totp_uri
 from gateway.store import Doc
 from gateway.tokens import csrf_token, new_token
+from portal.qr import qr_svg
 from portal.render import render
 from portal.staff.common import STAFF, Deps, StaffContext, form_fields, redirect, safe_next
 from portal.staff.policy import ANY_STAFF, policy
@@ -278,9 +279,10 @@ class StaffAuth:
     async def _totp_page(self, request: web.Request, *, status: int = 200, secret: str | None = None,
                          error: str | None = None) -> web.Response:
         ctx = request[STAFF]
+        uri = totp_uri(secret, ctx.member.email) if secret else ""
         return await self.d.page(request, "staff/totp.html", status=status, secret=secret,
                                  grouped=" ".join(secret[i:i + 4] for i in range(0, len(secret), 4)) if secret else "",
-                                 uri=totp_uri(secret, ctx.member.email) if secret else "", error=error,
+                                 uri=uri, qr=qr_svg(uri) if uri else None, error=error,
                                  required=ctx.org.policy.require_totp, enrolling=bool(ctx.session.get("enroll_totp")))
 
     @policy(*ANY_STAFF, enrolling=True)

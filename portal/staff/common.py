@@ -17,7 +17,7 @@ from gateway.errors import IntegrityError, NotFound
 from gateway.ids import is_id
 from gateway.orgs import Org
 from gateway.services import Services
-from gateway.staff import Staff, StaffMember
+from gateway.staff import StaffMember
 from gateway.staff_auth import LoginThrottle, SetupTokens, Totp
 from gateway.store import Doc
 from portal.http import client_ip
@@ -52,7 +52,7 @@ class Deps:
     def __init__(self, services: Services, on_queued: Callable[[], None]) -> None:
         self.s = services
         self.on_queued = on_queued
-        self.staff = Staff(services.store, services.clock)
+        self.staff = services.staff
         self.totp = Totp(services.store, services.vault, services.clock)
         self.throttle = LoginThrottle(services.store, services.clock)
         self.setup = SetupTokens(services.store, services.clock)

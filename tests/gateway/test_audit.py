@@ -189,18 +189,21 @@ async def test_the_recorded_head_catches_up_and_cutting_off_the_tail_is_detected
 
 
 async def test_appends_that_come_together_share_head_writes(audit, store):
-    writes = 0
+    written: list[int] = []
+    first_write = asyncio.Event()
     save = audit._save_head
 
-    async def counted(org_id, head):
-        nonlocal writes
-        writes += 1
+    async def slow_save(org_id, head):
+        written.append(head["seq"])
+        await first_write.wait()  # the database is slow: appends keep coming meanwhile
         await save(org_id, head)
 
-    audit._save_head = counted  # type: ignore[method-assign]
+    audit._save_head = slow_save  # type: ignore[method-assign]
     await asyncio.gather(*(audit.append(ORG, "test.burst", Actor("api", f"k{i}")) for i in range(40)))
+    assert len(written) == 1  # every append returned while the first head write was in flight
+    first_write.set()
     await audit.flush()
-    assert writes < 40
+    assert written == [written[0], 40]  # then one write for all the others: the latest head
     assert (await store.audit_heads.find_one({"_id": ORG}))["seq"] == 40
     assert await audit.verify(ORG) is None
 
