@@ -1,9 +1,9 @@
 """Staff alerts, stored: the default StaffAlerts, and what the staff portal's admin banner reads.
 
 An alert is a durable record in `alerts` (ids only, see gateway.ports.StaffAlerts) that stays
-open until an admin of the org marks it reviewed. The staff portal shows every admin a banner
-while any alert of their org is open, so an alert reaches the admins on their next page view
-whichever process wrote it.
+open until an admin of the org marks it reviewed (from the review page, which closes the alerts
+it showed and no newer one). The staff portal shows every admin a banner while any alert of their
+org is open, so an alert reaches the admins on their next page view whichever process wrote it.
 
 Given the outbox, an alert is also mailed to every admin of the org whose account is enabled at
 that moment: one outbox job of kind STAFF_ALERT per admin, written with the alert (in one
@@ -81,9 +81,19 @@ class StoredStaffAlerts:
         """How many of the org's alerts no admin has reviewed yet (the banner's number)."""
         return int(await self._store.alerts.count_documents({"org_id": org_id, "reviewed": False}))
 
-    async def mark_reviewed(self, org_id: str, staff_id: str) -> int:
-        """Close every open alert of the org; returns how many were open."""
+    async def newest_open(self, org_id: str) -> str | None:
+        """The id of the org's newest open alert (what a review page shows the admin up to), if any."""
+        docs = await self._store.alerts.find({"org_id": org_id, "reviewed": False}, projection={"_id": 1}
+                                             ).sort("_id", -1).limit(1).to_list(None)
+        return str(docs[0]["_id"]) if docs else None
+
+    async def mark_reviewed(self, org_id: str, staff_id: str, upto: str) -> int:
+        """Close the org's open alerts up to and including `upto` (an alert id); returns how many.
+
+        Only those the admin's page was showing: ids are ObjectId hex and sort by creation, so an
+        alert raised after the page was loaded has a greater id and stays open (and the banner with it).
+        """
         res = await self._store.alerts.update_many(
-            {"org_id": org_id, "reviewed": False},
+            {"org_id": org_id, "reviewed": False, "_id": {"$lte": upto}},
             {"$set": {"reviewed": True, "reviewed_at": self._clock.now(), "reviewed_by": staff_id}})
         return int(res.modified_count)

@@ -164,6 +164,26 @@ class LeaseWorker:
                     for k in known if k is not None]
         return [d async for d in self._coll.find({"_id": {"$in": ids}, "lease_owner": token})]
 
+    async def extend(self, docs: list[Doc]) -> set[object]:
+        """Push back the lease on claimed documents still being worked on (a long batch); returns
+        the ids no longer held (the lease ran out and another worker took the document)."""
+        until = self._clock.now() + timedelta(seconds=self._lease)
+        by_owner: dict[object, list[Doc]] = {}
+        for doc in docs:
+            by_owner.setdefault(doc.get("lease_owner"), []).append(doc)
+        lost: set[object] = set()
+        for owner, group in by_owner.items():
+            ids = [d["_id"] for d in group]
+            res = await self._coll.update_many({"_id": {"$in": ids}, "lease_owner": owner, "state": "pending"},
+                                               {"$set": {"lease_until": until}})
+            if res.modified_count < len(ids):
+                held = {d["_id"] async for d in self._coll.find(
+                    {"_id": {"$in": ids}, "lease_owner": owner, "lease_until": until}, projection={"_id": 1})}
+                lost |= set(ids) - held
+            for doc in group:
+                doc["lease_until"] = until
+        return lost
+
     async def due_ids(self, limit: int = SWEEP_BATCH) -> list[object]:
         return [d["_id"] async for d in self._coll.find(self._due(), projection={"_id": 1}).limit(limit)]
 
@@ -232,6 +252,9 @@ class LeaseWorker:
                         await self._handle(doc)
             except PyMongoError as err:
                 logger.warning("%s: database unavailable", self._name, extra={"fields": {"error": type(err).__name__}})
+                await asyncio.sleep(self._poll)
+            except Exception:  # a bug met by one document must not stop the worker for all the others
+                logger.exception("%s: unexpected error; the document's lease runs out and it is retried", self._name)
                 await asyncio.sleep(self._poll)
 
     async def _run_batch(self, first: object) -> None:

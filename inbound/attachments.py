@@ -21,12 +21,13 @@ class IncomingFile:
     filename: str
     content_type: str
     data: bytes
+    index: int  # its place in the message (the n-th attachment or media item): part of its id
 
 
 async def seal_attachments(store: Store, vault: Vault, *, org_id: str, dek_id: str, message_id: str,
                            thread_id: str, contact_id: str, files: Sequence[IncomingFile]) -> None:
-    for n, f in enumerate(files):
-        aid = f"{message_id}:{n}"
+    for f in files:
+        aid = f"{message_id}:{f.index}"
         await store.attachments.update_one({"_id": aid}, {"$setOnInsert": {
             "_id": aid, "org_id": org_id, "message_id": message_id, "thread_id": thread_id,
             "contact_id": contact_id, "size": len(f.data), "content_type": f.content_type,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
@@ -52,19 +53,30 @@ class Reply:
         return self.secure and not self.auto_reply
 
 
-def _assess(parsed: ParsedMail, on_file: str | None, thread_secure: bool, sensitive_terms: Sequence[str]) -> Reply:
+def _null_sender(payload: dict[str, Any]) -> bool:
+    """Was the mail sent from the null envelope sender, MAIL FROM:<> (aiosmtpd reports "<>")?"""
+    sender = payload.get("mail_from")
+    return sender is not None and str(sender).strip() in ("", "<>")
+
+
+def _assess(parsed: ParsedMail, on_file: str | None, thread_secure: bool, sensitive_terms: Sequence[str],
+            *, null_sender: bool) -> Reply:
+    # Mail from the null envelope sender (MAIL FROM:<>) is a bounce or other notification: never
+    # answered (RFC 5321 4.5.5), even when it is not a delivery-status report we can read, or an
+    # answer to a dead address would bounce back and be answered again.
+    automatic = parsed.is_auto_reply or null_sender
     flags: list[str] = []
-    if parsed.is_auto_reply:
+    if automatic:
         flags.append("auto_reply")
     if not on_file or (parsed.from_address or "").lower() != on_file.lower():
         flags.append("sender_mismatch")
     if parsed.attachments_dropped:
         flags.append(f"attachments_dropped:{parsed.attachments_dropped}")
     text = (parsed.reply_text or parsed.text or "").strip()[:MAX_TEXT] or "(no text)"
-    sensitive = [] if parsed.is_auto_reply else find_sensitive(text, sensitive_terms)
+    sensitive = [] if automatic else find_sensitive(text, sensitive_terms)
     if sensitive and not thread_secure:
         flags.append("classified_sensitive")
-    return Reply(text=text, secure=thread_secure or bool(sensitive), flags=flags, auto_reply=parsed.is_auto_reply,
+    return Reply(text=text, secure=thread_secure or bool(sensitive), flags=flags, auto_reply=automatic,
                  provider_id=_bare(parsed.message_id) or None,
                  in_reply_to=f"<{_bare(parsed.message_id)}>" if parsed.message_id else None)
 
@@ -103,12 +115,14 @@ class EmailReplyHandler:
             return await self._bounce(org.id, contact.id, parsed)
         on_file = (await self._contacts.reveal(contact))["email"]
         thread = await self._conversations.get_thread(org.id, scope["thread_id"])
-        reply = _assess(parsed, on_file, bool(thread.get("secure")), org.policy.sensitive_terms)
+        reply = _assess(parsed, on_file, bool(thread.get("secure")), org.policy.sensitive_terms,
+                        null_sender=_null_sender(payload))
         # Before the message (idempotent upserts): a crash in between must not leave a message
         # whose attachments are never stored, as a re-run sees the message already there.
         await seal_attachments(self._store, self._vault, org_id=org.id, dek_id=contact.dek_id, message_id=eid,
                                thread_id=thread["_id"], contact_id=contact.id, files=[
-                                   IncomingFile(a.filename or "", a.content_type, a.data) for a in parsed.attachments])
+                                   IncomingFile(a.filename or "", a.content_type, a.data, n)
+                                   for n, a in enumerate(parsed.attachments)])
         message, thread, new = await self._conversations.record_inbound(
             org, contact, message_id=eid, channel="email", body=reply.text, provider_id=reply.provider_id,
             secure=reply.secure, flags=reply.flags, thread=thread,
@@ -139,11 +153,16 @@ class EmailReplyHandler:
         """
         rest: list[Doc] = []
         hashes: dict[object, str] = {}
+        null_senders: set[object] = set()
         for event in events:
             try:
-                hashes[event["_id"]] = (await self._events.open_payload(event))["token_hash"]
+                payload = await self._events.open_payload(event)
+                hashes[event["_id"]] = payload["token_hash"]
             except Exception:  # unreadable: the one-by-one path decides
                 rest.append(event)
+                continue
+            if _null_sender(payload):
+                null_senders.add(event["_id"])
         scopes = await self._reply_tokens.by_hashes(list(hashes.values()))
         by_org: dict[str, list[tuple[Doc, Doc]]] = {}
         for event in events:
@@ -155,12 +174,13 @@ class EmailReplyHandler:
             by_org.setdefault(scope["org_id"], []).append((event, scope))
         done: list[object] = []
         for org_id, items in by_org.items():
-            ok, left = await self._bulk(await self._orgs.get(org_id), items)
+            ok, left = await self._bulk(await self._orgs.get(org_id), items, null_senders)
             done += ok
             rest += left
         return done, rest
 
-    async def _bulk(self, org: Org, items: list[tuple[Doc, Doc]]) -> tuple[list[object], list[Doc]]:
+    async def _bulk(self, org: Org, items: list[tuple[Doc, Doc]], null_senders: set[object]
+                    ) -> tuple[list[object], list[Doc]]:
         rest: list[Doc] = []
         contacts = await self._contacts.get_many_revealed(org.id, [s["contact_id"] for _, s in items], ("email",))
         threads = {d["_id"]: d async for d in self._store.threads.find(
@@ -181,7 +201,8 @@ class EmailReplyHandler:
                 rest.append(event)
                 continue
             contact, on_file = found[0], found[1]["email"]
-            reply = _assess(parsed, on_file, secure_now[thread["_id"]], org.policy.sensitive_terms)
+            reply = _assess(parsed, on_file, secure_now[thread["_id"]], org.policy.sensitive_terms,
+                            null_sender=event["_id"] in null_senders)
             secure_now[thread["_id"]] = reply.secure
             flow.append((Inbound(contact, thread, event["_id"], reply.text, reply.provider_id, reply.secure,
                                  reply.flags), reply))

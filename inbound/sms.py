@@ -25,7 +25,7 @@ from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
 from gateway.contacts import OPTED_IN, OPTED_OUT, Contacts
 from gateway.conversations import Conversations, Inbound, Notice
-from gateway.errors import ProviderPermanent, ValidationError
+from gateway.errors import ProviderPermanent, ProviderTransient, ValidationError
 from gateway.keywords import Keyword, parse_keyword
 from gateway.orgs import Org, Orgs
 from gateway.outbox import Outbox
@@ -35,6 +35,7 @@ from gateway.store import Doc, Store
 from gateway.vault import Vault
 from inbound.attachments import IncomingFile, seal_attachments
 from inbound.events import InboundEvents
+from inbound.processor import MAX_ATTEMPTS
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,9 @@ class SmsReplyHandler:
         flags = [f"media:{payload['NumMedia']}"] if str(payload.get("NumMedia", "0")) not in ("", "0") else []
         if sensitive and not thread.get("secure"):
             flags.append("classified_sensitive")
-        files, unavailable = await self._fetch_media(payload)
+        # The last attempt stores the text without what still can't be fetched: a message (a STOP
+        # above all) must never be lost to a provider's media outage.
+        files, unavailable = await self._fetch_media(payload, last_try=int(event.get("attempts", 1)) >= MAX_ATTEMPTS)
         if unavailable:
             flags.append(f"media_unavailable:{unavailable}")
         if files:
@@ -134,10 +137,11 @@ class SmsReplyHandler:
             ))
         return "done"
 
-    async def _fetch_media(self, payload: dict[str, Any]) -> tuple[list[IncomingFile], int]:
+    async def _fetch_media(self, payload: dict[str, Any], *, last_try: bool
+                           ) -> tuple[list[IncomingFile], int]:
         """The MMS media of a message, downloaded, and how many could not be (gone at the
-        provider, too large, not a media URL of ours). A transient failure raises: the event
-        runs again later, before its message exists."""
+        provider, too large, not a media URL of ours). A transient failure raises, unless this
+        is the event's last try: the event runs again later, before its message exists."""
         files: list[IncomingFile] = []
         unavailable = 0
         for n in range(media_count(payload)):
@@ -147,11 +151,14 @@ class SmsReplyHandler:
                 continue
             try:
                 media = await self._media.fetch_media(url, max_bytes=MAX_MEDIA_BYTES)
-            except ProviderPermanent as err:
+            except (ProviderPermanent, ProviderTransient) as err:
+                if isinstance(err, ProviderTransient) and not last_try:
+                    raise
                 logger.warning("mms media not stored", extra={"fields": {"code": err.code, "item": n}})
                 unavailable += 1
                 continue
-            files.append(IncomingFile(media_filename(n, media.content_type), media.content_type, media.data))
+            # Numbered by media index: a re-run that fetches a different subset stores the same ids.
+            files.append(IncomingFile(media_filename(n, media.content_type), media.content_type, media.data, n))
         return files, unavailable
 
     async def _queue_reply(self, org_id: str, contact_id: str, template: str, job_id: str) -> None:

@@ -188,19 +188,48 @@ class OutboxDispatcher:
 
     # -- many jobs ------------------------------------------------------------------------
     async def deliver_batch(self, jobs: list[Doc]) -> None:
-        """Deliver claimed jobs together (see the module docstring)."""
-        recipients = await self._recipients(jobs)
-        await self._assign_message_ids([j for j in jobs if j["kind"] in MAILED and j["_id"] in recipients])
-        slots = asyncio.Semaphore(SEND_CONCURRENCY)
+        """Deliver claimed jobs together (see the module docstring).
 
-        async def attempt(job: Doc) -> str | None:
+        A slow provider can make a batch outlast its lease; then, before it runs out (half-way,
+        by the service clock), what was sent so far is recorded and the lease of what is still
+        waiting is extended, so no other worker takes and sends a job a second time. A job whose
+        lease was lost meanwhile is left to the worker that holds it.
+        """
+        recipients = await self._recipients(jobs)
+        await self._assign_message_ids([j for j in jobs if j["kind"] == "email" and j["_id"] in recipients])
+        slots = asyncio.Semaphore(SEND_CONCURRENCY)
+        keeping = asyncio.Lock()
+        waiting = {job["_id"]: job for job in jobs}  # not sent yet: still needs its lease
+        sent: list[tuple[Doc, str]] = []  # sent, not recorded yet
+        half_lease = timedelta(seconds=self._cfg.lease_seconds / 2)
+        renew_at = self._s.clock.now() + half_lease
+
+        async def keep_leases() -> None:
+            nonlocal renew_at
+            async with keeping:
+                if self._s.clock.now() < renew_at:
+                    return
+                recorded = list(sent)
+                await self._mark_sent_many(recorded)
+                del sent[:len(recorded)]  # (others only append meanwhile)
+                for lost in await self.worker.extend(list(waiting.values())):
+                    waiting.pop(lost, None)
+                renew_at = self._s.clock.now() + half_lease
+
+        async def attempt(job: Doc) -> None:
             async with slots:
-                return await self._attempt(job, recipients.get(job["_id"]))
+                await keep_leases()
+                if job["_id"] not in waiting:
+                    return
+                provider_id = await self._attempt(job, recipients.get(job["_id"]))
+                waiting.pop(job["_id"], None)
+                if provider_id is not None:
+                    sent.append((job, provider_id))
 
         # Every outcome is waited for: one job's unexpected error (the database going away while
         # recording a failure) must not keep the others that did go out from being marked sent.
         outcomes = await asyncio.gather(*(attempt(job) for job in jobs), return_exceptions=True)
-        await self._mark_sent_many([(j, pid) for j, pid in zip(jobs, outcomes, strict=True) if isinstance(pid, str)])
+        await self._mark_sent_many(sent)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome

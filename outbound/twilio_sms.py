@@ -133,13 +133,18 @@ class TwilioSmsSender:
                     raise ProviderPermanent(message, code=str(status))
                 if (resp.content_length or 0) > max_bytes:
                     raise ProviderPermanent("twilio media too large", code="media_too_large")
-                data = await resp.content.read(max_bytes + 1)
-                if len(data) > max_bytes:
-                    raise ProviderPermanent("twilio media too large", code="media_too_large")
+                # To the end of the body, however it arrives in chunks, never holding more than the cap.
+                data = bytearray()
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise ProviderPermanent("twilio media too large", code="media_too_large")
+                if resp.content_length is not None and len(data) != resp.content_length:
+                    raise ProviderTransient("twilio media cut short", code="network")
                 content_type = resp.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip()
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             raise _network_error("media", err, None) from err
-        return Media(content_type=content_type or "application/octet-stream", data=data)
+        return Media(content_type=content_type or "application/octet-stream", data=bytes(data))
 
     def _is_our_media(self, url: str) -> bool:
         """/2010-04-01/Accounts/<this account>/Messages/<sid>/Media/<sid> on the configured API."""

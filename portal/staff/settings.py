@@ -7,7 +7,8 @@ organization out of its own settings.
 
 The emergency access page lists the org's break-glass grants with their reasons (opened here,
 escaped by the template; reading them is audited) and closes the open alerts that put the banner
-on every admin's pages (gateway/access.py, gateway/alerts.py).
+on every admin's pages: those the page showed, never one raised since (gateway/access.py,
+gateway/alerts.py).
 """
 
 from __future__ import annotations
@@ -235,8 +236,15 @@ class Settings:
     # -- emergency (break-glass) access -----------------------------------------------------------
     @policy("admin")
     async def emergency_page(self, request: web.Request) -> web.Response:
+        return await self._emergency_page(request, reviewed=request.query.get("reviewed") == "1")
+
+    async def _emergency_page(self, request: web.Request, *, status: int = 200, error: str | None = None,
+                              reviewed: bool = False) -> web.Response:
         """The org's newest break-glass grants, reasons included, and the open alerts to close."""
         ctx = request[STAFF]
+        # The newest open alert, read before the grants and the banner's count: "Mark all as
+        # reviewed" closes the alerts up to this one, so one raised after this read stays open.
+        upto = await self.d.alerts.newest_open(ctx.org.id)
         grants = await self.s.break_glass.recent(ctx.org.id)
         emails = {m.id: m.email for m in await self.d.staff.list(ctx.org.id)}
         now = self.s.clock.now()
@@ -246,14 +254,18 @@ class Settings:
         # The reasons may name a client or their condition: reading them is itself recorded.
         await self.s.audit.append(ctx.org.id, "breakglass.reasons_viewed", ctx.actor, ip=self.d.ip(request),
                                   detail={"grants": len(rows)})
-        return await self.d.page(request, "staff/settings_emergency.html", grants=rows,
-                                 reviewed=request.query.get("reviewed") == "1", section="emergency")
+        return await self.d.page(request, "staff/settings_emergency.html", status=status, grants=rows,
+                                 upto=upto, error=error, reviewed=reviewed, section="emergency")
 
     @policy("admin")
     async def emergency_reviewed(self, request: web.Request) -> web.Response:
-        """Close the org's open alerts (the banner goes away for every admin)."""
+        """Close the open alerts the admin's page showed (the banner goes away unless a newer one came)."""
         ctx = request[STAFF]
-        closed = await self.d.alerts.mark_reviewed(ctx.org.id, ctx.member.id)
+        upto = (await form_fields(request)).get("upto", "")
+        if not is_id(upto):
+            return await self._emergency_page(request, status=422,
+                                              error="That form was not recognized. Review the page and try again.")
+        closed = await self.d.alerts.mark_reviewed(ctx.org.id, ctx.member.id, upto)
         await self.s.audit.append(ctx.org.id, "alert.reviewed", ctx.actor, ip=self.d.ip(request),
-                                  detail={"alerts": closed})
+                                  detail={"alerts": closed, "upto": upto})
         return redirect("/staff/settings/emergency-access?reviewed=1")

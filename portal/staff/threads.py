@@ -13,7 +13,9 @@ audited denial.
 
 Under the org policy agent_scope "assigned", a thread assigned to another staff member is, for an
 agent, an audited 403 on every one of these routes: a page that offers break-glass emergency
-access (a reason, then the thread for the org's break_glass_minutes; gateway/access.py).
+access (a reason, then the thread for the org's break_glass_minutes; gateway/access.py). Under a
+grant every route opens but assign: the agent can't assign the thread (to themselves or to nobody it
+would stay open to them after the grant ends); an admin must reassign it.
 """
 
 from __future__ import annotations
@@ -124,6 +126,15 @@ class ThreadPages:
                                   detail={"object": "thread", "reason": "scope", "route": request.path[:200]})
         page = await self._break_glass_page(request, thread, status=403)
         # Raised, not returned, so every handler is refused by the one lookup it already makes.
+        return web.HTTPForbidden(text=page.text, content_type="text/html")
+
+    async def _refuse_assign(self, request: web.Request, thread: Doc) -> web.HTTPException:
+        """Audit an assignment attempted under a break-glass grant; return the 403 to raise."""
+        ctx = request[STAFF]
+        await self.s.audit.append(ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=self.d.ip(request),
+                                  thread_id=thread["_id"], detail={"object": "thread", "reason": "breakglass_assign",
+                                                                   "route": request.path[:200]})
+        page = await self.d.page(request, "staff/break_glass_assign.html", status=403, thread_id=thread["_id"])
         return web.HTTPForbidden(text=page.text, content_type="text/html")
 
     async def _break_glass_page(self, request: web.Request, thread: Doc, *, status: int, reason: str = "",
@@ -333,6 +344,11 @@ class ThreadPages:
     async def assign(self, request: web.Request) -> web.Response:
         ctx = request[STAFF]
         thread = await self._thread(request)
+        if request.get(EMERGENCY) is not None:
+            # Under a grant the agent may not touch the assignment: to themselves or to nobody it
+            # would stay in their scope after the grant ends, and any change moves a thread they
+            # are not entitled to. An admin reassigns it (admins never need a grant).
+            raise await self._refuse_assign(request, thread)
         value = (await form_fields(request)).get("assignee", "")
         assignee: str | None
         if value == "me":
@@ -347,7 +363,7 @@ class ThreadPages:
                 raise await self.d.deny(request, "staff", value) from None
             assignee = value
         updated = await self.s.conversations.assign(ctx.org.id, thread["_id"], assignee, ctx.actor)
-        if not in_scope(ctx.org.policy, ctx.member, updated) and request.get(EMERGENCY) is None:
+        if not in_scope(ctx.org.policy, ctx.member, updated):
             return redirect("/staff/")  # handed to a colleague: no longer theirs to open
         return redirect(f"/staff/threads/{thread['_id']}")
 

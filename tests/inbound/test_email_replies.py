@@ -403,6 +403,21 @@ async def test_bounce_marks_the_original_notification_failed_with_the_dsn_status
     assert "message.bounced" in await gw.audit_actions()
 
 
+async def test_mail_from_the_null_sender_is_never_answered_even_when_it_is_no_report(gw):
+    """A qmail-style plain-text bounce: no report to read, but MAIL FROM:<> says it is automatic.
+    Answering it would mail a dead address, whose bounce would come back here to be answered."""
+    port = await gw.start_smtp()
+    sent, notice = await email_thread(gw)
+    rcpt = reply_address(reply_token_of(notice))
+    bounce = simple_reply(rcpt, "Hi. This is the qmail-send program. I'm afraid I wasn't able to deliver your "
+                                "message to the following addresses.", frm="MAILER-DAEMON@mx.client.test")
+    assert (await deliver(port, rcpt, bounce, mail_from="")).startswith("2.0.0")
+    await gw.drain()
+    inbound = [m for m in await thread_messages(gw, sent["thread_id"]) if m["direction"] == "inbound"]
+    assert len(inbound) == 1 and "auto_reply" in inbound[0]["flags"]
+    assert len(gw.mail_to()) == 1  # nothing answered
+
+
 async def test_an_exchange_style_bounce_with_the_original_attached_also_marks_it_failed(gw):
     port = await gw.start_smtp()
     sent, notice = await email_thread(gw)

@@ -11,6 +11,7 @@ from typing import Any
 
 import bson
 
+from inbound.processor import MAX_ATTEMPTS
 from tests.inbound.test_batching import claim_all
 from tests.portal.test_staff_support import signed_in
 from tests.support.harness import CLIENT_PHONE, ORG_NUMBER, Gateway
@@ -126,4 +127,30 @@ async def test_a_media_url_outside_this_twilio_account_is_never_fetched(gw: Gate
     await gw.drain()
     message = await the_message(gw, params)
     assert message["flags"] == ["media:1", "media_unavailable:1"]
-    assert all("evil" not in str(r["path"]) for r in gw.twilio.requests)
+    assert [r for r in gw.twilio.requests if r["method"] == "GET"] == []  # no download was even tried
+
+
+async def test_a_large_photo_is_stored_whole(gw: Gateway) -> None:
+    photo = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 6000  # ~1.5 MB: many network chunks
+    params = await send_mms(gw, "Big photo", [("image/jpeg", photo)])
+    await gw.drain()
+    message = await the_message(gw, params)
+    [stored] = await attachments_of(gw, message["_id"])
+    assert stored["size"] == len(photo)
+    opened = await gw.services.vault.open_bytes(gw.org.id, "attachments", stored["_id"], "data", stored["data"])
+    assert opened == photo
+
+
+async def test_on_the_last_try_a_media_outage_no_longer_holds_back_the_text(gw: Gateway) -> None:
+    params = await send_mms(gw, "STOP", [("image/jpeg", PHOTO)])
+    for _ in range(MAX_ATTEMPTS - 1):
+        gw.twilio.fail_next(status=503)
+        await gw.drain()
+        assert await gw.store.messages.find_one({"provider_id": params["MessageSid"]}) is None
+        gw.clock.advance(seconds=3600)
+    gw.twilio.fail_next(status=503)
+    await gw.drain()
+    message = await the_message(gw, params)
+    assert message["flags"] == ["media:1", "media_unavailable:1"]
+    contact = await gw.services.contacts.by_phone(gw.org.id, CLIENT_PHONE)
+    assert contact is not None and contact.opted_out("sms")  # the STOP it carried took effect

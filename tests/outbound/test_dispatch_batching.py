@@ -130,6 +130,50 @@ async def test_an_unexpected_error_in_one_send_still_records_the_others_as_sent(
     assert sorted(m["to"] for m in gw.twilio.messages) == sorted(PHONES[:2] + PHONES[3:4])
 
 
+class SlowProvider:
+    """Each send takes 8 s by the service clock; on the twelfth, another worker sweeps (as another
+    process would while this batch is still going)."""
+
+    def __init__(self, gw: Gateway, inner: TwilioSmsSender, competitor: OutboxDispatcher) -> None:
+        self.gw = gw
+        self.inner = inner
+        self.competitor = competitor
+        self.calls = 0
+
+    async def send_sms(self, *, from_number: str, to_number: str, body: str, status_callback: str | None) -> Any:
+        self.calls += 1
+        self.gw.clock.advance(seconds=8)
+        if self.calls == 12:
+            await self.competitor.run_once()
+        return await self.inner.send_sms(from_number=from_number, to_number=to_number, body=body,
+                                         status_callback=status_callback)
+
+    async def redact_sms(self, provider_id: str) -> None:
+        await self.inner.redact_sms(provider_id)
+
+    async def fetch_media(self, url: str, *, max_bytes: int) -> Any:
+        return await self.inner.fetch_media(url, max_bytes=max_bytes)
+
+
+async def test_a_batch_that_outlasts_its_lease_keeps_it_and_nothing_is_sent_twice(gw: Gateway) -> None:
+    assert gw.services.config.outbox.lease_seconds == 60
+    sent = [await gw.api_send(to={"phone": p}, body=f"Secure note {i}", secure=True)
+            for i in range(2) for p in PHONES]
+    inner = TwilioSmsSender(gw.twilio.account_sid, gw.twilio.auth_token, api_base=gw.twilio.base_url, timeout=3)
+    competitor = OutboxDispatcher(gw.services, inner, owner="another-process")
+    slow = SlowProvider(gw, inner, competitor)
+    dispatcher = OutboxDispatcher(gw.services, slow, owner="this-process")
+    try:
+        await dispatcher.deliver_batch(await claim_all(gw))
+    finally:
+        await inner.close()
+    # 16 sends, 8 at a time, 8 s each: the batch takes 128 s on a 60 s lease. Without keeping
+    # it, the sweep on the twelfth send would take (and send again) the jobs still waiting.
+    assert slow.calls == len(sent)
+    assert Counter(m["to"] for m in gw.twilio.messages) == {p: 2 for p in PHONES}
+    assert [(await message(gw, s["id"]))["status"] for s in sent] == ["accepted"] * len(sent)
+
+
 # -- round trips --------------------------------------------------------------------------------
 
 

@@ -74,6 +74,13 @@ def assert_refused(status: int, html: str) -> None:
         assert leak not in html, leak
 
 
+def review_form(html: str) -> dict[str, str]:
+    """The hidden fields of the emergency access page's "Mark all as reviewed" form (csrf included)."""
+    form = re.search(r'<form method="post" action="/staff/settings/emergency-access/reviewed".*?</form>', html, re.S)
+    assert form, html[:2000]
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', form.group(0)))
+
+
 def no_canary(docs: list[dict[str, Any]]) -> None:
     for d in docs:
         raw = bson.encode(d)
@@ -205,6 +212,39 @@ async def test_an_agent_who_hands_a_thread_to_a_colleague_goes_back_to_the_inbox
         assert (await b.get(f"/staff/threads/{s.mine}")).status == 403
 
 
+async def test_an_agent_cannot_change_the_assignment_under_a_grant(gw):
+    """Assigning the thread to themselves or to nobody would keep it in their scope after the grant."""
+    s = await scene(gw)
+    third = await make_staff(gw, "third@riverside.test")
+    t = f"/staff/threads/{s.theirs}"
+    async with s.browser as b:
+        assert (await break_glass(b, s.theirs)).status == 303
+        csrf = csrf_of(await (await b.get("/staff/")).text())
+        for value in ("me", "none", "", third.id, s.colleague.id):
+            resp = await b.post(t + "/assign", {"assignee": value}, csrf=csrf)
+            html = await resp.text()
+            assert resp.status == 403, (value, resp.status)
+            assert "only be reassigned by an admin" in html and SECRET not in html and CLIENT_NAME not in html
+            assert (await gw.store.threads.find_one({"_id": s.theirs}))["assignee"] == s.colleague.id
+        page = await (await b.get(t)).text()  # nor does the page offer it
+        assert f'action="{t}/assign"' not in page and "only an admin can reassign" in page
+        gw.clock.advance(minutes=MINUTES + 1)  # the grant is over: the thread is closed to them again
+        closed = await b.get(t)
+        assert_refused(closed.status, await closed.text())
+        assert s.theirs not in thread_ids(await (await b.get("/staff/")).text())
+        # An admin (who needs no grant) may reassign it, to the agent too.
+        admin, _ = await signed_in(gw, "admin")
+        async with admin:
+            assert (await admin.post(t + "/assign", {"assignee": s.agent.id}, csrf_from=t)).status == 303
+        assert (await b.get(t)).status == 200
+    denials = [d for d in await audit_entries(gw, "authz.deny") if d["detail"]["reason"] == "breakglass_assign"]
+    assert len(denials) == 5
+    assert all(d["thread_id"] == s.theirs and d["outcome"] == "denied"
+               and d["actor"] == {"kind": "staff", "id": s.agent.id} for d in denials)
+    assigned = [e for e in await audit_entries(gw, "thread.assigned") if e["thread_id"] == s.theirs]
+    assert [e["actor"]["kind"] for e in assigned] == ["system", "staff"]  # the scene's, then the admin's
+
+
 async def test_a_grant_opens_one_thread_for_one_member(gw):
     s = await scene(gw)
     other = await send(gw, OTHER, SECRET)
@@ -267,12 +307,56 @@ async def test_admins_get_a_banner_and_read_the_reason_escaped(gw):
         review = await (await admin.get("/staff/settings/emergency-access")).text()
         assert "&lt;script&gt;alert(&#39;bg&#39;)&lt;/script&gt; urgent: canary-r3as0n" in review
         assert "<script>alert(" not in review and "agent@riverside.test" in review
-        assert (await admin.post("/staff/settings/emergency-access/reviewed",
-                                 csrf_from="/staff/settings/emergency-access")).status == 303
+        form = review_form(review)
+        assert (await admin.post("/staff/settings/emergency-access/reviewed", form, csrf=form["csrf"])).status == 303
         assert 'id="alert-banner"' not in await (await admin.get("/staff/")).text()
-    assert [e["actor"]["id"] for e in await audit_entries(gw, "breakglass.reasons_viewed")] == [me.id, me.id]
-    assert [e["detail"] for e in await audit_entries(gw, "alert.reviewed")] == [{"alerts": 1}]
+    assert [e["actor"]["id"] for e in await audit_entries(gw, "breakglass.reasons_viewed")] == [me.id]
+    alert = await gw.store.alerts.find_one({})
+    assert alert["reviewed"] and alert["reviewed_by"] == me.id
+    assert [e["detail"] for e in await audit_entries(gw, "alert.reviewed")] == [{"alerts": 1, "upto": alert["_id"]}]
     no_canary([d async for d in gw.store.audit.find({})])
+
+
+async def test_mark_all_as_reviewed_closes_only_the_alerts_the_page_showed(gw):
+    s = await scene(gw)
+    other = await send(gw, OTHER, SECRET)
+    await gw.services.conversations.assign(gw.org.id, other, s.colleague.id, SYSTEM)
+    admin, me = await signed_in(gw, "admin")
+    async with s.browser as b, admin:
+        assert (await break_glass(b, s.theirs)).status == 303  # alert A
+        shown = review_form(await (await admin.get("/staff/settings/emergency-access")).text())
+        assert (await break_glass(b, other)).status == 303  # alert B, raised after the admin loaded the page
+        resp = await admin.post("/staff/settings/emergency-access/reviewed", shown, csrf=shown["csrf"])
+        assert resp.status == 303
+        alerts = {d["ids"]["thread_id"]: d async for d in gw.store.alerts.find({})}
+        assert alerts[s.theirs]["reviewed"] and alerts[s.theirs]["reviewed_by"] == me.id
+        assert not alerts[other]["reviewed"] and alerts[other]["reviewed_by"] is None
+        inbox = await (await admin.get("/staff/")).text()
+        assert 'id="alert-banner"' in inbox and "Emergency access was used 1 time " in inbox
+        # Reloaded, the page shows B, and its form closes B.
+        again = review_form(await (await admin.get("/staff/settings/emergency-access")).text())
+        assert again["upto"] == alerts[other]["_id"] != shown["upto"]
+        assert (await admin.post("/staff/settings/emergency-access/reviewed", again, csrf=again["csrf"])).status == 303
+        assert 'id="alert-banner"' not in await (await admin.get("/staff/")).text()
+    assert [e["detail"] for e in await audit_entries(gw, "alert.reviewed")] == [
+        {"alerts": 1, "upto": alerts[s.theirs]["_id"]}, {"alerts": 1, "upto": alerts[other]["_id"]}]
+
+
+async def test_mark_all_as_reviewed_refuses_a_form_without_a_valid_alert_id(gw):
+    s = await scene(gw)
+    admin, _ = await signed_in(gw, "admin")
+    async with s.browser as b, admin:
+        assert (await break_glass(b, s.theirs)).status == 303
+        form = review_form(await (await admin.get("/staff/settings/emergency-access")).text())
+        upto = form.pop("upto")
+        for bad in (None, "", "all", upto.upper(), upto + "0", upto[:-1]):
+            data = form if bad is None else {**form, "upto": bad}
+            resp = await admin.post("/staff/settings/emergency-access/reviewed", data, csrf=form["csrf"])
+            html = await resp.text()
+            assert resp.status == 422 and 'role="alert"' in html, (bad, resp.status)
+            assert 'id="alert-banner"' in html
+    assert await gw.store.alerts.count_documents({"reviewed": False}) == 1
+    assert await audit_entries(gw, "alert.reviewed") == []
 
 
 async def test_live_updates_skip_threads_outside_the_agents_scope(gw):
