@@ -68,6 +68,9 @@ class SmtpConfig:
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_private_key: str = field(default="", repr=False)
+    # The envelope sender (MAIL FROM): "reply" (the mail's reply address, so bounces come back
+    # and fail the message) or "from" (the From address, for relays that only accept that).
+    return_path: str = "reply"
 
     @property
     def sandbox(self) -> bool:
@@ -246,6 +249,8 @@ def _validate(config: Config) -> None:
                                            "cross the network unencrypted)")
     if sm.host and sm.from_address and "@" not in sm.from_address:
         raise ConfigError("smtp.from_address", "must be an email address")
+    if sm.return_path not in ("reply", "from"):
+        raise ConfigError("smtp.return_path", 'must be "reply" or "from"')
     if any((sm.dkim_selector, sm.dkim_domain, sm.dkim_private_key)) and not all(
             (sm.dkim_selector, sm.dkim_domain, sm.dkim_private_key)):
         raise ConfigError("smtp.dkim_private_key", "dkim_selector, dkim_domain and dkim_private_key go together")

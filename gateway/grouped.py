@@ -10,6 +10,7 @@ not documents, are what the database spends its time on (SecantusDB: a fixed cos
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -63,9 +64,12 @@ class GroupedLookup(Generic[K, V]):
 
 
 def _copy(err: Exception) -> Exception:
+    """The error again, for one caller: same type, arguments and attributes (a PyMongo error's
+    code and labels); a traceback belongs to one raise."""
     try:
-        copy = type(err)(*err.args)
+        dup = copy.copy(err)
     except Exception:
-        copy = RuntimeError(str(err))
-    copy.__cause__ = err
-    return copy
+        dup = RuntimeError(str(err))
+    dup.__cause__ = err
+    dup.__traceback__ = None
+    return dup

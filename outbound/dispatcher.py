@@ -326,11 +326,13 @@ class OutboxDispatcher:
             headers.append(("Auto-Submitted", "auto-replied"))
         if job.get("in_reply_to"):
             headers += [("In-Reply-To", job["in_reply_to"]), ("References", job["in_reply_to"])]
-        # Bounces go to the envelope sender: the reply address brings them back to our listener,
-        # into this contact's conversation, where they mark the mail failed (inbound/email_reply.py).
+        # Bounces go to the envelope sender: the reply address (config smtp.return_path = "reply")
+        # brings them back to our listener, into this contact's conversation, where they mark the
+        # mail failed (inbound/email_reply.py).
         mail = OutgoingEmail(from_address=from_address, from_name=org.name, to_address=address, subject=subject,
                              text=text, html=html, message_id=message_id, reply_to=reply_to,
-                             headers=tuple(headers), return_path=reply_to)
+                             headers=tuple(headers),
+                             return_path=reply_to if s.config.smtp.return_path == "reply" else None)
         return await self._email.send_email(mail)
 
     async def _send_staff_alert(self, job: Doc, recipient: StaffRecipient | None) -> str:

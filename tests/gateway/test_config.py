@@ -147,6 +147,7 @@ def test_unknown_environment_section_is_named():
     ("[inbound_smtp]\nenabled = \"maybe\"\n", "inbound_smtp.enabled"),
     ("[inbound_smtp]\nport = 99999\n", "inbound_smtp.port"),
     ("[outbox]\nmax_attempts = 0\n", "outbox.max_attempts"),
+    ("[smtp]\nreturn_path = \"bounces\"\n", "smtp.return_path"),
     ("server = 1\n", "server"),
 ])
 def test_bad_values_are_named(tmp_path, text, key):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pymongo.errors import OperationFailure
 
 from gateway.grouped import GroupedLookup
 
@@ -64,6 +65,19 @@ async def test_a_failed_query_fails_each_of_its_callers_and_the_next_one_works()
     assert len({id(r) for r in results}) == 3  # each raises its own exception object
     table.fail = None
     assert await lookup.get("b") == 2
+
+
+async def test_each_caller_gets_the_database_error_with_its_code_and_labels() -> None:
+    table = Table({})
+    lookup = GroupedLookup(table.fetch, inflight=1)
+    table.fail = OperationFailure("not primary", code=10107, details={"errorLabels": ["RetryableWriteError"]})
+    table.gate.clear()
+    calls = [asyncio.create_task(lookup.get(k)) for k in ("a", "b")]
+    await asyncio.sleep(0)
+    table.gate.set()
+    for result in await asyncio.gather(*calls, return_exceptions=True):
+        assert isinstance(result, OperationFailure) and result is not table.fail
+        assert result.code == 10107 and result.has_error_label("RetryableWriteError")
 
 
 async def test_a_caller_that_goes_away_does_not_cancel_the_shared_query() -> None:

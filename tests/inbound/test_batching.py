@@ -458,3 +458,33 @@ async def test_deliveries_sharing_an_insert_during_an_outage_each_get_503(
     responses = await asyncio.gather(*(gw.post_signed("/webhooks/twilio/sms", gw.sms_params(body=f"during {i}"))
                                        for i in range(6)))
     assert [r.status for r in responses] == [503] * 6
+
+
+async def test_a_bug_met_by_one_document_does_not_stop_the_worker(store: Store, clock: FrozenClock) -> None:
+    """A handler error that is not the database's is logged; the loop goes on with the next."""
+    from gateway.leases import LeaseWorker
+
+    coll = store.db["lease_bug_test"]
+    handled: list[str] = []
+
+    async def handle(doc: Doc) -> None:
+        if doc["_id"] == "bad":
+            raise KeyError("a bug")
+        handled.append(doc["_id"])
+        await coll.update_one({"_id": doc["_id"]}, {"$set": {"state": "done"}})
+
+    worker = LeaseWorker(coll, clock, owner="test", lease_seconds=60, poll_seconds=0.05, handle=handle,
+                         name="test worker")
+    now = clock.now()
+    await coll.insert_many([{"_id": i, "state": "pending", "next_attempt_at": now, "lease_until": now}
+                            for i in ("bad", "good")])
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop, 1))
+    try:
+        worker.notify("bad")
+        worker.notify("good")
+        await until(lambda: _true(handled == ["good"]))
+        assert not task.done()  # the one loop survived the bug
+    finally:
+        stop.set()
+        await task

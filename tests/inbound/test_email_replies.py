@@ -403,6 +403,22 @@ async def test_bounce_marks_the_original_notification_failed_with_the_dsn_status
     assert "message.bounced" in await gw.audit_actions()
 
 
+async def test_with_return_path_from_the_envelope_sender_is_the_from_address(gw):
+    """For relays that accept only their verified senders (config smtp.return_path = "from")."""
+    from dataclasses import replace
+
+    from outbound.dispatcher import OutboxDispatcher
+
+    cfg = gw.services.config
+    services = replace(gw.services, config=replace(cfg, smtp=replace(cfg.smtp, return_path="from")))
+    dispatcher = OutboxDispatcher(services, gw.runtime.sms, gw.runtime.email, owner="from-relay")
+    await gw.api_send(channel="email", to={"email": CLIENT_EMAIL}, body=NOTICE)
+    assert await dispatcher.run_once() == 1
+    got = gw.mail.messages[-1]
+    assert got["mail_from"] == got["message"]["From"].addresses[0].addr_spec == ORG_EMAIL
+    assert REPLY_RE.search(str(got["message"]["Reply-To"]))  # replies still come back by the reply address
+
+
 async def test_mail_from_the_null_sender_is_never_answered_even_when_it_is_no_report(gw):
     """A qmail-style plain-text bounce: no report to read, but MAIL FROM:<> says it is automatic.
     Answering it would mail a dead address, whose bounce would come back here to be answered."""
