@@ -3,6 +3,13 @@
 The secure toggle starts at the org default (DESIGN.md §7: the composed message's own setting
 wins). A standard message whose text looks sensitive (gateway.classifier) is not sent: the form
 comes back with a warning and an explicit "send it as standard anyway" checkbox.
+
+Under the org policy agent_scope "assigned" an agent composes only to contacts whose conversation
+is in their scope (assigned to them or to nobody), to contacts with no conversation yet, and to new
+ones: an existing contact of another's conversation, named by id or found by the number or address
+typed in, is the audited 403 of that conversation (portal.staff.contacts.check_scope), before
+anything of the contact is shown or anything is sent. Under a break-glass grant for the
+conversation, composing to its contact is allowed, as replying in it is.
 """
 
 from __future__ import annotations
@@ -11,11 +18,14 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.access import thread_assignees
 from gateway.classifier import find_sensitive
 from gateway.contacts import Contact
 from gateway.errors import OptedOut, ValidationError
+from gateway.orgs import validate_email
+from gateway.phone import normalize_e164
 from portal.staff.common import STAFF, Deps, form_fields, redirect
-from portal.staff.contacts import load_contact
+from portal.staff.contacts import check_scope, load_scoped_contact
 from portal.staff.policy import ANY_STAFF, policy
 from portal.staff.threads import SENSITIVE_LABELS
 
@@ -44,10 +54,21 @@ class Compose:
                                  values=v, warning=[SENSITIVE_LABELS.get(k, k) for k in warning] if warning else None,
                                  error=error)
 
+    async def _existing(self, org_id: str, phone: str | None, email: str | None) -> Contact | None:
+        """The existing contact a message to this number / address goes to: as Contacts.find_or_create
+        finds it (by phone, else by email). None when new, or when either is invalid (nothing is sent)."""
+        try:
+            e164 = normalize_e164(phone, field="to.phone") if phone else None
+            addr = validate_email(email, "to.email") if email else None
+        except ValidationError:
+            return None
+        return (await self.s.contacts.by_phone(org_id, e164) if e164 else None) or (
+            await self.s.contacts.by_email(org_id, addr) if addr else None)
+
     @policy(*ANY_STAFF)
     async def page(self, request: web.Request) -> web.Response:
         cid = request.query.get("contact")
-        contact = await load_contact(self.d, request, cid) if cid else None
+        contact = (await load_scoped_contact(self.d, request, cid))[0] if cid else None
         return await self._form(request, contact=contact)
 
     @policy(*ANY_STAFF)
@@ -55,9 +76,13 @@ class Compose:
         ctx = request[STAFF]
         form = await form_fields(request)
         cid = form.get("contact", "")
-        contact = await load_contact(self.d, request, cid) if cid else None
+        contact = (await load_scoped_contact(self.d, request, cid))[0] if cid else None
         phone, name, body = form.get("phone", "")[:40], form.get("name", "")[:120], form.get("body", "")
         email = form.get("email", "")[:254]
+        if contact is None and thread_assignees(ctx.org.policy, ctx.member) is not None:
+            existing = await self._existing(ctx.org.id, phone or None, email or None)
+            if existing is not None:
+                await check_scope(self.d, request, existing.id)
         channel = form.get("channel", "sms")
         if channel not in ("sms", "email"):
             channel = "sms"

@@ -2,6 +2,12 @@
 
 Names and addresses are sealed: the list opens the names of the page's rows only; search is an
 exact phone or email match through the blind indexes (gateway.contacts).
+
+Under the org policy agent_scope "assigned" an agent sees only the contacts whose conversation is
+in their scope (assigned to them or to nobody) and those with no conversation yet (gateway/access.py).
+The contact of another's conversation is, on its detail page and every contact action, the same
+audited 403 as the conversation: the break-glass page, which opens the conversation, and with it
+the contact, for the org's break_glass_minutes.
 """
 
 from __future__ import annotations
@@ -11,16 +17,22 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from gateway.access import REASON_MAX, in_scope, thread_assignees
 from gateway.contacts import Contact
 from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
 from gateway.phone import normalize_e164
 from gateway.pins import generate_pin
+from gateway.store import Doc, Store
 from portal.staff.common import STAFF, Deps, form_fields, redirect
 from portal.staff.inbox import fmt_time
 from portal.staff.policy import ANY_STAFF, policy
 
 PAGE = 50
+# A scoped agent's list skips the contacts of others' conversations: at most SCAN contacts are
+# looked at per page (then the page offers "more" from where it stopped, even if not full), so
+# an agent who may see few of many contacts costs a bounded number of reads per page.
+SCAN = 500
 CHANNELS = ("sms", "email")
 
 
@@ -33,6 +45,38 @@ async def load_contact(deps: Deps, request: web.Request, contact_id: str) -> Con
         return await deps.s.contacts.get(ctx.org.id, contact_id)
     except NotFound:
         raise await deps.deny(request, "contact", contact_id) from None
+
+
+async def check_scope(deps: Deps, request: web.Request, contact_id: str) -> Doc | None:
+    """May the member see this contact? None: yes, in scope; a dict: yes, under this break-glass grant.
+
+    The contact of a conversation outside the member's scope (agent_scope "assigned": assigned to
+    another) is an audited 403, raised: the break-glass page of that conversation, nothing of the
+    contact. A contact has at most one conversation per org (threads: unique (org_id, contact_id)).
+    """
+    ctx = request[STAFF]
+    if thread_assignees(ctx.org.policy, ctx.member) is None:
+        return None
+    thread = await deps.s.store.threads.find_one({"org_id": ctx.org.id, "contact_id": contact_id},
+                                                 projection={"_id": 1, "assignee": 1})
+    if thread is None or in_scope(ctx.org.policy, ctx.member, thread):
+        return None
+    grant = await deps.s.break_glass.active(ctx.org.id, ctx.member.id, thread["_id"])
+    if grant is not None:
+        return grant
+    await deps.s.audit.append(ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=deps.ip(request),
+                              thread_id=thread["_id"], contact_id=contact_id,
+                              detail={"object": "contact", "reason": "scope", "route": request.path[:200]})
+    page = await deps.page(request, "staff/break_glass.html", status=403, thread_id=thread["_id"],
+                           minutes=ctx.org.policy.break_glass_minutes, reason="", reason_max=REASON_MAX, error=None)
+    # Raised, not returned (as ThreadPages._refuse): every route is refused by the one check it makes.
+    raise web.HTTPForbidden(text=page.text, content_type="text/html")
+
+
+async def load_scoped_contact(deps: Deps, request: web.Request, contact_id: str) -> tuple[Contact, Doc | None]:
+    """load_contact, then check_scope: the contact and the break-glass grant it opens under, if any."""
+    contact = await load_contact(deps, request, contact_id)
+    return contact, await check_scope(deps, request, contact.id)
 
 
 async def pin_action(deps: Deps, request: web.Request, contact: Contact, form: dict[str, str]) -> str | None:
@@ -56,6 +100,47 @@ async def pin_action(deps: Deps, request: web.Request, contact: Contact, form: d
     await deps.s.audit.append(ctx.org.id, "contact.pin_set", ctx.actor, ip=deps.ip(request), contact_id=contact.id,
                               detail={"generated": generated is not None})
     return generated
+
+
+async def hidden_contacts(store: Store, org_id: str, contact_ids: list[str],
+                          assignees: tuple[str | None, ...]) -> set[str]:
+    """Those of the contacts whose conversation is assigned outside `assignees`: ONE read, an $in
+    on the unique (org_id, contact_id) index (a contact has at most one conversation per org)."""
+    if not contact_ids:
+        return set()
+    threads = store.threads.find({"org_id": org_id, "contact_id": {"$in": contact_ids}},
+                                 projection={"_id": 0, "contact_id": 1, "assignee": 1})
+    return {t["contact_id"] async for t in threads if t.get("assignee") not in assignees}
+
+
+async def scoped_contacts(store: Store, org_id: str, query: dict[str, Any], cursor: str | None,
+                          assignees: tuple[str | None, ...]) -> tuple[list[Doc], str | None]:
+    """Up to PAGE + 1 contacts of `query` older than `cursor` (newest first) whose conversation is
+    in scope, or who have none.
+
+    Contacts are read in batches as the unscoped list reads them (growing: a page, then twice the
+    contacts read so far), each followed by one read of their conversations (hidden_contacts). At
+    most SCAN contacts are looked at per page: (rows, None) when the page filled or the contacts
+    ran out; else (rows, the last contact looked at), where the next page starts.
+    """
+    rows: list[Doc] = []
+    scanned = 0
+    last = cursor
+    while scanned < SCAN:
+        size = min(SCAN - scanned, PAGE + 1 + scanned)
+        batch_query = {**query, "_id": {"$lt": last}} if last is not None else query
+        batch = [d async for d in store.contacts.find(batch_query).sort("_id", -1).limit(size)]
+        hidden = await hidden_contacts(store, org_id, [d["_id"] for d in batch], assignees)
+        for d in batch:
+            scanned += 1
+            last = d["_id"]
+            if d["_id"] not in hidden:
+                rows.append(d)
+                if len(rows) > PAGE:
+                    return rows, None
+        if len(batch) < size:
+            return rows, None
+    return rows, last
 
 
 class ContactPages:
@@ -87,10 +172,20 @@ class ContactPages:
                 except ValidationError:
                     found = None
             query["_id"] = found.id if found else "none"
-        elif cursor:
-            query["_id"] = {"$lt": cursor}
-        docs = [d async for d in self.s.store.contacts.find(query).sort("_id", -1).limit(PAGE + 1)]
-        page, more = docs[:PAGE], len(docs) > PAGE
+            cursor = None
+        assignees = thread_assignees(ctx.org.policy, ctx.member)
+        stopped_at = None  # a scoped scan that reached SCAN: the next page starts after this contact
+        if assignees is not None and not q:
+            docs, stopped_at = await scoped_contacts(self.s.store, org_id, query, cursor, assignees)
+        else:
+            if cursor:
+                query["_id"] = {"$lt": cursor}
+            docs = [d async for d in self.s.store.contacts.find(query).sort("_id", -1).limit(PAGE + 1)]
+            if assignees is not None:  # the search's one contact, if in scope
+                hidden = await hidden_contacts(self.s.store, org_id, [d["_id"] for d in docs], assignees)
+                docs = [d for d in docs if d["_id"] not in hidden]
+        page, more = docs[:PAGE], len(docs) > PAGE or stopped_at is not None
+        cursor_next = page[-1]["_id"] if len(docs) > PAGE else stopped_at
         labels = await self.d.contact_labels(org_id, [d["_id"] for d in page])
         rows = [{
             "id": d["_id"], "name": labels.get(d["_id"], {}).get("name"),
@@ -99,23 +194,25 @@ class ContactPages:
             "pin": bool(d.get("pin_hash")), "created": fmt_time(d.get("created_at")),
         } for d in page]
         return await self.d.page(request, "staff/contacts.html", rows=rows, q=q,
-                                 next_url="/staff/contacts?" + urlencode({"cursor": page[-1]["_id"]})
-                                 if more and page and not q else None)
+                                 next_url="/staff/contacts?" + urlencode({"cursor": cursor_next})
+                                 if more and cursor_next and not q else None,
+                                 partial=stopped_at is not None, scan=SCAN)
 
     @policy(*ANY_STAFF)
     async def detail(self, request: web.Request) -> web.Response:
-        contact = await load_contact(self.d, request, request.match_info["id"])
-        return await self._detail(request, contact)
+        contact, grant = await load_scoped_contact(self.d, request, request.match_info["id"])
+        return await self._detail(request, contact, grant=grant)
 
-    async def _detail(self, request: web.Request, contact: Contact, *, generated_pin: str | None = None
-                      ) -> web.Response:
+    async def _detail(self, request: web.Request, contact: Contact, *, grant: Doc | None,
+                      generated_pin: str | None = None) -> web.Response:
         ctx = request[STAFF]
         doc = await self.s.store.contacts.find_one({"_id": contact.id, "org_id": ctx.org.id})
         assert doc is not None
         info = await self.s.contacts.reveal(contact)
         thread = await self.s.store.threads.find_one({"org_id": ctx.org.id, "contact_id": contact.id},
                                                      projection={"_id": 1, "secure": 1, "status": 1})
-        await self.s.audit.append(ctx.org.id, "contact.viewed", ctx.actor, ip=self.d.ip(request), contact_id=contact.id)
+        await self.s.audit.append(ctx.org.id, "contact.viewed", ctx.actor, ip=self.d.ip(request), contact_id=contact.id,
+                                  detail={"grant_id": grant["_id"]} if grant else None)
         consent = [{"channel": ch, "state": (contact.consent.get(ch) or {}).get("state", "not recorded"),
                     "at": fmt_time((contact.consent.get(ch) or {}).get("at")),
                     "source": (contact.consent.get(ch) or {}).get("source", "")} for ch in CHANNELS]
@@ -123,13 +220,14 @@ class ContactPages:
                     "source": e.get("source")} for e in reversed(doc.get("consent_log", []))]
         return await self.d.page(request, "staff/contact.html", contact=contact, info=info, thread=thread,
                                  consent=consent, history=history, generated_pin=generated_pin,
-                                 created=fmt_time(contact.created_at))
+                                 created=fmt_time(contact.created_at),
+                                 emergency_until=fmt_time(grant["expires_at"]) if grant else None)
 
     @policy(*ANY_STAFF)
     async def pin(self, request: web.Request) -> web.Response:
-        contact = await load_contact(self.d, request, request.match_info["id"])
+        contact, grant = await load_scoped_contact(self.d, request, request.match_info["id"])
         generated = await pin_action(self.d, request, contact, await form_fields(request))
         if generated:
             return await self._detail(request, await self.s.contacts.get(contact.org_id, contact.id),
-                                      generated_pin=generated)
+                                      grant=grant, generated_pin=generated)
         return redirect(f"/staff/contacts/{contact.id}")
