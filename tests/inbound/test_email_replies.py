@@ -495,7 +495,9 @@ async def test_spoofed_from_on_a_valid_token_lands_only_in_that_thread_flagged_a
     assert entries[-1]["detail"]["sender_mismatch"] is True
     browser, _ = await signed_in(gw)
     async with browser as b:
-        page = await (await b.get(f"/staff/threads/{sent['thread_id']}")).text()
+        resp = await b.get(f"/staff/threads/{sent['thread_id']}")
+        page = await resp.text()
+    assert resp.status == 200, (resp.status, resp.headers.get("Location"), page[:300])
     assert "sender_mismatch" in page
 
 
