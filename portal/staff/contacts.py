@@ -12,6 +12,7 @@ the contact, for the org's break_glass_minutes.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,6 +24,8 @@ from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
 from gateway.phone import normalize_e164
 from gateway.pins import generate_pin
+from gateway.recent import FLOOR_MARGIN, oid_at, oid_time
+from gateway.services import Services
 from gateway.store import Doc, Store
 from portal.staff.common import STAFF, Deps, form_fields, redirect
 from portal.staff.inbox import fmt_time
@@ -113,7 +116,24 @@ async def hidden_contacts(store: Store, org_id: str, contact_ids: list[str],
     return {t["contact_id"] async for t in threads if t.get("assignee") not in assignees}
 
 
-async def scoped_contacts(store: Store, org_id: str, query: dict[str, Any], cursor: str | None,
+async def newest_contacts(s: Services, org_id: str, before: str | None, limit: int) -> list[Doc]:
+    """The org's newest `limit` contacts (not erased) older than the contact id `before`.
+
+    Contact ids are ObjectId hex, so they sort by creation: the read is one window of
+    (org_id, _id) at a time (gateway/recent.py), and a page costs the same with 50 contacts or
+    50,000 (a plain sorted, limited query reads them all on SecantusDB).
+    """
+    now = datetime.now(UTC)  # ids carry the real time, not the service clock
+    created = oid_time(org_id)
+    upper_at = oid_time(before) if before else None
+    return await s.conversations.recent.newest(
+        s.store.contacts, {"org_id": org_id}, "_id", limit=limit, order=[("_id", -1)], key=("contacts", org_id),
+        now=now, floor=created - FLOOR_MARGIN if created else None, bound=oid_at,
+        at_of=lambda d: oid_time(d["_id"]) or now, upper=("$lt", before) if before else None,
+        upper_at=upper_at + timedelta(seconds=1) if upper_at else None, keep=lambda d: not d.get("erased_at"))
+
+
+async def scoped_contacts(s: Services, org_id: str, cursor: str | None,
                           assignees: tuple[str | None, ...]) -> tuple[list[Doc], str | None]:
     """Up to PAGE + 1 contacts of `query` older than `cursor` (newest first) whose conversation is
     in scope, or who have none.
@@ -128,9 +148,8 @@ async def scoped_contacts(store: Store, org_id: str, query: dict[str, Any], curs
     last = cursor
     while scanned < SCAN:
         size = min(SCAN - scanned, PAGE + 1 + scanned)
-        batch_query = {**query, "_id": {"$lt": last}} if last is not None else query
-        batch = [d async for d in store.contacts.find(batch_query).sort("_id", -1).limit(size)]
-        hidden = await hidden_contacts(store, org_id, [d["_id"] for d in batch], assignees)
+        batch = await newest_contacts(s, org_id, last, size)
+        hidden = await hidden_contacts(s.store, org_id, [d["_id"] for d in batch], assignees)
         for d in batch:
             scanned += 1
             last = d["_id"]
@@ -176,11 +195,11 @@ class ContactPages:
         assignees = thread_assignees(ctx.org.policy, ctx.member)
         stopped_at = None  # a scoped scan that reached SCAN: the next page starts after this contact
         if assignees is not None and not q:
-            docs, stopped_at = await scoped_contacts(self.s.store, org_id, query, cursor, assignees)
-        else:
-            if cursor:
-                query["_id"] = {"$lt": cursor}
-            docs = [d async for d in self.s.store.contacts.find(query).sort("_id", -1).limit(PAGE + 1)]
+            docs, stopped_at = await scoped_contacts(self.s, org_id, cursor, assignees)
+        elif not q:
+            docs = await newest_contacts(self.s, org_id, cursor, PAGE + 1)
+        else:  # the one contact the search found, or none
+            docs = [d async for d in self.s.store.contacts.find(query)]
             if assignees is not None:  # the search's one contact, if in scope
                 hidden = await hidden_contacts(self.s.store, org_id, [d["_id"] for d in docs], assignees)
                 docs = [d for d in docs if d["_id"] not in hidden]

@@ -191,8 +191,9 @@ async def seed_threads(gw: Any, org_id: str, n: int, *, step: timedelta = timede
     now = gw.clock.now()
     dek = await s.vault.create_key(f"contact:shared-{org_id}", org_id)
     contacts, threads = [], []
+    real_now = datetime.now(UTC)
     for i in range(n):
-        cid = str(ObjectId())
+        cid = oid_at(real_now - step * i)  # contacts come over time too (their ids carry it)
         contacts.append({"_id": cid, "org_id": org_id, "dek_id": dek, "consent": {}, "consent_log": [],
                          "created_at": now, "last_channel": "sms", "phone_hint": f"•••{i:04d}",
                          "name": await s.vault.seal(dek, org_id, "contacts", cid, "name", f"Client {i}"),
@@ -456,3 +457,26 @@ async def test_thread_activity_reads_only_thread_level_events(gw):
         found = route(coll, flt)
         assert found is not None
         assert await gw.store.audit.count_documents(inclusive(found[1])) <= PAGE + 5, flt
+
+
+async def test_contacts_first_page_reads_the_same_at_100_and_1000_contacts(gw):
+    small_org, big_org = await two_orgs(gw)
+    await seed_threads(gw, small_org, 100)
+    await seed_threads(gw, big_org, 1000)
+    small_b = await staff_browser(gw, small_org, "small@riverside.test")
+    big_b = await staff_browser(gw, big_org, "big@hillside.test")
+    async with small_b, big_b:
+        counts = {}
+        for key, b in (("small", small_b), ("big", big_b)):
+            await b.get("/staff/contacts")  # the first render finds the window; then it is remembered
+            async def get(b: Browser = b) -> None:
+                page = await b.get("/staff/contacts")
+                assert page.status == 200
+                assert (await page.text()).count('href="/staff/contacts/') >= PAGE
+            commands = await capture(get)
+            await assert_explained_indexed(gw.store, commands)
+            counts[key] = (len(commands), await examined(gw.store, commands))
+    assert counts["big"][0] == counts["small"][0]
+    # About a page of contacts (and the unread threads of the nav): not the 1,000.
+    assert counts["big"][1] <= counts["small"][1] + 10, counts
+    assert counts["big"][1] < 4 * PAGE, counts
