@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -12,6 +11,8 @@ from pathlib import Path
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -24,8 +25,6 @@ class SecantusServer:
     """A real MongoDB-wire server (SecantusDB) on loopback, with stop/start for outage tests."""
 
     def __init__(self, log_dir: Path) -> None:
-        exe = Path(sys.executable).parent / "secantusd-py"
-        self.executable = str(exe) if exe.exists() else (shutil.which("secantusd-py") or "secantusd-py")
         self.port = _free_port()
         self.log = log_dir / "secantusd.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -35,11 +34,11 @@ class SecantusServer:
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
 
     def start(self) -> None:
+        # Without its TTL monitor (tests/support/secantusd_test.py says why).
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [self.executable, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", ":memory:",
-                 "--log-level", "WARNING"],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                [sys.executable, "-m", "tests.support.secantusd_test", "--port", str(self.port)],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT,
             )
         deadline = time.monotonic() + 60
         client: MongoClient[dict[str, object]] = MongoClient(self.uri, serverSelectionTimeoutMS=500)
