@@ -7,6 +7,7 @@ time; a link token the text needs is sealed into the job and removed once sent.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,10 @@ class Outbox:
             "next_attempt_at": now, "lease_until": now, "created_at": now, "updated_at": now,
             "provider_id": None, "last_error": None, **extra,
         }
+        if kind in ("email", "staff_alert"):
+            # A mail's Message-ID is fixed before its first attempt (a retry is the same mail): its
+            # random part is chosen here, the dispatcher adds the sender's domain (saves a write).
+            doc["mail_key"] = secrets.token_hex(16)
         for name, value in (("link_token", link_token), ("reply_token", reply_token)):
             if value is not None:
                 assert dek_id is not None, "tokens are sealed with the contact's data key"

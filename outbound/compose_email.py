@@ -117,10 +117,12 @@ def render_staff_alert(kind: str, *, org_name: str, public_url: str) -> tuple[st
     return subject, text, html
 
 
-def make_message_id(domain: str) -> str:
-    """A new RFC 5322 Message-ID, "<128 random bits in hex@domain>"."""
+def make_message_id(domain: str, key: str | None = None) -> str:
+    """An RFC 5322 Message-ID, "<128 random bits in hex@domain>" (the bits given as `key`, or new)."""
     _check_domain(domain)
-    return f"<{secrets.token_hex(16)}@{domain.lower()}>"
+    if key is not None and not re.fullmatch(r"[0-9a-f]{32}", key):
+        raise ValueError("not a message key")
+    return f"<{key or secrets.token_hex(16)}@{domain.lower()}>"
 
 
 def reply_address(token: str, reply_domain: str) -> str:

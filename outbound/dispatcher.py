@@ -273,7 +273,7 @@ class OutboxDispatcher:
         sends the same mail)."""
         todo: list[UpdateOne] = []
         for job in jobs:
-            if not job.get("email_message_id"):
+            if not job.get("email_message_id") and not job.get("mail_key"):  # (jobs queued before mail_key)
                 org = await self._s.orgs.get(job["org_id"])
                 job["email_message_id"] = make_message_id(self._from_address(org).rpartition("@")[2])
                 todo.append(UpdateOne({"_id": job["_id"]}, {"$set": {"email_message_id": job["email_message_id"]}}))
@@ -352,6 +352,8 @@ class OutboxDispatcher:
     async def _message_id(self, job: Doc, from_address: str) -> str:
         """The job's Message-ID, fixed before the first attempt, so a retry is the same mail."""
         message_id = job.get("email_message_id")
+        if not message_id and job.get("mail_key"):
+            return make_message_id(from_address.rpartition("@")[2], job["mail_key"])
         if not message_id:
             message_id = make_message_id(from_address.rpartition("@")[2])
             job["email_message_id"] = message_id
