@@ -120,8 +120,11 @@ class Links:
         return link
 
     async def revoke(self, org_id: str, link_id: str, actor: Actor) -> Doc:
-        return await self._staff_change(org_id, link_id, {"$set": {"revoked_at": self._clock.now()}},
+        """Revoke the link, and end the client sessions it opened: a revoked link gives no access."""
+        link = await self._staff_change(org_id, link_id, {"$set": {"revoked_at": self._clock.now()}},
                                         "link.revoked", actor)
+        await self._store.sessions.delete_many({"org_id": org_id, "kind": "client", "link_id": link_id})
+        return link
 
     async def unlock(self, org_id: str, link_id: str, actor: Actor) -> Doc:
         link = await self._staff_change(org_id, link_id, {"$set": {"locked_at": None, "failures": 0}},

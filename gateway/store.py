@@ -42,6 +42,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     "sessions": [
         IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0),
         IndexModel([("user_id", ASCENDING)]),
+        IndexModel([("link_id", ASCENDING)]),  # revoking a link ends the client sessions it opened
     ],
     "api_keys": [
         IndexModel([("key_hash", ASCENDING)], unique=True),

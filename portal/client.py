@@ -195,9 +195,15 @@ class ClientPortal:
         if claimed is None:
             return
         actor = Actor("client", session["contact_id"])
-        await self._s.audit.append(session["org_id"], "thread.viewed", actor, ip=ip,
-                                   thread_id=session["thread_id"], contact_id=session["contact_id"],
-                                   link_id=session["link_id"])
+        try:
+            await self._s.audit.append(session["org_id"], "thread.viewed", actor, ip=ip,
+                                       thread_id=session["thread_id"], contact_id=session["contact_id"],
+                                       link_id=session["link_id"])
+        except BaseException:
+            # Not audited, so not viewed: the next request claims the view again (and audits it)
+            # instead of showing the conversation unaudited.
+            await self._s.store.sessions.update_one({"_id": session["_id"]}, {"$set": {"viewed": False}})
+            raise
         now = self._s.clock.now()
         for d in docs:
             if d["direction"] == "outbound" and not d.get("viewed_at"):

@@ -16,6 +16,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 import pytest
+from pymongo.errors import PyMongoError
 
 from gateway.api_keys import ApiKeys
 from gateway.app import build_runtime, create_app
@@ -569,6 +570,25 @@ async def test_view_is_recorded_once_per_session(gw):
     assert actions.count("thread.viewed") == 2
     assert actions.count("message.viewed") == 1
     assert actions.count("link.opened") == 2
+
+
+async def test_a_view_that_could_not_be_audited_is_not_shown_later_unaudited(gw, monkeypatch):
+    data, token = await send_secure(gw)
+    await open_session(gw, token)
+    append = gw.services.audit.append
+
+    async def audit_down(org_id, action, *args, **kwargs):
+        if action == "thread.viewed":
+            raise PyMongoError("audit store unavailable")
+        return await append(org_id, action, *args, **kwargs)
+
+    monkeypatch.setattr(gw.services.audit, "append", audit_down)
+    status, page = await thread_page(gw)
+    assert status >= 500 and BODY not in page
+    monkeypatch.setattr(gw.services.audit, "append", append)
+    status, page = await thread_page(gw)
+    assert status == 200 and BODY in page
+    assert (await gw.audit_actions()).count("thread.viewed") == 1  # the view that was shown
 
 
 # -- session lifetime ----------------------------------------------------------------------------

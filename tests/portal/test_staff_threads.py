@@ -204,6 +204,21 @@ async def test_revoke_and_reissue_a_link(gw):
     assert [e["detail"]["replaces"] for e in await audit_entries(gw, "link.reissued")] == [link["_id"]]
 
 
+async def test_revoking_a_link_ends_the_client_sessions_it_opened(gw):
+    data = await secure_thread(gw)
+    token = gw.last_link_token()
+    assert (await gw.open_link(token)).status == 303
+    assert (await gw.client.get("/s/thread")).status == 200  # the client is reading
+    link = await gw.store.links.find_one({"message_id": data["id"]})
+    browser, _ = await signed_in(gw)
+    async with browser as b:
+        url = f"/staff/threads/{data['thread_id']}"
+        assert (await b.post(f"{url}/links/{link['_id']}/revoke", csrf_from=url)).status == 303
+    resp = await gw.client.get("/s/thread")
+    assert resp.status == 401 and SECRET_BODY not in await resp.text()
+    assert "link.revoked" in await gw.audit_actions()
+
+
 async def test_link_of_another_thread_is_refused(gw):
     data = await secure_thread(gw)
     other = await gw.services.conversations.send(gw.org, channel="sms", body="x", actor=SYSTEM,
