@@ -10,11 +10,18 @@ background, and appends that come meanwhile share one head write (each journaled
 fsync on the embedded database, the largest cost of a page view that audits). A crash in between
 leaves the recorded head behind the chain, never ahead of it: the chain stays valid, and only the
 newest entries are not covered by the truncation check until the next append.
+
+The recorded head carries its own MAC, `sig` (same key as the entries), so that someone who can
+write to the database but does not hold the key cannot lower it after cutting entries off; and a
+chain with entries but no recorded head is reported, so deleting the head does not help either.
+(A signed head can still be replayed: restoring an older head document after cutting the chain
+back to it is not detected here. Compare with the head the CLI prints, anchored elsewhere.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from collections import defaultdict
@@ -62,6 +69,11 @@ class Pending:
 def _canonical(entry: Doc) -> bytes:
     body = {k: v for k, v in entry.items() if k not in ("_id", "mac")}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=_json_default).encode()
+
+
+def _head_bytes(org_id: str, seq: int, mac: str) -> bytes:
+    """What a recorded head's `sig` is the MAC of (a JSON array: never an entry's canonical bytes)."""
+    return json.dumps(["audit_head", org_id, seq, mac], separators=(",", ":")).encode()
 
 
 def _json_default(value: Any) -> str:
@@ -230,15 +242,23 @@ class AuditLog:
             await asyncio.gather(*self._head_writers.values(), return_exceptions=True)
 
     async def _save_head(self, org_id: str, head: Doc) -> None:
-        res = await self._store.audit_heads.update_one({"_id": org_id, "seq": {"$lt": head["seq"]}}, {"$set": head})
+        signed = {**head, "sig": self._head_sig(org_id, head["seq"], head["mac"])}
+        res = await self._store.audit_heads.update_one({"_id": org_id, "seq": {"$lt": head["seq"]}}, {"$set": signed})
         if res.matched_count == 0:
             try:
-                await self._store.audit_heads.insert_one({"_id": org_id, **head})
+                await self._store.audit_heads.insert_one({"_id": org_id, **signed})
             except DuplicateKeyError:
                 pass  # exists with a later head already
 
+    def _head_sig(self, org_id: str, seq: int, mac: str) -> str:
+        return self._sealer.mac(_head_bytes(org_id, seq, mac))
+
     async def verify(self, org_id: str) -> int | None:
-        """Walk the chain; return the first bad seq, or None if the chain is intact."""
+        """Walk the chain; return the first bad seq, or None if the chain is intact.
+
+        A bad recorded head (its `sig` missing or wrong, it points past the chain, or it is missing
+        while the chain has entries) is reported as the seq just after the last valid entry.
+        """
         await self.flush()
         prev = GENESIS
         expected_seq = 1
@@ -249,9 +269,22 @@ class AuditLog:
                 return int(entry["seq"])
             prev = entry["mac"]
             expected_seq += 1
-        # Entries cut off the end leave the recorded head pointing past the chain.
+        # Entries cut off the end leave the recorded head pointing past the chain; lowering the head
+        # to match needs its sig, which needs the key. Deleting the head is reported too. Heads are
+        # written just after their appends (flushed above, for this process), so a crash in between
+        # leaves the head behind the chain, which is fine, or, before an org's first head write
+        # ever, no head at all: that is reported, for a human to check the chain against the
+        # anchored head the CLI prints.
         recorded = await self._store.audit_heads.find_one({"_id": org_id})
-        if recorded is not None and int(recorded["seq"]) >= expected_seq:
+        if recorded is None:
+            return int(expected_seq) if expected_seq > 1 else None
+        try:
+            seq, mac, sig = int(recorded["seq"]), str(recorded["mac"]), recorded["sig"]
+        except (KeyError, TypeError, ValueError):
+            return int(expected_seq)
+        if not isinstance(sig, str) or not hmac.compare_digest(sig, self._head_sig(org_id, seq, mac)):
+            return int(expected_seq)
+        if seq >= expected_seq:
             return int(expected_seq)
         return None
 

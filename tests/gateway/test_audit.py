@@ -224,3 +224,59 @@ async def test_a_head_left_behind_by_a_crash_still_verifies_and_the_next_append_
     await fresh.flush()
     assert (await store.audit_heads.find_one({"_id": ORG}))["seq"] == 6
     assert await fresh.verify(ORG) is None
+
+
+async def test_a_valid_chain_and_its_signed_head_verify(audit, store, clock):
+    made = await fill(audit, clock)
+    await audit.flush()
+    recorded = await store.audit_heads.find_one({"_id": ORG})
+    assert (recorded["seq"], recorded["mac"]) == (6, made[-1]["mac"])
+    assert isinstance(recorded["sig"], str) and recorded["sig"]
+    assert await audit.verify(ORG) is None
+
+
+async def test_lowering_the_recorded_head_after_cutting_off_the_tail_is_detected(audit, store, clock):
+    made = await fill(audit, clock)
+    await audit.flush()
+    await store.audit.delete_many({"org_id": ORG, "seq": {"$gte": 5}})
+    # Someone with write access but no key lowers the head to the new tail (as the old code wrote it).
+    await store.audit_heads.replace_one({"_id": ORG}, {"_id": ORG, "seq": 4, "mac": made[3]["mac"]})
+    assert await audit.verify(ORG) == 5
+
+
+async def test_lowering_the_head_with_a_sig_made_without_the_key_is_detected(audit, store, clock, keyring):
+    from gateway.audit import _head_bytes
+
+    made = await fill(audit, clock)
+    await audit.flush()
+    await store.audit.delete_many({"org_id": ORG, "seq": {"$gte": 5}})
+    sig = Sealer(Keyring.generate()).mac(_head_bytes(ORG, 4, made[3]["mac"]))  # well formed, wrong key
+    await store.audit_heads.replace_one({"_id": ORG}, {"_id": ORG, "seq": 4, "mac": made[3]["mac"], "sig": sig})
+    assert await audit.verify(ORG) == 5
+
+
+@pytest.mark.parametrize("sig", ["0" * 64, "garbage", None, 12])
+async def test_a_head_with_a_forged_sig_is_detected(audit, store, clock, sig):
+    await fill(audit, clock)
+    await audit.flush()
+    await store.audit_heads.update_one({"_id": ORG}, {"$set": {"sig": sig}})
+    assert await audit.verify(ORG) == 7
+
+
+async def test_a_head_signed_for_another_org_is_detected(audit, store, clock):
+    await fill(audit, clock, n=3, org=ORG)
+    await fill(audit, clock, n=3, org=OTHER)
+    await audit.flush()
+    other = await store.audit_heads.find_one({"_id": OTHER})
+    await store.audit_heads.update_one({"_id": ORG}, {"$set": {"sig": other["sig"]}})
+    assert await audit.verify(ORG) == 4
+    assert await audit.verify(OTHER) is None
+
+
+async def test_a_deleted_head_is_detected(audit, store, clock):
+    await fill(audit, clock)
+    await audit.flush()
+    await store.audit.delete_many({"org_id": ORG, "seq": {"$gte": 5}})
+    await store.audit_heads.delete_one({"_id": ORG})
+    assert await audit.verify(ORG) == 5
+    assert await audit.verify(OTHER) is None  # no entries and no head: an intact empty chain
