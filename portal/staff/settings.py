@@ -3,7 +3,8 @@
 Disabling a member, changing their role or resetting their authenticator ends all their sessions
 at once (SECURITY.md C9; a privilege change never keeps an old session id). An admin can't
 disable or demote themselves, and the last enabled admin stays an admin, so nobody locks the
-organization out of its own settings.
+organization out of its own settings. Nor can an admin reset their own authenticator here: that
+would turn off their MFA without the password the Account page asks for (SECURITY.md C11).
 
 The emergency access page lists the org's break-glass grants with their reasons (opened here,
 escaped by the template; reading them is audited) and closes the open alerts that put the banner
@@ -188,8 +189,18 @@ class Settings:
                 await self.s.audit.append(ctx.org.id, "staff.role_changed", ctx.actor, ip=ip, staff_id=member.id,
                                           detail={"role": role, "sessions_ended": ended})
         else:
+            if member.id == ctx.member.id:
+                # Turning off one's own MFA needs the password (SECURITY.md C11): the Account page asks for it.
+                await self.s.audit.append(ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=ip,
+                                          staff_id=member.id,
+                                          detail={"object": "staff", "reason": "self_reset",
+                                                  "route": request.path[:200]})
+                return await self._staff_page(
+                    request, status=403,
+                    error="To turn off your own authenticator app, use Account → Authenticator app "
+                          "(it asks for your password).")
             await self.d.totp.reset(ctx.org.id, member.id)
-            ended = await self.end_sessions(member.id) if member.id != ctx.member.id else 0
+            ended = await self.end_sessions(member.id)
             await self.s.audit.append(ctx.org.id, "auth.totp_reset", ctx.actor, ip=ip, staff_id=member.id,
                                       detail={"sessions_ended": ended})
         return redirect("/staff/settings/staff")

@@ -196,6 +196,24 @@ async def test_org_requiring_totp_sends_members_without_one_to_enrolment_first(g
     assert (await Staff(gw.store, gw.clock).get(gw.org.id, member.id)).has_totp
 
 
+async def test_turning_off_the_authenticator_needs_the_password(gw):
+    # SECURITY.md C11: a wrong or missing password leaves the authenticator on.
+    member = await make_staff(gw)
+    secret = await _enable_totp(gw, member)
+    async with Browser(gw) as b:
+        await b.login(member.email, totp=pyotp.TOTP(secret).at(gw.clock.now()))
+        for form in ({"password": "wrong-password-here"}, {"password": ""}, {}):
+            resp = await b.post("/staff/account/totp/disable", form, csrf_from="/staff/account/totp")
+            assert resp.status == 401, form
+            assert "password is not right" in await resp.text()
+        assert (await Staff(gw.store, gw.clock).get(gw.org.id, member.id)).has_totp
+        assert await audit_entries(gw, "auth.totp_disabled") == []
+        ok = await b.post("/staff/account/totp/disable", {"password": PASSWORD}, csrf_from="/staff/account/totp")
+        assert ok.status == 303
+    assert not (await Staff(gw.store, gw.clock).get(gw.org.id, member.id)).has_totp
+    assert len(await audit_entries(gw, "auth.totp_disabled")) == 1
+
+
 def re_secret(html: str) -> str:
     import re
 

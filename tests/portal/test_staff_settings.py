@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 
+import pyotp
+
+from gateway.staff import Staff
+from gateway.staff_auth import Totp
 from tests.portal.test_staff_support import PASSWORD, Browser, audit_entries, make_staff, signed_in
 
 POLICY_FORM = {
@@ -90,6 +94,55 @@ async def test_admins_cannot_lock_themselves_out(gw):
         # `other` is now the last enabled admin: it can't be demoted (by itself or anyone).
         assert (await b2.post(f"/staff/settings/staff/{other.id}/role", {"role": "agent"},
                               csrf_from="/staff/settings/staff")).status == 409
+
+
+async def _with_totp(gw, member) -> str:
+    """Enrol `member` in an authenticator app; return its secret."""
+    totp = Totp(gw.store, gw.services.vault, gw.clock)
+    secret = await totp.begin(gw.org.id, member.id)
+    doc = await Staff(gw.store, gw.clock).doc(gw.org.id, member.id)
+    assert await totp.confirm(doc, pyotp.TOTP(secret).at(gw.clock.now()))
+    gw.clock.advance(30)  # the enrolment code's step is used up
+    return secret
+
+
+async def _has_totp(gw, member) -> bool:
+    return (await Staff(gw.store, gw.clock).get(gw.org.id, member.id)).has_totp
+
+
+async def test_admin_cannot_reset_their_own_authenticator_without_the_password(gw):
+    # SECURITY.md C11: turning off MFA needs re-authentication; the admin reset skips the password.
+    me = await make_staff(gw, "admin@riverside.test", "admin")
+    secret = await _with_totp(gw, me)
+    async with Browser(gw) as b:
+        await b.login(me.email, totp=pyotp.TOTP(secret).at(gw.clock.now()))
+        page = await (await b.get("/staff/settings/staff")).text()
+        assert f"/staff/settings/staff/{me.id}/reset-totp" not in page
+        resp = await b.post(f"/staff/settings/staff/{me.id}/reset-totp", csrf_from="/staff/settings/staff")
+        assert resp.status == 403
+        assert "Account → Authenticator app" in await resp.text()
+        assert (await b.get("/staff/settings")).status == 200  # still signed in
+    assert await _has_totp(gw, me)
+    assert await audit_entries(gw, "auth.totp_reset") == []
+    denied = [e for e in await audit_entries(gw, "authz.deny") if e["detail"].get("reason") == "self_reset"]
+    assert len(denied) == 1 and denied[0]["actor"]["id"] == me.id and denied[0]["outcome"] == "denied"
+
+
+async def test_admin_resets_another_members_authenticator_and_ends_their_sessions(gw):
+    admin, me = await signed_in(gw, "admin")
+    member = await make_staff(gw)
+    secret = await _with_totp(gw, member)
+    async with admin, Browser(gw) as agent:
+        await agent.login(member.email, totp=pyotp.TOTP(secret).at(gw.clock.now()))
+        assert (await agent.get("/staff/")).status == 200
+        resp = await admin.post(f"/staff/settings/staff/{member.id}/reset-totp", csrf_from="/staff/settings/staff")
+        assert resp.status == 303
+        assert (await agent.get("/staff/")).status == 303
+        await agent.login(member.email)  # password alone again
+        assert (await agent.get("/staff/")).status == 200
+    assert not await _has_totp(gw, member)
+    entry = (await audit_entries(gw, "auth.totp_reset"))[0]
+    assert entry["actor"]["id"] == me.id and entry["detail"]["sessions_ended"] == 1
 
 
 async def test_api_key_is_shown_once_works_and_can_be_revoked(gw):
