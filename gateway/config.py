@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
+
+from pymongo.uri_parser import parse_uri
 
 from gateway.errors import ConfigError
 
@@ -212,6 +214,20 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
     return value
 
 
+def _database_tls_or_local(uri: str) -> bool:
+    """Does the connection use TLS, or stay on this machine? (mongodb+srv:// means TLS unless turned off.)"""
+    query = {k.lower(): v.lower() for k, v in parse_qsl(urlsplit(uri).query)}
+    if query.get("tls") == "true" or query.get("ssl") == "true":
+        return True
+    if uri.startswith("mongodb+srv://"):
+        return query.get("tls") != "false" and query.get("ssl") != "false"
+    try:
+        hosts = [host for host, _ in parse_uri(uri)["nodelist"]]
+    except Exception:  # noqa: BLE001 - a malformed URI fails when connecting, with the driver's message
+        return True
+    return all(host in ("localhost", "::1") or host.startswith("127.") for host in hosts)
+
+
 def _validate(config: Config) -> None:
     s = config.server
     url = urlsplit(s.public_url)
@@ -230,6 +246,9 @@ def _validate(config: Config) -> None:
     db = config.database
     if db.uri and not db.uri.startswith(("mongodb://", "mongodb+srv://")):
         raise ConfigError("database.uri", "must start with mongodb:// or mongodb+srv://")
+    if db.uri and not _database_tls_or_local(db.uri):
+        raise ConfigError("database.uri", "must use TLS (tls=true) for a database server that is not on this "
+                                          "machine (SECURITY.md F5)")
     if not db.name or any(c in db.name for c in '/\\. "$'):
         raise ConfigError("database.name", "must be a non-empty name without / \\ . space \" $")
     if db.timeout_seconds <= 0:

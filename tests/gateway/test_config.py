@@ -47,7 +47,7 @@ data_dir = "/var/lib/hushlink"
 trusted_proxies = ["10.0.0.0/8", "192.168.1.1"]
 
 [database]
-uri = "mongodb://db.internal:27017/?replicaSet=rs0"
+uri = "mongodb://db.internal:27017/?replicaSet=rs0&tls=true"
 name = "clinic"
 timeout_seconds = 2
 
@@ -141,6 +141,9 @@ def test_unknown_environment_section_is_named():
     ("[server]\ntrusted_proxies = [1, 2]\n", "server.trusted_proxies"),
     ("[server]\nlog_level = \"LOUD\"\n", "server.log_level"),
     ("[database]\nuri = \"postgres://x\"\n", "database.uri"),
+    ("[database]\nuri = \"mongodb://db.internal.example:27017/\"\n", "database.uri"),
+    ("[database]\nuri = \"mongodb://127.0.0.1,db2.example/?replicaSet=rs0\"\n", "database.uri"),
+    ("[database]\nuri = \"mongodb+srv://cluster.example.net/?tls=false\"\n", "database.uri"),
     ("[database]\nname = \"a.b\"\n", "database.name"),
     ("[twilio]\naccount_sid = \"XX123\"\nauth_token = \"t\"\n", "twilio.account_sid"),
     ("[twilio]\naccount_sid = \"AC123\"\n", "twilio.auth_token"),
@@ -154,6 +157,15 @@ def test_bad_values_are_named(tmp_path, text, key):
     err = config_error(write(tmp_path, text))
     assert err.key == key
     assert key in str(err)
+
+
+@pytest.mark.parametrize("uri", [
+    "mongodb://127.0.0.1:27017/?directConnection=true", "mongodb://localhost/", "mongodb://[::1]:27017/",
+    "mongodb://db.internal.example:27017/?tls=true", "mongodb://a.example,b.example/?replicaSet=rs0&ssl=true",
+    "mongodb+srv://cluster.example.net/",
+])
+def test_a_database_on_this_machine_or_over_tls_is_accepted(uri):
+    assert load_config(None, {"HUSHLINK_DATABASE__URI": uri}).database.uri == uri
 
 
 def test_bad_environment_value_is_named():
