@@ -16,6 +16,7 @@ from gateway.orgs import Org
 from gateway.services import Services
 from gateway.store import Doc
 from gateway.tokens import token_hash
+from portal.http import client_ip
 from portal.openapi import OPENAPI
 
 logger = logging.getLogger(__name__)
@@ -137,14 +138,29 @@ class ApiV1:
             status=201,
         )
 
+    async def _deny(self, request: web.Request, org_id: str, actor: Actor, kind: str) -> NotFound:
+        """Audit a lookup of an id that is not this org's (another org's, unknown or malformed), as
+        the staff portal does; return the 404 to raise (the same answer for all three)."""
+        requested = request.match_info.get("id", "")
+        ip = client_ip(request, self._s.config.server.trusted_proxies)
+        await self._s.audit.append(org_id, "authz.deny", actor, outcome="denied", ip=ip, detail={
+            "object": kind, "requested": requested if is_id(requested) else "malformed", "route": request.path[:200]})
+        return NotFound(kind)
+
     async def get_message(self, request: web.Request) -> web.Response:
-        org, _ = await self._org(request)
-        doc = await self._s.conversations.get_message(org.id, _path_id(request))
+        org, actor = await self._org(request)
+        try:
+            doc = await self._s.conversations.get_message(org.id, _path_id(request))
+        except NotFound:
+            raise await self._deny(request, org.id, actor, "message") from None
         return web.json_response(message_json(doc))
 
     async def thread_messages(self, request: web.Request) -> web.Response:
         org, actor = await self._org(request)
-        thread = await self._s.conversations.get_thread(org.id, _path_id(request))
+        try:
+            thread = await self._s.conversations.get_thread(org.id, _path_id(request))
+        except NotFound:
+            raise await self._deny(request, org.id, actor, "thread") from None
         try:
             limit = int(request.query.get("limit", "50"))
         except ValueError:

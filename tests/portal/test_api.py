@@ -347,6 +347,10 @@ async def test_other_org_cannot_read_messages_or_threads(gw):
     # Its own key still works: the 404 is about ownership, not the ids.
     status, _ = await get_json(gw, f"/api/v1/messages/{sent['id']}")
     assert status == 200
+    # Each refusal is an audited denial in the asking org's log (never in the owner's).
+    denials = [e async for e in gw.store.audit.find({"action": "authz.deny"})]
+    assert [(e["org_id"] != gw.org.id, e["detail"]["object"], e["detail"]["requested"]) for e in denials] == [
+        (True, "message", sent["id"]), (True, "thread", sent["thread_id"])]
 
 
 async def test_same_phone_in_two_orgs_is_two_contacts_and_threads(gw):
