@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from gateway.access import BreakGlass
 from gateway.alerts import StoredStaffAlerts
-from gateway.audit import AuditLog
+from gateway.audit import SYSTEM, AuditLog
 from gateway.config import Config
 from gateway.contacts import Contacts
 from gateway.conversations import Conversations
@@ -52,6 +52,12 @@ def build_services(config: Config, store: Store, keyring: Keyring, clock: Clock,
     sealer = Sealer(keyring)
     vault = Vault(store, sealer, clock)
     audit = AuditLog(store, sealer, clock)
+
+    async def integrity_failure(org_id: str, collection: str, doc_id: str, field: str) -> None:
+        await audit.append(org_id, "integrity.fail", SYSTEM, outcome="failed",
+                           detail={"collection": collection, "document": doc_id, "field": field})
+
+    vault.on_tamper = integrity_failure  # SECURITY.md F2: a tampered field is an audit event
     contacts = Contacts(store, vault, sealer, clock)
     links = Links(store, audit, clock)
     outbox = Outbox(store, vault, clock)

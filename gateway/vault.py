@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from bson import Binary
 from pymongo.errors import DuplicateKeyError
@@ -31,6 +32,8 @@ class Vault:
         self._sealer = sealer
         self._clock = clock
         self._cache: dict[str, tuple[float, bytes]] = {}
+        # Called with (org id, collection, document id, field) when a sealed field fails to open.
+        self.on_tamper: Callable[[str, str, str, str], Awaitable[None]] | None = None
 
     async def create_key(self, dek_id: str, org_id: str | None) -> str:
         """Create the data key `dek_id` if it does not exist yet; return its id."""
@@ -75,16 +78,30 @@ class Vault:
     async def open_bytes(
         self, org_id: str, collection: str, doc_id: object, field: str, sealed: bytes
     ) -> bytes:
-        dek_id = self._sealer.dek_id_of(bytes(sealed))
+        try:
+            dek_id = self._sealer.dek_id_of(bytes(sealed))
+        except IntegrityError:
+            await self._tampered(org_id, collection, doc_id, field)
+            raise
         dek = await self._load(dek_id)
-        if dek is None:
+        if dek is None:  # erased (crypto-shredded): expected, not tampering
             raise IntegrityError(f"data key {dek_id} is gone (erased)")
         try:
             return self._sealer.open(dek, bytes(sealed), aad(org_id, collection, str(doc_id), field))
         except IntegrityError:
-            logger.error("sealed field failed to open", extra={"fields": {
-                "collection": collection, "doc_id": str(doc_id), "field": field}})
+            await self._tampered(org_id, collection, doc_id, field)
             raise
+
+    async def _tampered(self, org_id: str, collection: str, doc_id: object, field: str) -> None:
+        """A sealed field that does not open (altered, or moved to another document): logged, and
+        reported to `on_tamper` (the audit log, gateway/services.py) without masking the error."""
+        logger.error("sealed field failed to open", extra={"fields": {
+            "collection": collection, "doc_id": str(doc_id), "field": field}})
+        if self.on_tamper is not None and org_id and org_id != "-":
+            try:
+                await self.on_tamper(org_id, collection, str(doc_id), field)
+            except Exception:
+                logger.exception("integrity failure not recorded")
 
     async def open(self, org_id: str, collection: str, doc_id: object, field: str, sealed: bytes) -> str:
         raw = await self.open_bytes(org_id, collection, doc_id, field, sealed)

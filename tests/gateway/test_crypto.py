@@ -146,6 +146,21 @@ async def test_tampered_outbox_field_fails_the_job_instead_of_the_dispatcher(gw)
     assert (await gw.store.messages.find_one({"_id": bad["id"]}))["status"] == "failed"
     assert (await gw.store.messages.find_one({"_id": good["id"]}))["status"] == "accepted"
     assert len(gw.twilio.messages) == 1
+    # The tampering is an audit event (SECURITY.md F2), naming where, never what.
+    [failure] = [e async for e in gw.store.audit.find({"org_id": gw.org.id, "action": "integrity.fail"})]
+    assert failure["outcome"] == "failed"
+    assert failure["detail"] == {"collection": "outbox", "document": job["_id"], "field": "link_token"}
+
+
+async def test_a_message_body_moved_to_another_message_is_refused_and_audited(gw):
+    first = await gw.api_send(body="first secret", secure=True)
+    second = await gw.api_send(body="second secret", secure=True)
+    stolen = (await gw.store.messages.find_one({"_id": first["id"]}))["body"]
+    await gw.store.messages.update_one({"_id": second["id"]}, {"$set": {"body": stolen}})
+    resp = await gw.client.get(f"/api/v1/threads/{second['thread_id']}/messages", headers=gw.auth())
+    assert resp.status == 500 and "first secret" not in await resp.text()
+    failures = [e async for e in gw.store.audit.find({"action": "integrity.fail"})]
+    assert [e["detail"] for e in failures] == [{"collection": "messages", "document": second["id"], "field": "body"}]
 
 
 # -- vault: rotation and shredding --------------------------------------------------------------------
