@@ -256,6 +256,32 @@ class Contacts:
         if res.matched_count == 0:
             raise NotFound("contact")
 
+    async def erase(self, org_id: str, contact_id: str) -> bool:
+        """Right to erasure by crypto-shredding (SECURITY.md J2); True if this call erased the contact.
+
+        Destroys the contact's data key (nothing it sealed, fields or messages, opens again), drops
+        what identifies the person outside the seal (sealed fields, hints, blind indexes, PIN hash),
+        deletes its reply tokens and client sessions and revokes its links. Each step is repeatable,
+        and erased_at is set last, conditionally: a call cut short is completed by the next one, and
+        once erased a call returns False and changes nothing.
+        """
+        doc = await self._store.contacts.find_one({"_id": contact_id, "org_id": org_id},
+                                                  projection={"dek_id": 1, "erased_at": 1})
+        if doc is None or doc.get("erased_at"):
+            return False
+        now = self._clock.now()
+        await self._vault.destroy(doc["dek_id"])
+        await self._store.reply_tokens.delete_many({"org_id": org_id, "contact_id": contact_id})
+        await self._store.sessions.delete_many({"org_id": org_id, "kind": "client", "contact_id": contact_id})
+        await self._store.links.update_many({"org_id": org_id, "contact_id": contact_id, "revoked_at": None},
+                                            {"$set": {"revoked_at": now}})
+        res = await self._store.contacts.update_one(
+            {"_id": contact_id, "org_id": org_id, "erased_at": None},
+            {"$set": {"erased_at": now, "phone_bidx": NO_VALUE + contact_id, "email_bidx": NO_VALUE + contact_id},
+             "$unset": {"name": "", "phone": "", "email": "", "phone_hint": "", "email_hint": "", "pin_hash": ""}},
+        )
+        return res.modified_count == 1
+
     async def touch_channel(self, contact: Contact, channel: str) -> None:
         """Remember the channel the contact last used (where new links go by default)."""
         if contact.last_channel != channel:

@@ -14,7 +14,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
 from gateway.contacts import Contact, Contacts
-from gateway.errors import NotFound, OptedOut, SensitiveContent, ValidationError
+from gateway.errors import KeyErased, NotFound, OptedOut, SensitiveContent, ValidationError
 from gateway.ids import is_id, new_id
 from gateway.links import Links
 from gateway.orgs import Org
@@ -578,6 +578,14 @@ class Conversations:
     async def open_body(self, message: Doc) -> str:
         return await self._vault.open(message["org_id"], "messages", message["_id"], "body", message["body"])
 
+    async def open_body_or_erased(self, message: Doc) -> str | None:
+        """The body, or None once its contact was erased (its data key destroyed). Any other
+        failure to open (tampering) still raises."""
+        try:
+            return await self.open_body(message)
+        except KeyErased:
+            return None
+
     async def messages(
         self, org_id: str, thread_id: str, *, after: str | None = None, limit: int = 50, with_body: bool = True
     ) -> list[Doc]:
@@ -588,7 +596,7 @@ class Conversations:
         out = []
         async for doc in self._store.messages.find(query).sort("_id", 1).limit(limit):
             if with_body:
-                doc["text"] = await self.open_body(doc)
+                doc["text"] = await self.open_body_or_erased(doc)
             out.append(doc)
         return out
 
@@ -613,7 +621,7 @@ class Conversations:
         )
         docs.reverse()
         for d in docs:
-            d["text"] = await self.open_body(d)
+            d["text"] = await self.open_body_or_erased(d)
         return docs
 
     # -- delivery status ----------------------------------------------------------------

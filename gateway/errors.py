@@ -81,6 +81,10 @@ class IntegrityError(HushlinkError):
     """A sealed value failed authentication: tampered with, or moved from another document."""
 
 
+class KeyErased(IntegrityError):
+    """A sealed value whose data key was destroyed: the contact was erased (crypto-shredded)."""
+
+
 class StoreUnavailable(HushlinkError):
     """The database could not be reached in time."""
 

@@ -15,7 +15,7 @@ from bson import Binary
 from pymongo.errors import DuplicateKeyError
 
 from gateway.crypto import Sealer, aad
-from gateway.errors import IntegrityError
+from gateway.errors import IntegrityError, KeyErased
 from gateway.ports import Clock
 from gateway.store import Store
 
@@ -85,7 +85,7 @@ class Vault:
             raise
         dek = await self._load(dek_id)
         if dek is None:  # erased (crypto-shredded): expected, not tampering
-            raise IntegrityError(f"data key {dek_id} is gone (erased)")
+            raise KeyErased(f"data key {dek_id} is gone (erased)")
         try:
             return self._sealer.open(dek, bytes(sealed), aad(org_id, collection, str(doc_id), field))
         except IntegrityError:

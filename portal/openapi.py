@@ -53,7 +53,9 @@ OPENAPI: dict[str, Any] = {
             "ThreadMessages": {"type": "object", "required": ["messages", "next_cursor"], "properties": {
                 "messages": {"type": "array", "items": {"type": "object", "properties": {
                     "id": {"type": "string"}, "direction": {"type": "string"}, "channel": {"type": "string"},
-                    "body": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
+                    "body": {"type": ["string", "null"],
+                             "description": "null once the contact was erased (its data key destroyed)"},
+                    "created_at": {"type": "string", "format": "date-time"},
                     "status": {"type": "string"}, "secure": {"type": "boolean"},
                     "flags": {"type": "array", "items": {"type": "string"}}}}},
                 "next_cursor": {"type": ["string", "null"]}}},

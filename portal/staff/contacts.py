@@ -37,6 +37,7 @@ PAGE = 50
 # an agent who may see few of many contacts costs a bounded number of reads per page.
 SCAN = 500
 CHANNELS = ("sms", "email")
+ERASE_WORD = "ERASE"  # typed by the admin to confirm an erasure
 
 
 async def load_contact(deps: Deps, request: web.Request, contact_id: str) -> Contact:
@@ -171,6 +172,7 @@ class ContactPages:
         app.router.add_get("/contacts", self.list)
         app.router.add_get("/contacts/{id}", self.detail)
         app.router.add_post("/contacts/{id}/pin", self.pin)
+        app.router.add_post("/contacts/{id}/erase", self.erase)
 
     @policy(*ANY_STAFF)
     async def list(self, request: web.Request) -> web.Response:
@@ -250,3 +252,16 @@ class ContactPages:
             return await self._detail(request, await self.s.contacts.get(contact.org_id, contact.id),
                                       grant=grant, generated_pin=generated)
         return redirect(f"/staff/contacts/{contact.id}")
+
+    @policy("admin")
+    async def erase(self, request: web.Request) -> web.Response:
+        """Erase the contact for good (crypto-shredding, SECURITY.md J2): type ERASE to confirm."""
+        ctx = request[STAFF]
+        contact, _ = await load_scoped_contact(self.d, request, request.match_info["id"])
+        form = await form_fields(request)
+        if form.get("confirm", "").strip() != ERASE_WORD:
+            raise ValidationError("confirm", f"type {ERASE_WORD} to erase this contact; nothing was erased")
+        if await self.s.contacts.erase(ctx.org.id, contact.id):
+            await self.s.audit.append(ctx.org.id, "contact.erased", ctx.actor, ip=self.d.ip(request),
+                                      contact_id=contact.id)
+        return redirect("/staff/contacts")
