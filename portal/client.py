@@ -204,6 +204,12 @@ class ClientPortal:
             # instead of showing the conversation unaudited.
             await self._s.store.sessions.update_one({"_id": session["_id"]}, {"$set": {"viewed": False}})
             raise
+        await self._mark_viewed(session, docs, ip)
+
+    async def _mark_viewed(self, session: Doc, docs: list[Doc], ip: str) -> None:
+        """'viewed' (and its audit entry) on each outbound message shown for the first time: on the
+        thread page, and when live updates bring it to an open page."""
+        actor = Actor("client", session["contact_id"])
         now = self._s.clock.now()
         for d in docs:
             if d["direction"] == "outbound" and not d.get("viewed_at"):
@@ -258,6 +264,11 @@ class ClientPortal:
             return web.json_response({"error": {"code": "session_over", "message": "signed out"}}, status=401)
         after = request.query.get("after") or None
         docs = await self._s.conversations.messages(session["org_id"], session["thread_id"], after=after, limit=100)
+        # Audited before the content goes out, as on the thread page (which this can stand in for).
+        if not session.get("viewed"):
+            await self._record_view(session, docs, self._ip(request))
+        else:
+            await self._mark_viewed(session, docs, self._ip(request))
         return web.json_response({"messages": [
             {k: v for k, v in self._message_view(d).items()} for d in docs
         ]})

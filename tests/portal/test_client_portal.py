@@ -551,6 +551,30 @@ async def test_client_reply_lands_in_the_thread_as_a_portal_message(gw):
 
 
 # -- views ---------------------------------------------------------------------------------------
+async def test_a_message_that_live_updates_bring_is_recorded_as_viewed(gw):
+    data, token = await send_secure(gw)
+    await open_session(gw, token)
+    assert (await thread_page(gw))[0] == 200
+    later = await gw.api_send(body="One more thing: fasting from midnight.", secure=True)
+    resp = await gw.client.get(f"/s/thread/updates?after={data['id']}")
+    assert [m["id"] for m in (await resp.json())["messages"]] == [later["id"]]
+    viewed = [e["message_id"] async for e in gw.store.audit.find({"action": "message.viewed"})]
+    assert viewed == [data["id"], later["id"]]
+    assert (await gw.store.messages.find_one({"_id": later["id"]}))["viewed_at"] is not None
+
+
+async def test_updates_without_the_page_still_record_the_view_first(gw):
+    """The JSON of live updates carries content too: polled straight after opening the link, it
+    records the view (once) before answering, as the thread page would."""
+    data, token = await send_secure(gw)
+    await open_session(gw, token)
+    resp = await gw.client.get("/s/thread/updates")
+    assert BODY in await resp.text()
+    assert (await gw.audit_actions()).count("thread.viewed") == 1
+    assert (await thread_page(gw))[0] == 200
+    assert (await gw.audit_actions()).count("thread.viewed") == 1  # still one view per session
+
+
 async def test_view_is_recorded_once_per_session(gw):
     data, token = await send_secure(gw)
     await open_session(gw, token)
