@@ -96,16 +96,17 @@ async def test_a_transient_error_in_a_batch_retries_only_its_own_job(gw: Gateway
     assert len(gw.twilio.messages) == 4
 
 
-class BrokenForOneNumber:
-    """A sender that fails unexpectedly (not a provider error) for one number, sends the rest."""
+class WrappedSender:
+    """The real Twilio sender with a twist in send_sms (subclasses say which)."""
 
-    def __init__(self, inner: TwilioSmsSender, broken: str) -> None:
+    def __init__(self, inner: TwilioSmsSender) -> None:
         self.inner = inner
-        self.broken = broken
+
+    async def before_send(self, to_number: str) -> None:
+        pass
 
     async def send_sms(self, *, from_number: str, to_number: str, body: str, status_callback: str | None) -> Any:
-        if to_number == self.broken:
-            raise RuntimeError("sender bug")
+        await self.before_send(to_number)
         return await self.inner.send_sms(from_number=from_number, to_number=to_number, body=body,
                                          status_callback=status_callback)
 
@@ -114,6 +115,18 @@ class BrokenForOneNumber:
 
     async def fetch_media(self, url: str, *, max_bytes: int) -> Any:
         return await self.inner.fetch_media(url, max_bytes=max_bytes)
+
+
+class BrokenForOneNumber(WrappedSender):
+    """A sender that fails unexpectedly (not a provider error) for one number, sends the rest."""
+
+    def __init__(self, inner: TwilioSmsSender, broken: str) -> None:
+        super().__init__(inner)
+        self.broken = broken
+
+    async def before_send(self, to_number: str) -> None:
+        if to_number == self.broken:
+            raise RuntimeError("sender bug")
 
 
 async def test_an_unexpected_error_in_one_send_still_records_the_others_as_sent(gw: Gateway) -> None:
@@ -130,29 +143,21 @@ async def test_an_unexpected_error_in_one_send_still_records_the_others_as_sent(
     assert sorted(m["to"] for m in gw.twilio.messages) == sorted(PHONES[:2] + PHONES[3:4])
 
 
-class SlowProvider:
+class SlowProvider(WrappedSender):
     """Each send takes 8 s by the service clock; on the twelfth, another worker sweeps (as another
     process would while this batch is still going)."""
 
     def __init__(self, gw: Gateway, inner: TwilioSmsSender, competitor: OutboxDispatcher) -> None:
+        super().__init__(inner)
         self.gw = gw
-        self.inner = inner
         self.competitor = competitor
         self.calls = 0
 
-    async def send_sms(self, *, from_number: str, to_number: str, body: str, status_callback: str | None) -> Any:
+    async def before_send(self, to_number: str) -> None:
         self.calls += 1
         self.gw.clock.advance(seconds=8)
         if self.calls == 12:
             await self.competitor.run_once()
-        return await self.inner.send_sms(from_number=from_number, to_number=to_number, body=body,
-                                         status_callback=status_callback)
-
-    async def redact_sms(self, provider_id: str) -> None:
-        await self.inner.redact_sms(provider_id)
-
-    async def fetch_media(self, url: str, *, max_bytes: int) -> Any:
-        return await self.inner.fetch_media(url, max_bytes=max_bytes)
 
 
 async def test_a_batch_that_outlasts_its_lease_keeps_it_and_nothing_is_sent_twice(gw: Gateway) -> None:
