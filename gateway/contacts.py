@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from gateway.crypto import Sealer
 from gateway.errors import NotFound
@@ -16,7 +16,7 @@ from gateway.orgs import validate_email
 from gateway.phone import mask_email, mask_phone, normalize_e164
 from gateway.pins import hash_secret, validate_pin
 from gateway.ports import Clock
-from gateway.store import Doc, Store
+from gateway.store import Doc, Store, insert_new
 from gateway.vault import Vault
 
 OPTED_IN = "opted_in"
@@ -167,14 +167,8 @@ class Contacts:
             doc["email_bidx"] = NO_VALUE + cid  # see gateway/store.py: unique, never partial
             docs.append(doc)
         lost: set[str] = set()
-        try:
-            await self._store.contacts.insert_many(docs, ordered=False)
-        except BulkWriteError as err:
-            if any(e.get("code") != 11000 for e in err.details.get("writeErrors", [])):
-                raise
-            # Created concurrently (same phone): the stored contact wins, our key goes.
-            for e in err.details["writeErrors"]:
-                doc = docs[e["index"]]
+        for doc, new in zip(docs, await insert_new(self._store.contacts, docs), strict=True):
+            if not new:  # created concurrently (same phone): the stored contact wins, our key goes
                 lost.add(doc["_id"])
                 await self._vault.destroy(doc["dek_id"])
         for doc, phone in zip(docs, missing, strict=True):

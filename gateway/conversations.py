@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
@@ -23,7 +23,7 @@ from gateway.pins import hash_secret, validate_pin
 from gateway.ports import Clock
 from gateway.recent import FLOOR_MARGIN, Recent, oid_at, oid_time
 from gateway.reply_tokens import ReplyTokens
-from gateway.store import Doc, Store
+from gateway.store import Doc, Store, insert_new
 from gateway.vault import Vault
 
 MAX_BODY = 5000
@@ -78,13 +78,6 @@ class Notice:
     job_id: str
     message_id: str | None
     in_reply_to: str | None = None  # the Message-ID a notice mail answers (threads it in mail clients)
-
-
-def _only_duplicates(err: BulkWriteError) -> None:
-    """Re-raise a bulk write error unless every failure is a duplicate key."""
-    if any(e.get("code") != 11000 for e in err.details.get("writeErrors", [])) or \
-            err.details.get("writeConcernErrors"):
-        raise err
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,12 +431,8 @@ class Conversations:
         docs = [{"_id": new_id(), "org_id": org_id, "contact_id": cid, "secure": False, "status": "open",
                  "assignee": None, "created_at": now, "last_activity_at": now, "unread_staff": 0,
                  "preview": "", "channel": channel} for cid in missing]
-        lost: set[str] = set()
-        try:
-            await self._store.threads.insert_many(docs, ordered=False)
-        except BulkWriteError as err:
-            _only_duplicates(err)
-            lost = {docs[e["index"]]["contact_id"] for e in err.details["writeErrors"]}
+        inserted = await insert_new(self._store.threads, docs)
+        lost = {d["contact_id"] for d, new in zip(docs, inserted, strict=True) if not new}
         found.update({d["contact_id"]: d for d in docs if d["contact_id"] not in lost})
         if lost:  # created concurrently; the stored ones win
             found.update({d["contact_id"]: d async for d in self._store.threads.find(
@@ -464,13 +453,8 @@ class Conversations:
                                             channel=channel, body=it.body, provider_id=it.provider_id,
                                             secure=it.secure, flags=it.flags, author_kind="contact")
                     for it in items]
-        stored_before: set[str] = set()
-        try:
-            await self._store.messages.insert_many(messages, ordered=False)
-        except BulkWriteError as err:
-            _only_duplicates(err)
-            stored_before = {messages[e["index"]]["_id"] for e in err.details["writeErrors"]}
-        new = [it.message_id not in stored_before for it in items]
+        # A message stored before (its id is the event's) is one an earlier run recorded.
+        new = await insert_new(self._store.messages, messages)
         per_thread: dict[str, list[int]] = {}  # thread id -> [new messages, any secure]
         for it, is_new in zip(items, new, strict=True):
             if is_new:

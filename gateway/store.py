@@ -11,7 +11,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, WriteCo
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,23 @@ class Store:
         async with self.client.start_session() as session:
             async with await session.start_transaction():
                 yield session
+
+
+async def insert_new(coll: AsyncCollection[Doc], docs: list[Doc]) -> list[bool]:
+    """Insert `docs` with one unordered insert_many; returns, per document, whether it was inserted
+    now (False: a document with the same unique key was stored already, e.g. by an earlier run or
+    a concurrent creator). Any other failure, or a write concern error, raises."""
+    if not docs:
+        return []
+    try:
+        await coll.insert_many(docs, ordered=False)
+    except BulkWriteError as err:
+        errors = err.details.get("writeErrors", [])
+        if err.details.get("writeConcernErrors") or any(e.get("code") != 11000 for e in errors):
+            raise
+        taken = {e["index"] for e in errors}
+        return [i not in taken for i in range(len(docs))]
+    return [True] * len(docs)
 
 
 def make_client(uri: str, timeout_seconds: float) -> AsyncMongoClient[Doc]:

@@ -19,7 +19,7 @@ import logging
 import mimetypes
 from typing import Any
 
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
@@ -31,7 +31,7 @@ from gateway.orgs import Org, Orgs
 from gateway.outbox import Outbox
 from gateway.phone import normalize_e164
 from gateway.ports import SmsSender
-from gateway.store import Doc, Store
+from gateway.store import Doc, Store, insert_new
 from gateway.vault import Vault
 from inbound.attachments import IncomingFile, seal_attachments
 from inbound.events import InboundEvents
@@ -276,15 +276,6 @@ class SmsReplyHandler:
 
     async def _queue_many(self, jobs: list[Doc]) -> None:
         """_queue_once for several jobs with one write."""
-        if not jobs:
-            return
-        queued_before: set[str] = set()
-        try:
-            await self._store.outbox.insert_many(jobs, ordered=False)
-        except BulkWriteError as err:
-            if any(e.get("code") != 11000 for e in err.details.get("writeErrors", [])):
-                raise
-            queued_before = {jobs[e["index"]]["_id"] for e in err.details["writeErrors"]}
-        for job in jobs:
-            if job["_id"] not in queued_before:
+        for job, new in zip(jobs, await insert_new(self._store.outbox, jobs), strict=True):
+            if new:  # (else queued by an earlier run of this event)
                 self._outbox.announce(job["_id"])
