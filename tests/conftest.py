@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -92,20 +93,52 @@ def services(config: Config, store: Store, keyring: Keyring, clock: FrozenClock)
     return build_services(config, store, keyring, clock)
 
 
-@pytest.fixture
-async def gw(services: Services, twilio: TwilioStandIn, clock: FrozenClock, aiohttp_client) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+@contextlib.asynccontextmanager
+async def running_gateway(services: Services, twilio: TwilioStandIn, clock: FrozenClock,
+                          aiohttp_client) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    """The whole gateway on `services`: Twilio stand-in, a mail sink, an org and an API key."""
     from gateway.api_keys import ApiKeys
 
     sender = TwilioSmsSender(twilio.account_sid, twilio.auth_token, api_base=twilio.base_url, timeout=3)
     sink = SmtpSink()
     await sink.start()
-    mailer = SmtpEmailSender(sink.host, sink.port, starttls=False, timeout=5)
-    runtime = build_runtime(services, sms=sender, email=mailer)
-    client = await aiohttp_client(create_app(runtime, workers=False))
-    org = await services.orgs.create("Riverside Clinic", ORG_NUMBER, email_from=ORG_EMAIL, reply_domain=REPLY_DOMAIN)
-    key, _ = await ApiKeys(services.store, clock).create(org.id, "tests")
-    gateway = Gateway(client, services, runtime, twilio, clock, org, key, mail=sink)
-    yield gateway
-    await gateway.stop_smtp()
-    await sender.close()
-    await sink.close()
+    gateway: Gateway | None = None
+    try:
+        mailer = SmtpEmailSender(sink.host, sink.port, starttls=False, timeout=5)
+        runtime = build_runtime(services, sms=sender, email=mailer)
+        client = await aiohttp_client(create_app(runtime, workers=False))
+        org = await services.orgs.create("Riverside Clinic", ORG_NUMBER, email_from=ORG_EMAIL,
+                                         reply_domain=REPLY_DOMAIN)
+        key, _ = await ApiKeys(services.store, clock).create(org.id, "tests")
+        gateway = Gateway(client, services, runtime, twilio, clock, org, key, mail=sink)
+        yield gateway
+    finally:
+        if gateway is not None:
+            await gateway.stop_smtp()
+        await sender.close()
+        await sink.close()
+
+
+@pytest.fixture
+async def gw(services: Services, twilio: TwilioStandIn, clock: FrozenClock, aiohttp_client) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    async with running_gateway(services, twilio, clock, aiohttp_client) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+async def outage_gw(twilio: TwilioStandIn, keyring: Keyring, clock: FrozenClock,
+                    aiohttp_client) -> AsyncIterator[tuple[Gateway, SecantusServer]]:  # type: ignore[no-untyped-def]
+    """The gateway of `gw` on its own SecantusDB server, which an outage test may stop."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    server = SecantusServer(ARTIFACTS)
+    server.start()
+    mongo = make_client(server.uri, 1)
+    try:
+        store = Store(mongo, "outage")
+        await store.ensure_indexes()
+        services = build_services(make_config(twilio), store, keyring, clock)
+        async with running_gateway(services, twilio, clock, aiohttp_client) as gateway:
+            yield gateway, server
+    finally:
+        server.stop()
+        await mongo.close()

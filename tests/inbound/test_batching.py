@@ -18,7 +18,6 @@ from gateway.store import Doc, Store
 from inbound.events import InboundEvents
 from inbound.processor import InboundProcessor
 from inbound.sms import SmsReplyHandler
-from tests.inbound.test_twilio_webhooks import outage_gw  # noqa: F401 (a fixture)
 from tests.support.database import SecantusServer
 from tests.support.harness import ORG_NUMBER, Gateway
 from tests.support.twilio_standin import inbound_sms_params, new_sid
@@ -452,7 +451,7 @@ async def test_a_document_that_cannot_be_stored_fails_only_its_own_delivery(stor
 
 
 async def test_deliveries_sharing_an_insert_during_an_outage_each_get_503(
-        outage_gw: tuple[Gateway, SecantusServer]) -> None:  # noqa: F811
+        outage_gw: tuple[Gateway, SecantusServer]) -> None:
     gw, server = outage_gw
     server.stop()
     responses = await asyncio.gather(*(gw.post_signed("/webhooks/twilio/sms", gw.sms_params(body=f"during {i}"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import re
 import uuid
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -21,28 +20,16 @@ import aiosmtplib
 import bson
 import pytest
 
-from gateway.api_keys import ApiKeys
-from gateway.app import build_runtime, create_app
-from gateway.clock import FrozenClock
-from gateway.crypto import Keyring
-from gateway.services import build_services
-from gateway.store import Store, make_client
 from gateway.tokens import token_hash
-from outbound.smtp_email import SmtpEmailSender
-from tests.conftest import ARTIFACTS, make_config
 from tests.portal.test_staff_support import Browser, audit_entries, make_staff, signed_in
-from tests.support.database import SecantusServer
 from tests.support.harness import (
     CLIENT_EMAIL,
     LINK_RE,
     ORG_EMAIL,
-    ORG_NUMBER,
     REPLY_DOMAIN,
     REPLY_RE,
     Gateway,
 )
-from tests.support.smtp_sink import SmtpSink
-from tests.support.twilio_standin import TwilioStandIn
 
 MIME = Path(__file__).resolve().parent.parent / "fixtures" / "email" / "mime"
 OTHER_EMAIL = "blake@client.test"
@@ -743,36 +730,6 @@ async def test_hostile_attachment_names_render_escaped_in_both_portals(gw):
 
 
 # -- 8. the database goes down during DATA -------------------------------------------------------------
-
-
-@pytest.fixture
-async def outage_gw(twilio: TwilioStandIn, keyring: Keyring, clock: FrozenClock,
-                    aiohttp_client: Any) -> AsyncIterator[tuple[Gateway, SecantusServer]]:
-    """A gateway with a mail sink on its own SecantusDB server, which the test may stop."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    server = SecantusServer(ARTIFACTS)
-    server.start()
-    mongo = make_client(server.uri, 1)
-    sink = SmtpSink()
-    await sink.start()
-    gateway: Gateway | None = None
-    try:
-        store = Store(mongo, "outage")
-        await store.ensure_indexes()
-        services = build_services(make_config(twilio), store, keyring, clock)
-        mailer = SmtpEmailSender(sink.host, sink.port, starttls=False, timeout=5)
-        runtime = build_runtime(services, email=mailer)
-        client = await aiohttp_client(create_app(runtime, workers=False))
-        org = await services.orgs.create(ORG_NAME, ORG_NUMBER, email_from=ORG_EMAIL, reply_domain=REPLY_DOMAIN)
-        key, _ = await ApiKeys(store, clock).create(org.id, "tests")
-        gateway = Gateway(client, services, runtime, twilio, clock, org, key, mail=sink)
-        yield gateway, server
-    finally:
-        if gateway is not None:
-            await gateway.stop_smtp()
-        await sink.close()
-        server.stop()
-        await mongo.close()
 
 
 async def test_database_down_at_data_gives_451_so_the_sender_retries(outage_gw):

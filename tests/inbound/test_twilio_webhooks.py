@@ -19,10 +19,10 @@ from gateway.crypto import Keyring
 from gateway.ids import new_id
 from gateway.ports import SentSms
 from gateway.services import build_services
-from gateway.store import Store, make_client
+from gateway.store import Store
 from outbound.dispatcher import OutboxDispatcher
 from outbound.twilio_sms import TwilioSmsSender
-from tests.conftest import ARTIFACTS, make_config
+from tests.conftest import make_config
 from tests.support.database import SecantusServer
 from tests.support.harness import CLIENT_PHONE, ORG_NUMBER, PUBLIC_URL, Gateway
 from tests.support.twilio_standin import TwilioStandIn, inbound_sms_params, new_sid, sign
@@ -286,30 +286,6 @@ async def test_number_wins_over_messaging_service(gw: Gateway) -> None:
 
 
 # -- database down ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def outage_gw(twilio: TwilioStandIn, keyring: Keyring, clock: FrozenClock,
-                    aiohttp_client: Any) -> AsyncIterator[tuple[Gateway, SecantusServer]]:
-    """A gateway on its own SecantusDB server, which the test may stop."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    server = SecantusServer(ARTIFACTS)
-    server.start()
-    mongo = make_client(server.uri, 1)
-    try:
-        store = Store(mongo, "outage")
-        await store.ensure_indexes()
-        services = build_services(make_config(twilio), store, keyring, clock)
-        sender = TwilioSmsSender(twilio.account_sid, twilio.auth_token, api_base=twilio.base_url,
-                                 timeout=3)
-        runtime = build_runtime(services, sms=sender)
-        client = await aiohttp_client(create_app(runtime, workers=False))
-        org = await services.orgs.create("Riverside Clinic", ORG_NUMBER)
-        yield Gateway(client, services, runtime, twilio, clock, org, ""), server
-        await sender.close()
-    finally:
-        server.stop()
-        await mongo.close()
 
 
 async def test_database_down_gives_503_so_twilio_retries(
