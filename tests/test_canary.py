@@ -81,6 +81,41 @@ async def all_documents(gw: Gateway) -> list[tuple[str, dict[str, Any], bytes]]:
     return out
 
 
+def assert_logs_hold_none(logs: dict[str, Any], secrets: list[str], *, never_even_raw: list[str]) -> str:
+    """No secret in what the log pipeline wrote (redacting filter + JSON) nor in caplog; our own
+    loggers never log one even before redaction, and nobody logs `never_even_raw` (content).
+    Third-party loggers (access log, HTTP clients) may, and the redacting handler is what stops
+    them. Returns the raw (pre-redaction) text, for a test to show redaction had work to do."""
+    out = logs["stream"].getvalue()
+    assert out.count("\n") >= 5, "expected some log output from the loop"
+    caplog_text = logs["caplog"].text
+    for secret in secrets:
+        assert secret not in out, secret
+        assert secret not in caplog_text, secret
+        for record in logs["caplog"].records:
+            assert secret not in record.getMessage(), (secret, record.name)
+    for name, line in logs["raw"].lines:
+        if name.split(".")[0] in OWN_LOGGERS:
+            for secret in secrets:
+                assert secret not in line, (secret, name, line)
+        for secret in never_even_raw:
+            assert secret not in line, (secret, name)
+    return "\n".join(line for _, line in logs["raw"].lines)
+
+
+async def assert_database_holds_none(gw: Gateway, secrets: list[str], collections: set[str]
+                                     ) -> list[tuple[str, dict[str, Any], bytes]]:
+    """No secret, in any encoding, in the raw BSON of any document (at least `collections` exist).
+    Returns the documents for further checks."""
+    docs = await all_documents(gw)
+    assert collections <= {name for name, _, _ in docs}
+    for name, doc, raw_bson in docs:
+        for secret in secrets:
+            for form in encodings(secret):
+                assert form not in raw_bson, (secret, name, doc.get("_id"))
+    return docs
+
+
 async def test_secure_content_tokens_pins_and_phones_never_leak(gw: Gateway, logs: dict[str, Any]):
     tag = uuid.uuid4().hex[:12]
     canary_api = f"CANARY-API-{tag} biopsy result benign"
@@ -139,35 +174,12 @@ async def test_secure_content_tokens_pins_and_phones_never_leak(gw: Gateway, log
     secrets = [*canaries, *tokens, PIN, session_id, CLIENT_PHONE, phone_digits]
 
     # (a) Logs. The production pipeline (redacting filter + JSON) and caplog after it: nothing.
-    out = logs["stream"].getvalue()
-    assert out.count("\n") >= 5, "expected some log output from the loop"
-    caplog_text = logs["caplog"].text
-    for secret in secrets:
-        assert secret not in out, secret
-        assert secret not in caplog_text, secret
-        for record in logs["caplog"].records:
-            assert secret not in record.getMessage(), (secret, record.name)
-    # Our own code never logs them even before redaction; third-party loggers (access log,
-    # twilio's HTTP client) may, and the redacting handler is what stops them.
-    raw_lines = logs["raw"].lines
-    for name, line in raw_lines:
-        if name.split(".")[0] in OWN_LOGGERS:
-            for secret in secrets:
-                assert secret not in line, (secret, name, line)
-        for secret in [*canaries, PIN]:
-            assert secret not in line, (secret, name)
-    raw_text = "\n".join(line for _, line in raw_lines)
+    raw_text = assert_logs_hold_none(logs, secrets, never_even_raw=[*canaries, PIN])
     assert token1 in raw_text, "the access log saw the link path, so redaction above was tested"
 
     # (b) The database, as raw BSON: no canary, token, PIN, session id or full phone number.
-    docs = await all_documents(gw)
-    collections = {name for name, _, _ in docs}
-    assert {"messages", "contacts", "links", "outbox", "inbound_events", "audit", "sessions",
-            "keys"} <= collections
-    for name, doc, raw_bson in docs:
-        for secret in secrets:
-            for form in encodings(secret):
-                assert form not in raw_bson, (secret, name, doc.get("_id"))
+    docs = await assert_database_holds_none(gw, secrets, {
+        "messages", "contacts", "links", "outbox", "inbound_events", "audit", "sessions", "keys"})
     stored = [doc for name, doc, _ in docs if name == "messages"]
     assert len(stored) >= 3 and all(isinstance(d["body"], bytes) for d in stored)
     inbound_event = next(doc for name, doc, _ in docs if name == "inbound_events")
