@@ -90,6 +90,14 @@ class Contacts:
                     for f in fields})
         return out
 
+    async def get_revealed(self, org_id: str, contact_id: str, fields: tuple[str, ...]
+                           ) -> tuple[Contact, dict[str, str | None]]:
+        """get() plus the opened `fields`, with one read; NotFound as get() would raise it."""
+        found = (await self.get_many_revealed(org_id, [contact_id], fields)).get(contact_id)
+        if found is None:
+            raise NotFound("contact")
+        return found
+
     async def by_phone(self, org_id: str, e164: str) -> Contact | None:
         doc = await self._store.contacts.find_one({"org_id": org_id, "phone_bidx": self.phone_index(org_id, e164)})
         return _contact(doc) if doc else None

@@ -109,11 +109,11 @@ class EmailReplyHandler:
         if scope is None or scope["org_id"] != event["org_id"]:
             return "unroutable"
         org = await self._orgs.get(scope["org_id"])
-        contact = await self._contacts.get(org.id, scope["contact_id"])
+        contact, fields = await self._contacts.get_revealed(org.id, scope["contact_id"], ("email",))
         parsed = await self._parse(event)
         if parsed.is_bounce:
             return await self._bounce(org.id, contact.id, parsed)
-        on_file = (await self._contacts.reveal(contact))["email"]
+        on_file = fields["email"]
         thread = await self._conversations.get_thread(org.id, scope["thread_id"])
         reply = _assess(parsed, on_file, bool(thread.get("secure")), org.policy.sensitive_terms,
                         null_sender=_null_sender(payload))

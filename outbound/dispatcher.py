@@ -155,16 +155,13 @@ class OutboxDispatcher:
 
     async def _recipient(self, job: Doc, channel: str, known: Recipient | None) -> tuple[Org, str]:
         """The org and the contact's address on file for `channel`; permanent failure if none or opted out."""
-        if known is None:
+        if known is None:  # one job alone; a batch resolved them all at once (_recipients)
             org = await self._s.orgs.get(job["org_id"])
-            contact = await self._s.contacts.get(org.id, job["contact_id"])
-            if contact.opted_out(channel):
-                raise ProviderPermanent(f"contact opted out of {channel}", code="opted_out")
-            address = (await self._s.contacts.reveal(contact))[ADDRESS_FIELD[channel]]
-        else:
-            org, contact, address = known
-            if contact.opted_out(channel):
-                raise ProviderPermanent(f"contact opted out of {channel}", code="opted_out")
+            contact, fields = await self._s.contacts.get_revealed(org.id, job["contact_id"], (ADDRESS_FIELD[channel],))
+            known = Recipient(org, contact, fields[ADDRESS_FIELD[channel]])
+        org, contact, address = known
+        if contact.opted_out(channel):
+            raise ProviderPermanent(f"contact opted out of {channel}", code="opted_out")
         if not address:
             raise ProviderPermanent(f"contact has no {channel} address", code="no_address")
         return org, address

@@ -180,16 +180,13 @@ class ThreadPages:
         before = before if before and is_id(before) else None
         # The reads that need only the thread go out together (each is a round trip to the
         # database; the page waits for the slowest instead of their sum).
-        revealed, docs, links, staff, activity_entries = await asyncio.gather(
-            self.s.contacts.get_many_revealed(org.id, [thread["contact_id"]], ("name", "phone", "email")),
+        (contact, info), docs, links, staff, activity_entries = await asyncio.gather(
+            self.s.contacts.get_revealed(org.id, thread["contact_id"], ("name", "phone", "email")),
             self.s.conversations.latest_messages(org.id, thread["_id"], limit=MESSAGES + 1, before=before),
             self._links(org.id, thread["_id"]),
             self.d.staff.list(org.id),
             self._activity_entries(org.id, thread["_id"]),
         )
-        if thread["contact_id"] not in revealed:
-            raise NotFound("contact")
-        contact, info = revealed[thread["contact_id"]]
         earlier = docs[1]["_id"] if len(docs) > MESSAGES else None
         docs = docs[-MESSAGES:]
         emails = {m.id: m.email for m in staff}
