@@ -159,5 +159,13 @@ def median_run(runs: list[LoadResult]) -> LoadResult:
     return sorted(runs, key=lambda r: r.throughput)[len(runs) // 2]
 
 
+def report_rounds(series: dict[str, list[LoadResult]]) -> list[LoadResult]:
+    """Print each series' throughput per round; return each series' median round, in order."""
+    for name, runs in series.items():
+        print(f"  rounds, {name:<11} " + "  ".join(f"{r.throughput:7.1f}" for r in runs) + "  /s")
+    print("median round:")
+    return [median_run(runs) for runs in series.values()]
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)

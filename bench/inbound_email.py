@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import aiosmtplib
 
-from bench.common import Gateway, LoadResult, free_port, median_run, wait_until_processed, wait_until_quiet
+from bench.common import Gateway, LoadResult, free_port, report_rounds, wait_until_processed, wait_until_quiet
 from tests.support.smtp_sink import SmtpSink
 
 REPLY_DOMAIN = "reply.bench.test"
@@ -126,12 +126,9 @@ async def main() -> None:
                     baseline.wait(30)
             finally:
                 gw.stop()
-    base, ours, e2e = median_run(bases), median_run(accepts), median_run(e2es)
     print(f"inbound email benchmark: {args.messages} replies over SMTP per round, {args.rounds} rounds taking "
           f"turns, concurrency {args.concurrency}, {len(rcpts)} conversations, embedded SecantusDB")
-    for name, runs in (("baseline", bases), ("250", accepts), ("end-to-end", e2es)):
-        print(f"  rounds, {name:<11} " + "  ".join(f"{r.throughput:7.1f}" for r in runs) + "  /s")
-    print("median round:")
+    base, ours, e2e = report_rounds({"baseline": bases, "250": accepts, "end-to-end": e2es})
     print(base.line())
     print(ours.line())
     print(f"{'hushlink end-to-end':<28} {e2e.throughput:8.1f} msg/s  (all sealed in threads after {e2e.seconds:.2f} s)")

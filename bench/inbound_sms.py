@@ -26,7 +26,7 @@ from bench.common import (
     Gateway,
     LoadResult,
     free_port,
-    median_run,
+    report_rounds,
     run_load,
     wait_until_processed,
     wait_until_quiet,
@@ -104,12 +104,9 @@ async def main() -> None:
                     baseline.wait(30)
             finally:
                 gw.stop()
-    base, ack, e2e = median_run(bases), median_run(acks), median_run(e2es)
     print(f"inbound SMS benchmark: {args.requests} signed webhooks per round, {args.rounds} rounds taking turns, "
           f"concurrency {args.concurrency}, {args.senders} senders, embedded SecantusDB")
-    for name, runs in (("baseline", bases), ("ack", acks), ("end-to-end", e2es)):
-        print(f"  rounds, {name:<11} " + "  ".join(f"{r.throughput:7.1f}" for r in runs) + "  /s")
-    print("median round:")
+    base, ack, e2e = report_rounds({"baseline": bases, "ack": acks, "end-to-end": e2es})
     print(base.line())
     print(ack.line())
     print(f"{'hushlink end-to-end':<28} {e2e.throughput:8.1f} msg/s  (all {args.requests} sealed in threads "
