@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -113,11 +114,11 @@ async def main() -> None:
                     for r in range(args.rounds):
                         mails = round_mails(r)
                         bases.append(await smtp_load("baseline insert_one", bport, mails, args.concurrency))
-                        start = time.perf_counter()
+                        started_at = datetime.now(UTC)
                         ours = await smtp_load("hushlink SMTP 250", smtp_port, mails, args.concurrency)
                         expected += args.messages - ours.errors  # refused mail is never stored
                         e2e_s = await wait_until_processed(
-                            uri, "hushlink", {"direction": "inbound", "channel": "email"}, expected, start)
+                            uri, "hushlink", {"direction": "inbound", "channel": "email"}, expected, started_at)
                         accepts.append(ours)
                         e2es.append(LoadResult("hushlink end-to-end", args.messages, e2e_s, ours.latencies, 0))
                         await wait_until_quiet(uri, "hushlink")

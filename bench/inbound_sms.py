@@ -16,7 +16,7 @@ import asyncio
 import subprocess
 import sys
 import tempfile
-import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -92,10 +92,11 @@ async def main() -> None:
                             args.requests, args.senders), args.concurrency))
                         reqs = signed_requests(gw.url, gw.url, twilio.account_sid, twilio.auth_token,
                                                args.requests, args.senders)
-                        start = time.perf_counter()
+                        started_at = datetime.now(UTC)
                         ack = await run_load("hushlink webhook ack", reqs, args.concurrency)
                         stored += args.requests
-                        e2e_s = await wait_until_processed(uri, "hushlink", {"direction": "inbound"}, stored, start)
+                        e2e_s = await wait_until_processed(uri, "hushlink", {"direction": "inbound"}, stored,
+                                                           started_at)
                         acks.append(ack)
                         e2es.append(LoadResult("hushlink end-to-end", args.requests, e2e_s, ack.latencies, 0))
                         await wait_until_quiet(uri, "hushlink")

@@ -102,9 +102,10 @@ def build_runtime(services: Services, *, sms: SmsSender | None = None, email: Em
         "email": EmailReplyHandler(s.store, s.vault, events, s.orgs, s.contacts, s.conversations, s.reply_tokens,
                                    s.audit, s.clock),
     }
-    dispatcher = OutboxDispatcher(s, sms, email, owner=owner)
+    # Intake first: processing and sending wait for a lull in incoming deliveries (InboundEvents.lull).
+    dispatcher = OutboxDispatcher(s, sms, email, owner=owner, before_work=events.lull)
     processor = InboundProcessor(s.store, s.clock, handlers, owner=owner,  # type: ignore[arg-type]
-                                 poll_seconds=s.config.outbox.poll_seconds)
+                                 poll_seconds=s.config.outbox.poll_seconds, before_work=events.lull)
     events.listeners.append(processor.worker.notify)
     if sandbox is not None:
         async def sandbox_status(sid: str, status: str) -> None:

@@ -69,7 +69,7 @@ class LeaseWorker:
     def __init__(self, collection: AsyncCollection[Doc], clock: Clock, *, owner: str, lease_seconds: float,
                  poll_seconds: float, handle: Callable[[Doc], Awaitable[None]], name: str,
                  handle_batch: Callable[[list[Doc]], Awaitable[None]] | None = None,
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH, before_work: Callable[[], Awaitable[None]] | None = None) -> None:
         self._coll = collection
         self._clock = clock
         self._owner = owner
@@ -78,6 +78,8 @@ class LeaseWorker:
         self._handle = handle
         self._handle_batch = handle_batch
         self._max_batch = max_batch
+        # Awaited by the run() loops before each unit of work: e.g. InboundEvents.lull (intake first).
+        self._before_work = before_work
         self._batch_slots = asyncio.Semaphore(BATCH_SLOTS)
         self._name = name
         self._ready: asyncio.Queue[object] = asyncio.Queue()
@@ -244,6 +246,8 @@ class LeaseWorker:
             if doc_id is None:  # stop sentinel
                 continue
             try:
+                if self._before_work is not None:
+                    await self._before_work()
                 if self._handle_batch is not None and not self._ready.empty():
                     await self._run_batch(doc_id)
                 else:

@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 GROUP_MAX = 64  # documents per shared insert
 GROUP_INFLIGHT = 2  # shared inserts in flight at once
+# Intake first: background work (processing, sending) waits for a lull of this long in intake...
+INTAKE_LULL_SECONDS = 0.01
+# ...but never longer than this per unit of work, so a sustained burst cannot starve it.
+INTAKE_MAX_DEFER_SECONDS = 1.0
 
 
 class GroupInsert:
@@ -126,6 +130,7 @@ class InboundEvents:
         self._vault = vault
         self._clock = clock
         self._intake = GroupInsert(store.inbound_events)
+        self._last_arrival = float("-inf")  # event loop time of the latest accept()
         # Called with an event id and document once it is stored: the local processor's fast path.
         self.listeners: list[Callable[[str, Doc], None]] = []
 
@@ -135,6 +140,7 @@ class InboundEvents:
         meta: dict[str, Any] | None = None,
     ) -> tuple[str, bool]:
         """Store the event; returns (event id, newly stored). Raises StoreUnavailable."""
+        self._last_arrival = asyncio.get_running_loop().time()
         eid = new_id()
         now = self._clock.now()
         try:
@@ -178,6 +184,24 @@ class InboundEvents:
             if offer is not None and (lease := offer()) is not None:
                 return dict(lease)
         return None
+
+    async def lull(self, *, gap: float = INTAKE_LULL_SECONDS, max_wait: float = INTAKE_MAX_DEFER_SECONDS) -> None:
+        """Wait until no delivery has arrived for `gap` seconds, or `max_wait` has passed.
+
+        Background work calls this before each unit of work (gateway/leases.py `before_work`), so
+        that a burst of webhooks or mail is stored and acknowledged at full speed: the provider
+        waits on every acknowledgement (and retries, adding load, when it is slow), nobody waits on
+        processing. The database serves one side at a time anyway, so processing after the burst
+        costs no throughput. With no burst the wait is at most `gap` after the last delivery.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait
+        while True:
+            now = loop.time()
+            quiet_at = self._last_arrival + gap
+            if quiet_at <= now or deadline <= now:
+                return
+            await asyncio.sleep(min(quiet_at, deadline) - now)
 
     async def open_payload(self, event: Doc) -> dict[str, Any]:
         org = event.get("org_id") or "-"

@@ -33,7 +33,7 @@ LEASE_SECONDS = 60
 
 class InboundProcessor:
     def __init__(self, store: Store, clock: Clock, handlers: dict[str, Handler], *, owner: str,
-                 poll_seconds: float = 1.0) -> None:
+                 poll_seconds: float = 1.0, before_work: Callable[[], Awaitable[None]] | None = None) -> None:
         self._store = store
         self._clock = clock
         self._handlers = handlers
@@ -41,7 +41,7 @@ class InboundProcessor:
             kind: batch for kind, h in handlers.items() if (batch := getattr(h, "batch", None)) is not None}
         self.worker = LeaseWorker(store.inbound_events, clock, owner=owner, lease_seconds=LEASE_SECONDS,
                                   poll_seconds=poll_seconds, handle=self.process, name="inbound processor",
-                                  handle_batch=self.process_batch)
+                                  handle_batch=self.process_batch, before_work=before_work)
 
     async def claim(self) -> Doc | None:
         return await self.worker.claim()

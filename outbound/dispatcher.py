@@ -21,6 +21,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -86,7 +87,7 @@ class Pacer:
 class OutboxDispatcher:
     def __init__(
         self, services: Services, sms: SmsSender, email: EmailSender | None = None, *,
-        owner: str, rng: random.Random | None = None,
+        owner: str, rng: random.Random | None = None, before_work: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._s = services
         self._sms = sms
@@ -98,7 +99,7 @@ class OutboxDispatcher:
         self.worker = LeaseWorker(services.store.outbox, services.clock, owner=owner,
                                   lease_seconds=self._cfg.lease_seconds, poll_seconds=self._cfg.poll_seconds,
                                   handle=self.deliver, name="outbox dispatcher",
-                                  handle_batch=self.deliver_batch)
+                                  handle_batch=self.deliver_batch, before_work=before_work)
         self.wake = self.worker.wake
         services.outbox.listeners.append(self.worker.notify)
 
