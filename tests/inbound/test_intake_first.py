@@ -41,6 +41,7 @@ async def test_background_work_waits_until_a_burst_of_deliveries_is_over(gw: Gat
 
 async def test_a_burst_that_does_not_end_cannot_starve_background_work(gw: Gateway) -> None:
     stop = asyncio.Event()
+    under_way = asyncio.Event()
     delivered = 0
 
     async def endless() -> None:
@@ -48,12 +49,13 @@ async def test_a_burst_that_does_not_end_cannot_starve_background_work(gw: Gatew
         while not stop.is_set():
             await _deliver(gw, delivered)
             delivered += 1
+            if delivered == 3:
+                under_way.set()
             await asyncio.sleep(0.002)
 
     task = asyncio.create_task(endless())
     try:
-        while delivered < 3:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(under_way.wait(), 10)
         # A lull of 5 s never comes; the wait ends at max_wait while deliveries go on.
         await asyncio.wait_for(gw.runtime.events.lull(gap=5, max_wait=0.2), 10)
         assert not task.done()
@@ -76,6 +78,7 @@ async def test_the_worker_waits_before_each_unit_of_work(store: Store, clock: Fr
     """The runtime's processor and dispatcher pass InboundEvents.lull as `before_work`."""
     coll = store.db["lease_before_work_test"]
     order: list[str] = []
+    handled = {"a": asyncio.Event(), "b": asyncio.Event()}
 
     async def before_work() -> None:
         order.append("wait")
@@ -83,6 +86,7 @@ async def test_the_worker_waits_before_each_unit_of_work(store: Store, clock: Fr
     async def handle(doc: Doc) -> None:
         order.append(f"handle {doc['_id']}")
         await coll.update_one({"_id": doc["_id"]}, {"$set": {"state": "done"}})
+        handled[doc["_id"]].set()
 
     worker = LeaseWorker(coll, clock, owner="test", lease_seconds=60, poll_seconds=0.05, handle=handle,
                          name="test worker", before_work=before_work)
@@ -93,11 +97,10 @@ async def test_the_worker_waits_before_each_unit_of_work(store: Store, clock: Fr
         for doc_id in ("a", "b"):
             await coll.insert_one({"_id": doc_id, "state": "pending", "next_attempt_at": now, "lease_until": now})
             worker.notify(doc_id)
-            while f"handle {doc_id}" not in order:
-                await asyncio.sleep(0.01)
-        handled = [i for i, step in enumerate(order) if step.startswith("handle")]
-        assert [order[i] for i in handled] == ["handle a", "handle b"]
-        assert all(order[i - 1] == "wait" for i in handled)
+            await asyncio.wait_for(handled[doc_id].wait(), 10)
+        steps = [i for i, step in enumerate(order) if step.startswith("handle")]
+        assert [order[i] for i in steps] == ["handle a", "handle b"]
+        assert all(order[i - 1] == "wait" for i in steps)
     finally:
         stop.set()
         await task
