@@ -154,7 +154,7 @@ class Seeder:
                                  detail={"secure": secure, "channel": "sms"})
             else:
                 doc.update(author={"kind": "contact", "id": cid}, status="received", provider_id="SM" + mid,
-                           status_history=[{"status": "received", "at": ms(at)}], flags=[])
+                           status_history=[{"status": "received", "at": ms(at)}], flags=[], files=0)
                 self.audit_entry(org_id, at, "message.received", {"kind": "client", "id": cid}, thread_id=tid,
                                  message_id=mid, contact_id=cid, detail={"channel": "sms", "secure": secure})
             self.add("messages", doc)

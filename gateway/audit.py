@@ -6,8 +6,8 @@ loser of a race gets DuplicateKeyError and retries on the new head.
 
 The chain's head is also recorded in `audit_heads`, so that verify() notices entries cut off the
 end. An append returns once its entries are stored; the head is recorded just after, in the
-background, and appends that come meanwhile share one head write (each journaled write is a
-fsync on the embedded database, the largest cost of a page view that audits). A crash in between
+background, at most once a second per org: appends that come meanwhile share one head write
+(every page view that audits would otherwise pay for a second write). A crash in between
 leaves the recorded head behind the chain, never ahead of it: the chain stays valid, and only the
 newest entries are not covered by the truncation check until the next append.
 
@@ -21,6 +21,7 @@ back to it is not detected here. Compare with the head the CLI prints, anchored 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -40,6 +41,7 @@ from gateway.store import Doc, Store
 logger = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+HEAD_INTERVAL_SECONDS = 1.0  # the recorded head lags the chain by at most this (flush() writes it now)
 _ID_FIELDS = ("thread_id", "message_id", "link_id", "contact_id", "staff_id", "event_id", "job_id")
 
 
@@ -97,6 +99,8 @@ class AuditLog:
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._unsaved: dict[str, Doc] = {}  # heads waiting for their write, per org
         self._head_writers: dict[str, asyncio.Task[None]] = {}
+        self._head_written_at: dict[str, float] = {}  # event loop time of each org's last head write
+        self._flushing = asyncio.Event()  # set while flush() runs: write heads at once
 
     async def append(
         self,
@@ -227,19 +231,30 @@ class AuditLog:
             self._head_writers[org_id] = asyncio.create_task(self._write_heads(org_id))
 
     async def _write_heads(self, org_id: str) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            while (head := self._unsaved.pop(org_id, None)) is not None:
+            while org_id in self._unsaved:
+                due = self._head_written_at.get(org_id, float("-inf")) + HEAD_INTERVAL_SECONDS
+                if due > loop.time() and not self._flushing.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._flushing.wait(), due - loop.time())
+                head = self._unsaved.pop(org_id)  # the latest, including appends made while waiting
                 try:
                     await self._save_head(org_id, head)
                 except PyMongoError as err:  # the next append records a later head
                     logger.warning("audit head not recorded", extra={"fields": {"error": type(err).__name__}})
+                self._head_written_at[org_id] = loop.time()
         finally:
             del self._head_writers[org_id]
 
     async def flush(self) -> None:
-        """Wait until every head recorded so far is written (before verifying or stopping)."""
-        while self._head_writers:
-            await asyncio.gather(*self._head_writers.values(), return_exceptions=True)
+        """Write every head recorded so far, now (before verifying or stopping)."""
+        self._flushing.set()
+        try:
+            while self._head_writers:
+                await asyncio.gather(*self._head_writers.values(), return_exceptions=True)
+        finally:
+            self._flushing.clear()
 
     async def _save_head(self, org_id: str, head: Doc) -> None:
         signed = {**head, "sig": self._head_sig(org_id, head["seq"], head["mac"])}

@@ -372,7 +372,7 @@ class Conversations:
     async def record_inbound(
         self, org: Org, contact: Contact, *, message_id: str, channel: str, body: str,
         provider_id: str | None, secure: bool, flags: list[str] | None = None,
-        author_kind: str = "contact", thread: Doc | None = None,
+        author_kind: str = "contact", thread: Doc | None = None, files: int = 0,
     ) -> tuple[Doc, Doc, bool]:
         """Store an inbound message once (message_id is deterministic); returns (msg, thread, new)."""
         if thread is None:
@@ -380,7 +380,7 @@ class Conversations:
         now = self._clock.now()
         message = await self._inbound_doc(org, contact, thread, now, message_id=message_id, channel=channel,
                                           body=body, provider_id=provider_id, secure=secure, flags=flags,
-                                          author_kind=author_kind)
+                                          author_kind=author_kind, files=files)
         try:
             await self._store.messages.insert_one(message)
         except DuplicateKeyError:
@@ -401,7 +401,7 @@ class Conversations:
 
     async def _inbound_doc(
         self, org: Org, contact: Contact, thread: Doc, now: datetime, *, message_id: str, channel: str, body: str,
-        provider_id: str | None, secure: bool, flags: list[str] | None, author_kind: str,
+        provider_id: str | None, secure: bool, flags: list[str] | None, author_kind: str, files: int = 0,
     ) -> Doc:
         return {
             "_id": message_id, "org_id": org.id, "thread_id": thread["_id"], "contact_id": contact.id,
@@ -411,6 +411,8 @@ class Conversations:
             "preview": NEUTRAL_PREVIEW["inbound"], "status": "received",
             "status_history": [{"status": "received", "at": now}], "provider_id": provider_id,
             "link_id": None, "created_at": now, "flags": flags or [], "idempotency_key": "none:" + message_id,
+            # How many attachments were stored with it: pages look attachments up only where there are some.
+            "files": files,
         }
 
     # -- receiving in bulk (the inbound processor under backlog) ---------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from gateway.store import Doc, Store
 ROLES = ("admin", "agent")
 MIN_PASSWORD = 12  # issue 3: at least 12 characters, no composition rules
 MAX_PASSWORD = 128
+DIRECTORY_SECONDS = 5.0  # how long pages may show the team as it was (changes made here show at once)
 _COMMON_FILE = Path(__file__).parent / "data" / "common-passwords.txt"
 _common: frozenset[str] | None = None
 
@@ -51,6 +53,9 @@ class StaffMember:
     has_totp: bool = False
 
 
+Members = list[StaffMember]  # (inside Staff, `list` names its method)
+
+
 def _member(doc: Doc) -> StaffMember:
     return StaffMember(doc["_id"], doc["org_id"], doc["email"], doc["role"], bool(doc.get("disabled")),
                        bool(doc.get("totp_secret")))
@@ -60,6 +65,7 @@ class Staff:
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
         self._clock = clock
+        self._directory: dict[str, tuple[float, Members]] = {}  # org id -> (read at, members)
 
     async def create(self, org_id: str, email: str, role: str, password: str) -> StaffMember:
         if role not in ROLES:
@@ -74,6 +80,7 @@ class Staff:
             await self._store.staff.insert_one(doc)
         except DuplicateKeyError:
             raise ValidationError("email", "is already used by another staff account") from None
+        self._changed(org_id)
         return _member(doc)
 
     async def get(self, org_id: str, staff_id: str) -> StaffMember:
@@ -111,6 +118,20 @@ class Staff:
     async def list(self, org_id: str) -> list[StaffMember]:
         return [_member(d) async for d in self._store.staff.find({"org_id": org_id}).sort("email_norm", 1)]
 
+    async def directory(self, org_id: str) -> Members:
+        """The org's members for display (authors' names, assignees, the assignee picker), kept a
+        few seconds: inbox and thread pages show it on every view, and it changes only when an
+        admin edits the team. Never for deciding access: that reads the member itself (get)."""
+        hit = self._directory.get(org_id)
+        if hit is not None and time.monotonic() - hit[0] < DIRECTORY_SECONDS:
+            return list(hit[1])
+        members = await self.list(org_id)
+        self._directory[org_id] = (time.monotonic(), members)
+        return list(members)
+
+    def _changed(self, org_id: str) -> None:
+        self._directory.pop(org_id, None)
+
     async def enabled_admins(self, org_id: str) -> int:
         return int(await self._store.staff.count_documents({"org_id": org_id, "role": "admin", "disabled": False}))
 
@@ -118,6 +139,7 @@ class Staff:
         """Disable or re-enable an account (the caller ends the account's sessions)."""
         res = await self._store.staff.update_one({"_id": staff_id, "org_id": org_id},
                                                  {"$set": {"disabled": bool(disabled)}})
+        self._changed(org_id)
         if res.matched_count == 0:
             raise NotFound("staff")
         return await self.get(org_id, staff_id)
@@ -126,6 +148,7 @@ class Staff:
         if role not in ROLES:
             raise ValidationError("role", "must be admin or agent")
         res = await self._store.staff.update_one({"_id": staff_id, "org_id": org_id}, {"$set": {"role": role}})
+        self._changed(org_id)
         if res.matched_count == 0:
             raise NotFound("staff")
         return await self.get(org_id, staff_id)

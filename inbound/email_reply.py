@@ -125,7 +125,7 @@ class EmailReplyHandler:
                                    for n, a in enumerate(parsed.attachments)])
         message, thread, new = await self._conversations.record_inbound(
             org, contact, message_id=eid, channel="email", body=reply.text, provider_id=reply.provider_id,
-            secure=reply.secure, flags=reply.flags, thread=thread,
+            secure=reply.secure, flags=reply.flags, thread=thread, files=len(parsed.attachments),
         )
         if new or await self._audit.without(org.id, "message.received", [eid]):
             # (Stored by an earlier run that stopped before its audit entry: append it now.)

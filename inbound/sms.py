@@ -104,7 +104,7 @@ class SmsReplyHandler:
                                    thread_id=thread["_id"], contact_id=contact.id, files=files)
         message, thread, new = await self._conversations.record_inbound(
             org, contact, message_id=eid, channel="sms", body=body,
-            provider_id=payload.get("MessageSid"), secure=secure, flags=flags, thread=thread,
+            provider_id=payload.get("MessageSid"), secure=secure, flags=flags, thread=thread, files=len(files),
         )
         if new or await self._audit.without(org.id, "message.received", [eid]):
             # (Stored by an earlier run that stopped before its audit entry: append it now.)

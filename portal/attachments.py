@@ -56,6 +56,12 @@ def size_label(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB"
 
 
+def may_have_files(docs: list[Doc]) -> list[str]:
+    """Ids of the messages whose attachments are worth a lookup: inbound ones with a stored count
+    (`files`) other than 0; one stored before the count existed is looked up too."""
+    return [d["_id"] for d in docs if d.get("direction") == "inbound" and d.get("files", 1)]
+
+
 async def for_messages(s: Services, org_id: str, message_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
     """{message id: [{id, filename, size, content_type}]} for the given messages (names opened)."""
     out: dict[str, list[dict[str, Any]]] = {}

@@ -174,7 +174,7 @@ class ClientPortal:
         earlier = docs[0]["_id"] if more else None
         if not session.get("viewed"):
             await self._record_view(session, docs, self._ip(request))
-        files = await attachments.for_messages(self._s, org.id, [d["_id"] for d in docs])
+        files = await attachments.for_messages(self._s, org.id, attachments.may_have_files(docs))
         messages = [{**self._message_view(d), "attachments": files.get(d["_id"], [])} for d in docs]
         return render(request, "client/thread.html", org_name=org.name, messages=messages,
                       csrf=self._session_csrf(session), last_id=docs[-1]["_id"] if docs else "",

@@ -111,7 +111,7 @@ class AuditView:
             query["seq"] = {"$lt": int(cursor)}
         docs = [d async for d in self.s.store.audit.find(query).sort("seq", -1).limit(PAGE + 1)]
         page, more = docs[:PAGE], len(docs) > PAGE
-        emails = {m.id: m.email for m in await self.d.staff.list(ctx.org.id)}
+        emails = {m.id: m.email for m in await self.d.staff.directory(ctx.org.id)}
         rows = [{
             "seq": d["seq"], "at": fmt_time(d["at"]), "action": d["action"], "outcome": d.get("outcome"),
             "actor": d["actor"].get("kind"), "actor_id": d["actor"].get("id"),

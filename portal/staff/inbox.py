@@ -103,7 +103,7 @@ class Inbox:
         }
         # The staff list (for assignee names) is read while the rows are: one round trip less to wait for.
         (rows, labels, more, before, name_search), members = await asyncio.gather(
-            self._rows(org_id, q, before, filters), self.d.staff.list(org_id))
+            self._rows(org_id, q, before, filters), self.d.staff.directory(org_id))
         staff = {m.id: m.email for m in members}
         next_cursor = None
         if more:

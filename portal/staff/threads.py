@@ -184,7 +184,7 @@ class ThreadPages:
             self.s.contacts.get_revealed(org.id, thread["contact_id"], ("name", "phone", "email")),
             self.s.conversations.latest_messages(org.id, thread["_id"], limit=MESSAGES + 1, before=before),
             self._links(org.id, thread["_id"]),
-            self.d.staff.list(org.id),
+            self.d.staff.directory(org.id),
             self._activity_entries(org.id, thread["_id"]),
         )
         earlier = docs[1]["_id"] if len(docs) > MESSAGES else None
@@ -194,7 +194,7 @@ class ThreadPages:
         # Then those that need the messages; the view is audited before the page goes out.
         message_entries, files, _ = await asyncio.gather(
             self._message_entries(org.id, ids),
-            attachments.for_messages(self.s, org.id, ids),
+            attachments.for_messages(self.s, org.id, attachments.may_have_files(docs)),
             self.s.conversations.mark_read(org.id, thread["_id"], ctx.actor, self.d.ip(request), count=len(docs),
                                            unread=int(thread.get("unread_staff") or 0),
                                            grant_id=grant["_id"] if grant else None),

@@ -208,6 +208,43 @@ async def test_appends_that_come_together_share_head_writes(audit, store):
     assert await audit.verify(ORG) is None
 
 
+async def test_the_head_is_written_at_most_once_per_interval_unless_flushed(audit, store, monkeypatch):
+    """Page views that audit one after another pay for one head write a second, not one each."""
+    monkeypatch.setattr("gateway.audit.HEAD_INTERVAL_SECONDS", 60.0)
+    saves: list[int] = []
+    saved = asyncio.Event()
+    save = audit._save_head
+
+    async def counted(org_id, head):
+        saves.append(head["seq"])
+        await save(org_id, head)
+        saved.set()
+
+    audit._save_head = counted  # type: ignore[method-assign]
+    await audit.append(ORG, "test.view", Actor("staff", "s1"))
+    await asyncio.wait_for(saved.wait(), 10)  # the first head goes out at once
+    for i in range(5):
+        await audit.append(ORG, "test.view", Actor("staff", f"s{i}"))
+    await asyncio.sleep(0.1)
+    assert saves == [1]  # the later ones wait for the interval...
+    assert (await store.audit_heads.find_one({"_id": ORG}))["seq"] == 1
+    await audit.flush()  # ...unless flushed (verify, shutdown): then the latest head, once
+    assert saves == [1, 6]
+    assert await audit.verify(ORG) is None
+
+
+async def test_a_waiting_head_is_written_when_its_interval_is_over(audit, store, monkeypatch):
+    monkeypatch.setattr("gateway.audit.HEAD_INTERVAL_SECONDS", 0.2)
+    for i in range(4):
+        await audit.append(ORG, "test.view", Actor("staff", f"s{i}"))
+    for _ in range(200):  # no flush: the writer goes on its own once the interval is over
+        if ((await store.audit_heads.find_one({"_id": ORG})) or {}).get("seq") == 4:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the head was not written after its interval")
+
+
 async def test_a_head_left_behind_by_a_crash_still_verifies_and_the_next_append_moves_it(audit, store, clock, keyring):
     await fill(audit, clock, n=3)
     await audit.flush()

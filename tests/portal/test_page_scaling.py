@@ -480,3 +480,41 @@ async def test_contacts_first_page_reads_the_same_at_100_and_1000_contacts(gw):
     # About a page of contacts (and the unread threads of the nav): not the 1,000.
     assert counts["big"][1] <= counts["small"][1] + 10, counts
     assert counts["big"][1] < 4 * PAGE, counts
+
+
+async def test_thread_pages_look_up_attachments_only_where_messages_have_some(gw):
+    """Messages record how many attachments were stored with them; a page of messages without any
+    makes no attachment lookup (tests/inbound/test_mms.py and test_email_replies.py show the files)."""
+    phone = "+15551230701"
+    sent = await gw.api_send(to={"phone": phone}, body="Your results are ready.", secure=True)
+    await gw.drain()
+    await gw.inbound_sms("Thanks, see you then", frm=phone)
+    await gw.drain()
+    inbound = await gw.store.messages.find_one({"thread_id": sent["thread_id"], "direction": "inbound"})
+    assert inbound is not None and inbound["files"] == 0
+    b = await staff_browser(gw, gw.org.id, "files@riverside.test")
+    async with b:
+        commands = await capture(lambda: b.get(f"/staff/threads/{sent['thread_id']}"))
+    collections = [coll for _, coll, _, _ in reads(commands)]
+    assert "messages" in collections and "attachments" not in collections
+
+
+async def test_pages_reuse_the_team_list_briefly_but_never_to_decide_access(gw):
+    thread = await seed_thread(gw, gw.org.id, "+15551230801", 4)
+    url = f"/staff/threads/{thread['_id']}"
+    b = await staff_browser(gw, gw.org.id, "team@riverside.test")
+    async with b:
+        await b.get(url)
+        commands = await capture(lambda: b.get(url))
+        assert not [flt for _, coll, flt, _ in reads(commands) if coll == "staff" and "_id" not in flt]
+        # A colleague added here shows at once.
+        added = await gw.services.staff.create(gw.org.id, "newcolleague@riverside.test", "agent",
+                                               "a long enough passphrase")
+        assert "newcolleague@riverside.test" in await (await b.get(url)).text()
+        # Disabled by another process: the page may list them for a few seconds more, but the
+        # assignment reads the member itself and refuses.
+        await gw.store.staff.update_one({"_id": added.id}, {"$set": {"disabled": True}})
+        assert "newcolleague@riverside.test" in await (await b.get(url)).text()
+        resp = await b.post(url + "/assign", {"assignee": added.id}, csrf_from=url)
+        assert resp.status == 404
+    assert (await gw.store.threads.find_one({"_id": thread["_id"]}))["assignee"] is None
