@@ -101,7 +101,9 @@ class Deps:
         out: dict[str, dict[str, Any]] = {}
         if not contact_ids:
             return out
-        async for doc in self.s.store.contacts.find({"org_id": org_id, "_id": {"$in": contact_ids}}):
+        # Only what a row shows (a contact carries sealed addresses, blind indexes, consent history...).
+        async for doc in self.s.store.contacts.find({"org_id": org_id, "_id": {"$in": contact_ids}},
+                                                    projection=LABEL_FIELDS):
             name = None
             if doc.get("name") and not doc.get("erased_at"):
                 try:
@@ -121,6 +123,9 @@ class Deps:
                     "route": request.path if len(request.path) <= 200 else request.path[:200]},
         )
         return NotFound(kind)
+
+
+LABEL_FIELDS = {"name": 1, "phone_hint": 1, "email_hint": 1, "erased_at": 1}
 
 
 def redirect(location: str) -> web.Response:
