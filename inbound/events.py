@@ -30,8 +30,9 @@ GROUP_MAX = 64  # documents per shared insert
 GROUP_INFLIGHT = 2  # shared inserts in flight at once
 # Intake first: background work (processing, sending) waits for a lull of this long in intake...
 INTAKE_LULL_SECONDS = 0.01
-# ...but never longer than this per unit of work, so a sustained burst cannot starve it.
-INTAKE_MAX_DEFER_SECONDS = 1.0
+# ...for at most this long after a burst began: a longer burst, or steady traffic that never
+# leaves such a lull, shares the database with the background work as usual.
+INTAKE_BURST_SECONDS = 2.0
 
 
 class GroupInsert:
@@ -125,12 +126,17 @@ def _own(err: PyMongoError) -> PyMongoError:
 class InboundEvents:
     """Stores raw provider events (sealed, unique per provider id) and wakes the processor."""
 
-    def __init__(self, store: Store, vault: Vault, clock: Clock) -> None:
+    def __init__(self, store: Store, vault: Vault, clock: Clock, *, lull_seconds: float = INTAKE_LULL_SECONDS,
+                 burst_seconds: float = INTAKE_BURST_SECONDS) -> None:
         self._store = store
         self._vault = vault
         self._clock = clock
         self._intake = GroupInsert(store.inbound_events)
-        self._last_arrival = float("-inf")  # event loop time of the latest accept()
+        self._lull_seconds = lull_seconds
+        self._burst_seconds = burst_seconds
+        self._in_flight = 0  # accept() calls not finished
+        self._last_activity = float("-inf")  # event loop time an accept() last began or ended
+        self._burst_began = float("-inf")  # ...and when the first one after a lull began
         # Called with an event id and document once it is stored: the local processor's fast path.
         self.listeners: list[Callable[[str, Doc], None]] = []
 
@@ -140,7 +146,22 @@ class InboundEvents:
         meta: dict[str, Any] | None = None,
     ) -> tuple[str, bool]:
         """Store the event; returns (event id, newly stored). Raises StoreUnavailable."""
-        self._last_arrival = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        if not self._in_flight and loop.time() - self._last_activity >= self._lull_seconds:
+            self._burst_began = loop.time()
+        self._in_flight += 1
+        self._last_activity = loop.time()
+        try:
+            return await self._store_event(provider=provider, provider_id=provider_id, org_id=org_id, kind=kind,
+                                           payload=payload, raw=raw, state=state, meta=meta)
+        finally:
+            self._in_flight -= 1
+            self._last_activity = loop.time()
+
+    async def _store_event(
+        self, *, provider: str, provider_id: str, org_id: str | None, kind: str, payload: dict[str, Any] | None,
+        raw: bytes | None, state: str, meta: dict[str, Any] | None,
+    ) -> tuple[str, bool]:
         eid = new_id()
         now = self._clock.now()
         try:
@@ -185,23 +206,27 @@ class InboundEvents:
                 return dict(lease)
         return None
 
-    async def lull(self, *, gap: float = INTAKE_LULL_SECONDS, max_wait: float = INTAKE_MAX_DEFER_SECONDS) -> None:
-        """Wait until no delivery has arrived for `gap` seconds, or `max_wait` has passed.
+    async def lull(self) -> None:
+        """While a burst of deliveries comes in, wait for it to end: until none is being stored and
+        none has begun or ended for `lull_seconds` (senders wait for our answer before sending
+        more), but not past `burst_seconds` after the burst began.
 
         Background work calls this before each unit of work (gateway/leases.py `before_work`), so
         that a burst of webhooks or mail is stored and acknowledged at full speed: the provider
-        waits on every acknowledgement (and retries, adding load, when it is slow), nobody waits on
-        processing. The database serves one side at a time anyway, so processing after the burst
-        costs no throughput. With no burst the wait is at most `gap` after the last delivery.
+        waits on every acknowledgement (and retries, adding load, when it is slow); nobody waits on
+        the processing, which the burst's backlog then feeds with full batches. With no burst the
+        wait is at most `lull_seconds`; a burst longer than `burst_seconds`, like steady traffic,
+        shares the database as if there were no priority (so a backlog cannot grow without end).
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_wait
         while True:
             now = loop.time()
-            quiet_at = self._last_arrival + gap
-            if quiet_at <= now or deadline <= now:
+            # (A delivery being stored keeps intake busy: look again after one lull's length.)
+            quiet_at = (now if self._in_flight else self._last_activity) + self._lull_seconds
+            give_up_at = self._burst_began + self._burst_seconds
+            if quiet_at <= now or give_up_at <= now:
                 return
-            await asyncio.sleep(min(quiet_at, deadline) - now)
+            await asyncio.sleep(min(quiet_at, give_up_at) - now)
 
     async def open_payload(self, event: Doc) -> dict[str, Any]:
         org = event.get("org_id") or "-"
