@@ -132,7 +132,7 @@ async def _demo_org(services: Services, url: str) -> None:
 # -- admin ----------------------------------------------------------------------------------
 async def admin(config: Config, args: argparse.Namespace) -> int:
     from gateway.api_keys import ApiKeys
-    from gateway.audit import SYSTEM
+    from gateway.audit import SYSTEM, Actor
     from gateway.staff import Staff
 
     async with open_services(config) as s:
@@ -175,7 +175,25 @@ async def admin(config: Config, args: argparse.Namespace) -> int:
                 f"{k}: {'ok' if v['ok'] else 'BROKEN at seq ' + str(v['first_bad_seq'])} "
                 f"(head seq {v['head_seq']} {v['head_mac']})" for k, v in result.items()))
             return 0 if all(v["ok"] for v in result.values()) else 1
+        elif args.command == "export-contact":
+            from gateway.subject_data import export_contact
+
+            org = await s.orgs.get(args.org)
+            data = await export_contact(s, org.id, args.contact)
+            await s.audit.append(org.id, "contact.exported", Actor("system", "cli"), contact_id=args.contact)
+            text = json.dumps(data, indent=2, ensure_ascii=False)
+            if args.output:
+                _write_private(Path(args.output), text + "\n")
+            else:
+                print(text)
     return 0
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds a person's data in the clear)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -212,6 +230,10 @@ def parser() -> argparse.ArgumentParser:
     cmd("rotate-keys", "add a new key-encryption key and re-wrap every data key")
     c = cmd("verify-audit", "verify the audit hash chain; prints the head to anchor elsewhere")
     c.add_argument("--org")
+    c = cmd("export-contact", "everything stored about one contact, opened, as JSON (right of access)")
+    c.add_argument("--org", required=True)
+    c.add_argument("--contact", required=True)
+    c.add_argument("--output", help="write to this file (mode 0600) instead of standard output")
     return p
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from gateway.crypto import Sealer
-from gateway.errors import NotFound
+from gateway.errors import LegalHold, NotFound
 from gateway.ids import new_id
 from gateway.orgs import validate_email
 from gateway.phone import mask_email, mask_phone, normalize_e164
@@ -268,9 +268,11 @@ class Contacts:
         once erased a call returns False and changes nothing.
         """
         doc = await self._store.contacts.find_one({"_id": contact_id, "org_id": org_id},
-                                                  projection={"dek_id": 1, "erased_at": 1})
+                                                  projection={"dek_id": 1, "erased_at": 1, "legal_hold": 1})
         if doc is None or doc.get("erased_at"):
             return False
+        if doc.get("legal_hold"):
+            raise LegalHold(contact_id)
         now = self._clock.now()
         await self._vault.destroy(doc["dek_id"])
         await self._store.reply_tokens.delete_many({"org_id": org_id, "contact_id": contact_id})
@@ -282,6 +284,18 @@ class Contacts:
             {"$set": {"erased_at": now, "phone_bidx": NO_VALUE + contact_id, "email_bidx": NO_VALUE + contact_id},
              "$unset": {"name": "", "phone": "", "email": "", "phone_hint": "", "email_hint": "", "pin_hash": ""}},
         )
+        return res.modified_count == 1
+
+    async def set_legal_hold(self, org_id: str, contact_id: str, held: bool, by: str) -> bool:
+        """Place (or release) a legal hold: while held, erase() refuses (GDPR Art. 17(3), SECURITY.md
+        J3). True if this call changed it; an erased contact has nothing left to hold."""
+        if held:
+            res = await self._store.contacts.update_one(
+                {"_id": contact_id, "org_id": org_id, "erased_at": None, "legal_hold": None},
+                {"$set": {"legal_hold": {"at": self._clock.now(), "by": by}}})
+        else:
+            res = await self._store.contacts.update_one(
+                {"_id": contact_id, "org_id": org_id, "legal_hold": {"$ne": None}}, {"$set": {"legal_hold": None}})
         return res.modified_count == 1
 
     async def touch_channel(self, contact: Contact, channel: str) -> None:

@@ -57,6 +57,10 @@ class OptedOut(HushlinkError):
     """The contact opted out of the channel; nothing more may be sent on it."""
 
 
+class LegalHold(HushlinkError):
+    """The contact is under a legal hold: their data may not be erased until it is released."""
+
+
 class SensitiveContent(HushlinkError):
     """A standard (non-secure) send whose content looks sensitive."""
 

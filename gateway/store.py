@@ -91,6 +91,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         # Staff portal: per-message timeline, and the audit view's actor filter.
         IndexModel(AUDIT_BY_MESSAGE),
         IndexModel([("org_id", ASCENDING), ("actor.id", ASCENDING), ("seq", ASCENDING)]),
+        # A contact's entries that name no thread (viewed, consent, PIN, erasure): the subject export.
+        IndexModel([("org_id", ASCENDING), ("contact_id", ASCENDING), ("seq", ASCENDING)]),
         # Staff thread page: the thread-level activity (assigned, closed, viewed, ...), an $in on action,
         # without reading the thread's message events and staff reads.
         IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING), ("action", ASCENDING), ("seq", ASCENDING)]),

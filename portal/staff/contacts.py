@@ -20,13 +20,14 @@ from aiohttp import web
 
 from gateway.access import REASON_MAX, in_scope, thread_assignees
 from gateway.contacts import Contact
-from gateway.errors import NotFound, ValidationError
+from gateway.errors import LegalHold, NotFound, ValidationError
 from gateway.ids import is_id
 from gateway.phone import normalize_e164
 from gateway.pins import generate_pin
 from gateway.recent import FLOOR_MARGIN, oid_at, oid_time
 from gateway.services import Services
 from gateway.store import Doc, Store
+from gateway.subject_data import export_contact
 from portal.staff.common import STAFF, Deps, form_fields, redirect
 from portal.staff.inbox import fmt_time
 from portal.staff.policy import ANY_STAFF, policy
@@ -173,6 +174,8 @@ class ContactPages:
         app.router.add_get("/contacts/{id}", self.detail)
         app.router.add_post("/contacts/{id}/pin", self.pin)
         app.router.add_post("/contacts/{id}/erase", self.erase)
+        app.router.add_post("/contacts/{id}/export", self.export)
+        app.router.add_post("/contacts/{id}/hold", self.hold)
 
     @policy(*ANY_STAFF)
     async def list(self, request: web.Request) -> web.Response:
@@ -239,8 +242,10 @@ class ContactPages:
                     "source": (contact.consent.get(ch) or {}).get("source", "")} for ch in CHANNELS]
         history = [{"channel": e.get("channel"), "state": e.get("state"), "at": fmt_time(e.get("at")),
                     "source": e.get("source")} for e in reversed(doc.get("consent_log", []))]
+        hold = doc.get("legal_hold")
         return await self.d.page(request, "staff/contact.html", contact=contact, info=info, thread=thread,
                                  consent=consent, history=history, generated_pin=generated_pin,
+                                 legal_hold=fmt_time(hold["at"]) if hold else None,
                                  created=fmt_time(contact.created_at),
                                  emergency_until=fmt_time(grant["expires_at"]) if grant else None)
 
@@ -261,7 +266,39 @@ class ContactPages:
         form = await form_fields(request)
         if form.get("confirm", "").strip() != ERASE_WORD:
             raise ValidationError("confirm", f"type {ERASE_WORD} to erase this contact; nothing was erased")
-        if await self.s.contacts.erase(ctx.org.id, contact.id):
+        try:
+            erased = await self.s.contacts.erase(ctx.org.id, contact.id)
+        except LegalHold:
+            await self.s.audit.append(ctx.org.id, "contact.erase_refused", ctx.actor, outcome="denied",
+                                      ip=self.d.ip(request), contact_id=contact.id, detail={"reason": "legal_hold"})
+            raise ValidationError("confirm", "blocked: this contact is under a legal hold; release the hold "
+                                             "first. Nothing was erased", code="legal_hold") from None
+        if erased:
             await self.s.audit.append(ctx.org.id, "contact.erased", ctx.actor, ip=self.d.ip(request),
                                       contact_id=contact.id)
         return redirect("/staff/contacts")
+
+    @policy("admin")
+    async def export(self, request: web.Request) -> web.Response:
+        """Everything stored about the contact, opened, as one JSON file (right of access, SECURITY.md
+        J1). A POST: a link or prefetch cannot start it, and the CSRF token is checked."""
+        ctx = request[STAFF]
+        contact, _ = await load_scoped_contact(self.d, request, request.match_info["id"])
+        data = await export_contact(self.s, ctx.org.id, contact.id)
+        await self.s.audit.append(ctx.org.id, "contact.exported", ctx.actor, ip=self.d.ip(request),
+                                  contact_id=contact.id)
+        return web.json_response(data, headers={
+            "Content-Disposition": f'attachment; filename="contact-{contact.id}.json"'})
+
+    @policy("admin")
+    async def hold(self, request: web.Request) -> web.Response:
+        """Place or release a legal hold: while held, the contact cannot be erased (SECURITY.md J3)."""
+        ctx = request[STAFF]
+        contact, _ = await load_scoped_contact(self.d, request, request.match_info["id"])
+        action = (await form_fields(request)).get("action", "")
+        if action not in ("place", "release"):
+            raise ValidationError("action", "must be place or release")
+        if await self.s.contacts.set_legal_hold(ctx.org.id, contact.id, action == "place", ctx.member.id):
+            await self.s.audit.append(ctx.org.id, f"contact.legal_hold_{'placed' if action == 'place' else 'released'}",
+                                      ctx.actor, ip=self.d.ip(request), contact_id=contact.id)
+        return redirect(f"/staff/contacts/{contact.id}")
