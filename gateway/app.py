@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway import retention
 from gateway.errors import ConfigError
 from gateway.ports import EmailSender, SmsSender
 from gateway.services import Services
@@ -194,6 +195,7 @@ def _workers(rt: Runtime):  # type: ignore[no-untyped-def]
         tasks = [
             asyncio.create_task(rt.processor.run(rt.stop, workers), name="inbound-processor"),
             asyncio.create_task(rt.dispatcher.run(rt.stop, workers), name="outbox-dispatcher"),
+            asyncio.create_task(retention.run(rt.services, rt.stop), name="retention"),
         ]
         yield
         rt.stop.set()

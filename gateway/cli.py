@@ -175,6 +175,13 @@ async def admin(config: Config, args: argparse.Namespace) -> int:
                 f"{k}: {'ok' if v['ok'] else 'BROKEN at seq ' + str(v['first_bad_seq'])} "
                 f"(head seq {v['head_seq']} {v['head_mac']})" for k, v in result.items()))
             return 0 if all(v["ok"] for v in result.values()) else 1
+        elif args.command == "purge-expired":
+            from gateway import retention
+
+            orgs = [await s.orgs.get(args.org)] if args.org else await s.orgs.all()
+            purged = {org.id: await retention.purge_org(s, org) for org in orgs}
+            _print(args, purged, "\n".join(f"{k}: {v['messages']} messages, {v['attachments']} attachments"
+                                           for k, v in purged.items()))
         elif args.command == "export-contact":
             from gateway.subject_data import export_contact
 
@@ -229,6 +236,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--password-stdin", action="store_true")
     cmd("rotate-keys", "add a new key-encryption key and re-wrap every data key")
     c = cmd("verify-audit", "verify the audit hash chain; prints the head to anchor elsewhere")
+    c.add_argument("--org")
+    c = cmd("purge-expired", "remove message content older than each org's retention_days (serve does it hourly)")
     c.add_argument("--org")
     c = cmd("export-contact", "everything stored about one contact, opened, as JSON (right of access)")
     c.add_argument("--org", required=True)

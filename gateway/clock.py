@@ -22,5 +22,8 @@ class FrozenClock:
     def now(self) -> datetime:
         return self._now
 
+    def set(self, at: datetime) -> None:
+        self._now = at
+
     def advance(self, seconds: float = 0, **kwargs: float) -> None:
         self._now += timedelta(seconds=seconds, **kwargs)

@@ -565,8 +565,10 @@ class Conversations:
         return await self._vault.open(message["org_id"], "messages", message["_id"], "body", message["body"])
 
     async def open_body_or_erased(self, message: Doc) -> str | None:
-        """The body, or None once its contact was erased (its data key destroyed). Any other
-        failure to open (tampering) still raises."""
+        """The body, or None once its contact was erased (its data key destroyed) or the org's
+        retention removed it (gateway/retention.py). Any other failure to open (tampering) still raises."""
+        if "body" not in message:
+            return None
         try:
             return await self.open_body(message)
         except KeyErased:

@@ -37,6 +37,7 @@ class OrgPolicy:
     require_totp: bool = False
     agent_scope: str = "all"
     break_glass_minutes: int = 30  # how long an emergency (break-glass) grant opens a thread
+    retention_days: int = 0  # message content older than this is removed (gateway/retention.py); 0 keeps it
 
     def validate(self) -> OrgPolicy:
         if not 60 <= self.link_ttl_seconds <= 366 * 86400:
@@ -52,6 +53,8 @@ class OrgPolicy:
             raise ValidationError("agent_scope", "must be all or assigned")
         if not 5 <= self.break_glass_minutes <= 240:
             raise ValidationError("break_glass_minutes", "must be between 5 and 240 minutes")
+        if self.retention_days != 0 and not 30 <= self.retention_days <= 36500:
+            raise ValidationError("retention_days", "must be 0 (keep) or between 30 and 36500 days")
         return self
 
 

@@ -24,5 +24,6 @@ STRINGS: dict[str, str] = {
     "session_over": "Your session has ended. Open the link in your message again.",
     "empty": "No messages yet.",
     "earlier": "Earlier messages",
+    "content_removed": "(This message is no longer kept.)",
     "sent": "Sent",
 }

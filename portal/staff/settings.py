@@ -63,6 +63,8 @@ def policy_changes(form: dict[str, str]) -> dict[str, Any]:
         changes["agent_scope"] = form["agent_scope"]
     if "break_glass_minutes" in form:
         changes["break_glass_minutes"] = _int(form, "break_glass_minutes", "break_glass_minutes")
+    if "retention_days" in form:
+        changes["retention_days"] = _int(form, "retention_days", "retention_days")
     return changes
 
 
