@@ -189,7 +189,7 @@ class Seeder:
                                                                          "mac": prev}, upsert=True)
         for coll, docs in self.buf.items():
             for i in range(0, len(docs), 1000):
-                await self.s.store.db[coll].insert_many(docs[i:i + 1000], ordered=False)
+                await self.s.store.collection(coll).insert_many(docs[i:i + 1000], ordered=False)
         self.buf.clear()
         self.audit.clear()
 
@@ -231,7 +231,7 @@ async def seed(env: dict[str, str], orgs: dict[str, str], specs: list[OrgSpec]) 
         # The organizations have been around for the history seeded into them.
         await s.store.orgs.update_many({"_id": {"$in": list(orgs.values())}},
                                        {"$set": {"created_at": now - timedelta(days=400)}})
-        out["counts"] = {c: await s.store.db[c].estimated_document_count()
+        out["counts"] = {c: await s.store.collection(c).estimated_document_count()
                          for c in ("contacts", "threads", "messages", "links", "audit")}
         # Client sessions, as opening a link makes them (viewed: the first view is not what we time).
         for key, t in out["thread"].items():

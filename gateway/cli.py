@@ -175,6 +175,21 @@ async def admin(config: Config, args: argparse.Namespace) -> int:
                 f"{k}: {'ok' if v['ok'] else 'BROKEN at seq ' + str(v['first_bad_seq'])} "
                 f"(head seq {v['head_seq']} {v['head_mac']})" for k, v in result.items()))
             return 0 if all(v["ok"] for v in result.values()) else 1
+        elif args.command == "create-db-user":
+            from gateway.db_roles import create_app_user, role_name
+
+            if not config.database.uri:
+                raise ValidationError("database.uri", "create-db-user is for an external MongoDB server "
+                                                      "(the embedded database has no users)")
+            if not args.password_stdin:
+                raise ValidationError("--password-stdin", "is required (the password is read from standard input)")
+            password = sys.stdin.readline().rstrip("\r\n")
+            if len(password) < 16:
+                raise ValidationError("password", "must be at least 16 characters")
+            await create_app_user(s.store.client, config.database.name, args.user, password)
+            _print(args, {"user": args.user, "role": role_name(config.database.name)},
+                   f"user {args.user} (role {role_name(config.database.name)}, in admin): connect the gateway "
+                   f"with it, authSource=admin")
         elif args.command == "purge-expired":
             from gateway import retention
 
@@ -237,6 +252,9 @@ def parser() -> argparse.ArgumentParser:
     cmd("rotate-keys", "add a new key-encryption key and re-wrap every data key")
     c = cmd("verify-audit", "verify the audit hash chain; prints the head to anchor elsewhere")
     c.add_argument("--org")
+    c = cmd("create-db-user", "create the gateway's least-privilege database user (run with admin credentials)")
+    c.add_argument("--user", required=True)
+    c.add_argument("--password-stdin", action="store_true")
     c = cmd("purge-expired", "remove message content older than each org's retention_days (serve does it hourly)")
     c.add_argument("--org")
     c = cmd("export-contact", "everything stored about one contact, opened, as JSON (right of access)")

@@ -121,6 +121,14 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
+# Every collection the gateway uses: those with indexes, and these three (looked up by _id only).
+COLLECTIONS = frozenset(INDEXES) | {"keys", "orgs", "audit_heads"}
+# The audit log lives in a database of its own, "<name>_audit": the gateway's database user may only
+# append to it (gateway/db_roles.py), and a database, unlike a collection, is a boundary that every
+# server enforces for a role's privileges (SecantusDB matches custom-role privileges by database).
+AUDIT_DB_SUFFIX = "_audit"
+
+
 class Store:
     """The database and its collections. Writes are acknowledged by a majority, journaled."""
 
@@ -129,17 +137,33 @@ class Store:
         self.db: AsyncDatabase[Doc] = client.get_database(
             name, write_concern=WriteConcern("majority", j=True)
         )
+        self.audit_db: AsyncDatabase[Doc] = client.get_database(
+            name + AUDIT_DB_SUFFIX, write_concern=WriteConcern("majority", j=True)
+        )
         self._transactions: bool | None = None
 
     def __getattr__(self, name: str) -> AsyncCollection[Doc]:
         # store.messages, store.outbox, ... — only the collections declared above.
-        if name in INDEXES or name in ("keys", "orgs", "audit_heads"):
-            return self.db[name]
+        if name in COLLECTIONS:
+            return self.collection(name)
         raise AttributeError(name)
+
+    def collection(self, name: str) -> AsyncCollection[Doc]:
+        """Any collection by name, in the database it lives in."""
+        return self.audit_db[name] if name == "audit" else self.db[name]
+
+    async def collection_names(self) -> list[str]:
+        """The collections that exist, in both databases (e.g. to scan everything stored)."""
+        return [*await self.db.list_collection_names(), *await self.audit_db.list_collection_names()]
+
+    async def drop(self) -> None:
+        """Drop both databases (tests, benchmarks)."""
+        await self.client.drop_database(self.db.name)
+        await self.client.drop_database(self.audit_db.name)
 
     async def ensure_indexes(self) -> None:
         for collection, models in INDEXES.items():
-            await self.db[collection].create_indexes(models)
+            await self.collection(collection).create_indexes(models)
 
     async def ping(self) -> bool:
         try:

@@ -67,7 +67,7 @@ async def store(mongo_uri: str) -> AsyncIterator[Store]:
     st = Store(client, name)
     await st.ensure_indexes()
     yield st
-    await client.drop_database(name)
+    await st.drop()
     await client.close()
 
 

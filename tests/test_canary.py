@@ -75,8 +75,8 @@ def encodings(secret: str) -> list[bytes]:
 
 async def all_documents(gw: Gateway) -> list[tuple[str, dict[str, Any], bytes]]:
     out = []
-    for name in await gw.store.db.list_collection_names():
-        async for doc in gw.store.db[name].find({}):
+    for name in await gw.store.collection_names():
+        async for doc in gw.store.collection(name).find({}):
             out.append((name, doc, bson.encode(doc)))
     return out
 

@@ -428,7 +428,7 @@ async def test_stopping_gives_back_the_leases_of_events_not_handled_yet(
 
 
 async def _count(store: Store, collection: str, n: int, query: Doc | None = None) -> bool:
-    return bool(await store.db[collection].count_documents(query or {}) >= n)
+    return bool(await store.collection(collection).count_documents(query or {}) >= n)
 
 
 async def _true(value: bool) -> bool:

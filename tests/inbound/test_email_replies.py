@@ -189,8 +189,8 @@ def clear_forms(secret: str) -> list[bytes]:
 
 
 async def bson_of(gw: Gateway, *collections: str) -> list[tuple[str, bytes]]:
-    names = collections or tuple(await gw.store.db.list_collection_names())
-    return [(name, bson.encode(doc)) for name in names async for doc in gw.store.db[name].find({})]
+    names = collections or tuple(await gw.store.collection_names())
+    return [(name, bson.encode(doc)) for name in names async for doc in gw.store.collection(name).find({})]
 
 
 async def assert_not_in_clear(gw: Gateway, secrets: list[str], *collections: str) -> None:

@@ -28,7 +28,7 @@ async def raw_bytes(gw: Gateway, *collections: str) -> bytes:
     """Every document of the collections as the database returns them (raw BSON)."""
     out = b""
     for name in collections:
-        async for batch in gw.store.db[name].find_raw_batches({}):
+        async for batch in gw.store.collection(name).find_raw_batches({}):
             out += bytes(batch)
     return out
 

@@ -48,8 +48,8 @@ async def test_mms_media_are_sealed_as_attachments_and_shown_to_staff_and_client
     stored = await attachments_of(gw, message["_id"])
     assert [(a["content_type"], a["size"]) for a in stored] == [("image/jpeg", len(PHOTO)), ("image/png", len(SCAN))]
     # Sealed: the bytes are in no document in the clear.
-    for name in await gw.store.db.list_collection_names():
-        async for doc in gw.store.db[name].find({}):
+    for name in await gw.store.collection_names():
+        async for doc in gw.store.collection(name).find({}):
             raw = bson.encode(doc)
             assert b"canary-5e1f" not in raw and b"canary-77b0" not in raw, name
     # The client got a link-only answer, as for any reply on a secure thread.

@@ -307,8 +307,8 @@ async def test_crash_between_provider_and_mark_sent_resends_after_lease(gw):
 
 async def _all_docs(gw: Any) -> list[tuple[str, bytes]]:
     out = []
-    for name in await gw.store.db.list_collection_names():
-        async for doc in gw.store.db[name].find({}):
+    for name in await gw.store.collection_names():
+        async for doc in gw.store.collection(name).find({}):
             out.append((name, bson.encode(doc)))
     return out
 

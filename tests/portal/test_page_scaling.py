@@ -70,7 +70,7 @@ async def store(mongo_uri: str) -> AsyncIterator[Store]:
     st = Store(client, name)
     await st.ensure_indexes()
     yield st
-    await client.drop_database(name)
+    await st.drop()
     await client.close()
 
 
@@ -160,7 +160,7 @@ async def examined(store: Store, commands: list[tuple[str, Doc]]) -> int:
         assert "hint" not in cmd, f"{name} {coll} sends a hint (SecantusDB walks the whole index): {cmd}"
         found = route(coll, flt)
         assert found is not None, f"{name} on {coll} with {flt} is not served by an index"
-        total += await store.db[coll].count_documents(inclusive(found[1]))
+        total += await store.collection(coll).count_documents(inclusive(found[1]))
     return total
 
 
@@ -171,7 +171,8 @@ async def assert_explained_indexed(store: Store, commands: list[tuple[str, Doc]]
             continue
         found = route(coll, flt)
         assert found is not None
-        plan = await store.db.command("explain", {"find": coll, "filter": flt, **(
+        db = store.audit_db if coll == "audit" else store.db
+        plan = await db.command("explain", {"find": coll, "filter": flt, **(
             {"sort": cmd["sort"]} if cmd.get("sort") else {})}, verbosity="queryPlanner")
         winning = repr(plan["queryPlanner"]["winningPlan"])
         if found[0] == "_id" and len(flt) > 1:
