@@ -14,7 +14,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
 from gateway.contacts import Contact, Contacts
-from gateway.errors import KeyErased, NotFound, OptedOut, SensitiveContent, ValidationError
+from gateway.errors import Conflict, KeyErased, NotFound, OptedOut, SensitiveContent, ValidationError
 from gateway.ids import is_id, new_id
 from gateway.links import Links
 from gateway.orgs import Org
@@ -163,6 +163,9 @@ class Conversations:
             if channel == "email" and not to_email:
                 raise ValidationError("to.email", "is required for channel email")
             contact, _ = await self._contacts.find_or_create(org.id, phone=to_phone, email=to_email, name=name)
+            # Found by the phone, the email given belongs to another contact: they stay apart.
+            if channel == "email" and to_email and not contact.has_email:
+                raise Conflict("to.email", "belongs to another contact than to.phone; send to one of them")
         if channel == "sms" and not contact.has_phone:
             raise ValidationError("to.phone", "the contact has no phone number")
         if channel == "email" and not contact.has_email:

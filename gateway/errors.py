@@ -45,6 +45,14 @@ class ValidationError(HushlinkError):
         self.code = code
 
 
+class Conflict(ValidationError):
+    """Valid input that conflicts with what is stored (e.g. an address that belongs to another
+    contact): 409 rather than 422, as the same request could succeed against other data."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message, code="conflict")
+
+
 class NotFound(HushlinkError):
     """No such object in this organization (or in any: the caller can't tell)."""
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from pymongo.errors import PyMongoError
 
 from gateway.errors import (
+    Conflict,
     Forbidden,
     HushlinkError,
     IntegrityError,
@@ -92,6 +93,8 @@ def error_mapping(html_page: ErrorPage) -> Any:
                 code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
                 return _api_error(exc.status, code, exc.reason)
             raise
+        except Conflict as err:
+            return _api_error(409, "conflict", str(err), field=err.field) if api else html_page(request, 409, str(err))
         except ValidationError as err:
             if api:
                 return _api_error(422, err.code if err.code != "invalid" else "invalid_field",

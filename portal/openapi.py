@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+# What the API accepts, as patterns (gateway/phone.py, gateway/orgs.py validate_email, gateway/pins.py).
+E164 = r"^\+[1-9][0-9]{7,14}$"
+EMAIL = r"^[A-Za-z0-9_%+-]{1,20}(\.[A-Za-z0-9_%+-]{1,20}){0,2}@([A-Za-z0-9-]{1,63}\.){1,4}[A-Za-z]{2,63}$"
+PIN = r"^([0-9]{6,64}|[^\x00-\x1f]{8,64})$"
 
 
 def _resp(desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -26,15 +30,23 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "required": ["to", "body"], "additionalProperties": False,
                 "properties": {
                     "to": {"type": "object", "additionalProperties": False, "properties": {
-                        "phone": {"type": "string", "description": "E.164, e.g. +15551234567"},
-                        "email": {"type": "string", "format": "email"},
-                        "name": {"type": "string"}}},
-                    "body": {"type": "string", "minLength": 1, "maxLength": 5000},
+                        "phone": {"type": "string", "pattern": E164,
+                                  "description": "E.164: + and 8 to 15 digits, e.g. +15551234567"},
+                        "email": {"type": "string", "maxLength": 254, "pattern": EMAIL},
+                        "name": {"type": "string", "maxLength": 120}}},
+                    "body": {"type": "string", "minLength": 1, "maxLength": 5000,
+                             "description": "not only whitespace, no NUL",
+                             "allOf": [{"pattern": r"[^\s\x1c-\x1f\x85]"}, {"pattern": r"^[^\x00]*$"}]},
                     "channel": {"enum": ["sms", "email"], "default": "sms"},
                     "secure": {"type": ["boolean", "null"], "description": "null: the org default"},
-                    "pin": {"type": "string", "description": "6+ digits, or 8+ characters"},
+                    "pin": {"type": "string", "pattern": PIN,
+                            "description": "6 or more digits, or 8 or more characters (at most 64)"},
                     "allow_sensitive": {"type": "boolean", "default": False},
                 },
+                # The address the channel needs: to.phone for SMS (the default), to.email for email.
+                "if": {"required": ["channel"], "properties": {"channel": {"const": "email"}}},
+                "then": {"properties": {"to": {"required": ["email"]}}},
+                "else": {"properties": {"to": {"required": ["phone"]}}},
             },
             "Created": {"type": "object", "required": ["id", "thread_id", "secure", "status"], "properties": {
                 "id": {"type": "string"}, "thread_id": {"type": "string"}, "secure": {"type": "boolean"},
@@ -69,12 +81,13 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/messages": {"post": {
             "summary": "Send a message (secure: content sealed, SMS/email carries only a link)",
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                            "schema": {"type": "string", "maxLength": 200}}],
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/SendMessage"}}}},
             "responses": {
                 "201": _resp("Queued", {"$ref": "#/components/schemas/Created"}),
                 "400": _resp("Malformed JSON"), "401": _resp("Missing or unknown API key"),
+                "409": _resp("to.phone and to.email belong to two different contacts"),
                 "415": _resp("Not JSON"),
                 "422": _resp("Invalid field, opted_out, or sensitive_content"),
                 "503": _resp("Database unavailable"),

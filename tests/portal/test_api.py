@@ -496,3 +496,18 @@ async def test_concurrent_sends_to_one_contact_all_succeed(gw):
     assert len({d["thread_id"] for _, d in results}) == 1
     await gw.drain()
     assert sorted(m["body"] for m in gw.sms_to()) == sorted(bodies)
+
+
+async def test_an_email_of_another_contact_than_the_phone_is_409_and_nothing_is_sent(gw):
+    """Found by the phone, the email belongs to another contact: they are kept apart, and the send
+    conflicts with what is stored (valid input, so not a 422)."""
+    await gw.api_send(to={"phone": CLIENT_PHONE}, body="First, by SMS.")
+    await gw.api_send(to={"email": "robin@example.org"}, body="Second, by email.", channel="email")
+    queued = await gw.store.outbox.count_documents({})
+    data = await gw.api_send(to={"phone": CLIENT_PHONE, "email": "robin@example.org"}, body="Third.",
+                             channel="email", expect=409)
+    assert data["error"]["code"] == "conflict" and data["error"]["field"] == "to.email"
+    assert CLIENT_PHONE not in data["error"]["message"] and "robin@" not in data["error"]["message"]
+    assert await gw.store.outbox.count_documents({}) == queued
+    # By SMS the phone's own contact is meant: that one goes out.
+    await gw.api_send(to={"phone": CLIENT_PHONE, "email": "robin@example.org"}, body="Fourth.")
