@@ -66,7 +66,8 @@ class Links:
         return link
 
     async def check_pin(self, link: Doc, pin_hash: str, pin: str, threshold: int, ip: str | None) -> None:
-        """Verify a PIN against the link's counter; lock at the threshold. Raises PinRejected.
+        """Verify a PIN against the link's counter; lock at `threshold` consecutive wrong ones. Raises
+        PinRejected.
 
         The attempt is counted *before* the (slow) hash check with a conditional $inc, so any
         number of concurrent guesses evaluates at most `threshold` of them (SECURITY.md B3).
@@ -81,7 +82,9 @@ class Links:
         ids = {"thread_id": link["thread_id"], "link_id": link["_id"], "message_id": link.get("message_id"),
                "contact_id": link["contact_id"]}
         if verify_secret(pin_hash, pin):
-            await self._store.links.update_one({"_id": link["_id"]}, {"$inc": {"failures": -1}})
+            # The lock is for N *consecutive* wrong PINs (NIST 800-63B §5.2.2): the right one
+            # starts the count again (and does not count itself).
+            await self._store.links.update_one({"_id": link["_id"], "locked_at": None}, {"$set": {"failures": 0}})
             return
         failures = int(claimed["failures"])
         await self._audit.append(link["org_id"], "link.pin_failed", Actor("client"), outcome="denied",

@@ -336,6 +336,23 @@ async def test_concurrent_wrong_pins_never_count_past_the_threshold(gw):
 
 
 # -- unusable links all look the same ------------------------------------------------------
+async def test_the_lock_counts_consecutive_wrong_pins_the_right_one_starts_again(gw):
+    """SECURITY.md B2 / NIST 800-63B §5.2.2: N *consecutive* failures lock the link."""
+    data, token = await send_secure(gw)
+    csrf = csrf_of(await (await gw.client.get(f"/s/{token}")).text())
+    for _ in range(4):
+        assert (await post_open(gw, token, csrf, pin=WRONG)).status == 401
+    assert (await post_open(gw, token, csrf, pin=PIN)).status == 303
+    assert (await link_doc(gw, data["id"]))["failures"] == 0
+    gw.client.session.cookie_jar.clear()
+    csrf = csrf_of(await (await gw.client.get(f"/s/{token}")).text())
+    for tries_left in (4, 3, 2, 1):  # four more typos later: still open, and counted from zero
+        resp = await post_open(gw, token, csrf, pin=WRONG)
+        assert resp.status == 401 and f"Tries left before this link locks: {tries_left}." in await resp.text()
+    assert (await post_open(gw, token, csrf, pin=WRONG)).status == 404
+    assert (await link_doc(gw, data["id"]))["locked_at"] is not None
+
+
 async def test_expired_revoked_locked_unknown_and_malformed_links_are_indistinguishable(gw):
     expired_msg, expired = await send_secure(gw, pin=None)
     expired_csrf = csrf_of(await (await gw.client.get(f"/s/{expired}")).text())
