@@ -53,6 +53,8 @@ async def open_services(config: Config, *, own_database: bool = False) -> AsyncI
     services = None
     try:
         await store.ensure_indexes()
+        if moved := await store.move_old_audit_log():
+            logger.info("audit log moved to its own database", extra={"fields": {"entries": moved}})
         services = build_services(config, store, keyring, SystemClock())
         yield services
     finally:

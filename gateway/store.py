@@ -165,6 +165,27 @@ class Store:
         for collection, models in INDEXES.items():
             await self.collection(collection).create_indexes(models)
 
+    async def move_old_audit_log(self) -> int:
+        """Move the entries an earlier build kept in `<name>.audit` to the audit database (at start-up;
+        repeatable: an entry already moved is skipped). Returns how many were copied."""
+        if "audit" not in await self.db.list_collection_names():
+            return 0
+        old = self.db["audit"]
+        copied = 0
+        batch: list[Doc] = []
+        async for doc in old.find({}):
+            batch.append(doc)
+            if len(batch) == 1000:
+                copied += sum(await insert_new(self.audit, batch))
+                batch = []
+        copied += sum(await insert_new(self.audit, batch))
+        try:
+            await old.drop()
+        except PyMongoError as err:  # the least-privilege user may not drop: an administrator can
+            logger.warning("old audit collection copied but left in place; drop it as an administrator",
+                           extra={"fields": {"error": type(err).__name__}})
+        return copied
+
     async def ping(self) -> bool:
         try:
             await self.client.admin.command("ping")

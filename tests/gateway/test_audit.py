@@ -317,3 +317,17 @@ async def test_a_deleted_head_is_detected(audit, store, clock):
     await store.audit_heads.delete_one({"_id": ORG})
     assert await audit.verify(ORG) == 5
     assert await audit.verify(OTHER) is None  # no entries and no head: an intact empty chain
+
+
+async def test_an_audit_log_from_an_earlier_build_moves_to_its_own_database(audit, store, clock):
+    """Earlier builds kept the entries in the main database; start-up moves them, once."""
+    await fill(audit, clock)
+    await audit.flush()
+    entries = await store.audit.find({}).to_list(None)
+    await store.db["audit"].insert_many(entries)  # where an earlier build kept them
+    await store.audit.delete_many({})
+    assert await audit.verify(ORG) is not None  # a recorded head without its entries is reported
+    assert await store.move_old_audit_log() == len(entries) > 0
+    assert "audit" not in await store.db.list_collection_names()
+    assert await audit.verify(ORG) is None
+    assert await store.move_old_audit_log() == 0

@@ -141,3 +141,11 @@ def test_create_db_user_refuses_the_embedded_database(tmp_path: Path, monkeypatc
     monkeypatch.setattr(sys, "stdin", io.StringIO(APP_PASSWORD + "\n"))
     assert main(["admin", "create-db-user", "--user", "gateway", "--password-stdin"]) == 2
     assert "database.uri" in capsys.readouterr().err
+
+
+async def test_moving_an_old_audit_log_copies_it_even_when_the_user_may_not_drop_the_old_one(
+        app_store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    await app_store.db["audit"].insert_many([{"_id": f"e{i}", "org_id": "o", "seq": i} for i in range(1, 4)])
+    assert await app_store.move_old_audit_log() == 3
+    assert await app_store.audit.count_documents({}) == 3
+    assert "left in place" in caplog.text  # an administrator drops it
