@@ -16,7 +16,6 @@ left (ids, times, states), with every sealed field as null.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.errors import KeyErased, NotFound
@@ -37,7 +36,8 @@ async def export_contact(s: Services, org_id: str, contact_id: str) -> dict[str,
         await s.contacts.reveal(contact_id, org_id)
     threads = [t async for t in s.store.threads.find({"org_id": org_id, "contact_id": contact_id}).sort("_id", 1)]
     thread_ids = [t["_id"] for t in threads]
-    messages = [m for t in thread_ids async for m in _thread_messages(s, org_id, t)]
+    in_threads = {"org_id": org_id, "thread_id": {"$in": thread_ids}}
+    messages = await s.store.messages.find(in_threads).sort("_id", 1).to_list(None)
     return {
         "format": FORMAT,
         "exported_at": _iso(s.clock.now()),
@@ -53,19 +53,9 @@ async def export_contact(s: Services, org_id: str, contact_id: str) -> dict[str,
                      "secure": bool(t.get("secure")), "status": t.get("status")} for t in threads],
         "messages": [await _message(s, m) for m in messages],
         "attachments": await _attachments(s, org_id, [m["_id"] for m in messages if m.get("direction") == "inbound"]),
-        "links": [_link(lk) for t in thread_ids async for lk in _thread_links(s, org_id, t)],
+        "links": [_link(lk) for lk in await s.store.links.find(in_threads).sort("_id", 1).to_list(None)],
         "audit": await _audit(s, org_id, contact_id, thread_ids),
     }
-
-
-async def _thread_messages(s: Services, org_id: str, thread_id: str) -> AsyncIterator[Doc]:
-    async for m in s.store.messages.find({"org_id": org_id, "thread_id": thread_id}).sort("_id", 1):
-        yield m
-
-
-async def _thread_links(s: Services, org_id: str, thread_id: str) -> AsyncIterator[Doc]:
-    async for lk in s.store.links.find({"org_id": org_id, "thread_id": thread_id}).sort("_id", 1):
-        yield lk
 
 
 async def _message(s: Services, m: Doc) -> dict[str, Any]:

@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 
 from gateway import retention
-from gateway.cli import main
 from gateway.errors import ValidationError
 from gateway.recent import oid_at
 from inbound.attachments import IncomingFile, seal_attachments
 from portal.strings import STRINGS
 from tests.portal.test_staff_settings import POLICY_FORM
 from tests.portal.test_staff_support import audit_entries, signed_in
-from tests.support.harness import CLIENT_PHONE, Gateway
+from tests.support.harness import CLIENT_PHONE, Gateway, point_cli_at, run_cli
 
 OLD_SECRET = "canary-r1a7 your results are ready"
 OLD_REPLY = "canary-r2b8 thank you"
@@ -168,16 +167,8 @@ async def test_admins_set_retention_in_settings(gw: Gateway) -> None:
 
 async def test_the_cli_purges_once(gw: Gateway, tmp_path: Any, monkeypatch: Any, mongo_uri: str) -> None:
     """`hushlink admin purge-expired`, on the real clock."""
-    from gateway.crypto import write_keyring
-
     ids = await aged_conversations(gw)
-    keyring = tmp_path / "keyring.json"
-    write_keyring(keyring, gw.services.sealer.keyring)
-    for key, value in {"HUSHLINK_DATABASE__URI": mongo_uri, "HUSHLINK_DATABASE__NAME": gw.store.db.name,
-                       "HUSHLINK_KEYS__KEYRING_FILE": str(keyring),
-                       "HUSHLINK_SERVER__DATA_DIR": str(tmp_path / "data")}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("HUSHLINK_CONFIG", raising=False)
-    assert await asyncio.to_thread(main, ["admin", "purge-expired", "--org", gw.org.id, "--json"]) == 0
+    point_cli_at(gw, monkeypatch, mongo_uri, tmp_path)
+    assert await run_cli(["admin", "purge-expired", "--org", gw.org.id, "--json"]) == 0
     assert await bodies(gw, ids["thread"]) == [None, None, NEW_SECRET]
     assert len(await audit_entries(gw, "retention.purged")) == 1

@@ -8,7 +8,7 @@ import pyotp
 from aiohttp import web
 
 from gateway.staff import Staff
-from gateway.staff_auth import DEFAULT_RULES, LoginThrottle, Totp
+from gateway.staff_auth import DEFAULT_RULES, LoginThrottle
 from portal.staff.common import Deps
 from tests.portal.test_staff_support import (
     COOKIE,
@@ -16,6 +16,7 @@ from tests.portal.test_staff_support import (
     Browser,
     audit_entries,
     csrf_of,
+    enable_totp,
     make_staff,
     set_cookies,
     signed_in,
@@ -136,18 +137,9 @@ async def test_throttle_counters_live_in_the_database_without_emails_or_addresse
     assert member.email not in dump and "127.0.0.1" not in dump
 
 
-async def _enable_totp(gw, member) -> str:
-    totp = Totp(gw.store, gw.services.vault, gw.clock)
-    secret = await totp.begin(gw.org.id, member.id)
-    doc = await Staff(gw.store, gw.clock).doc(gw.org.id, member.id)
-    assert await totp.confirm(doc, pyotp.TOTP(secret).at(gw.clock.now()))
-    gw.clock.advance(30)  # the enrolment code's step is used up
-    return secret
-
-
 async def test_totp_account_needs_the_code_and_a_code_works_only_once(gw):
     member = await make_staff(gw)
-    secret = await _enable_totp(gw, member)
+    secret = await enable_totp(gw, member)
     code = pyotp.TOTP(secret).at(gw.clock.now())
     async with Browser(gw) as b:
         # Password only: no session, a code page instead.
@@ -169,7 +161,7 @@ async def test_totp_account_needs_the_code_and_a_code_works_only_once(gw):
 
 async def test_wrong_totp_code_is_refused(gw):
     member = await make_staff(gw)
-    secret = await _enable_totp(gw, member)
+    secret = await enable_totp(gw, member)
     good = pyotp.TOTP(secret).at(gw.clock.now())
     bad = f"{(int(good) + 1) % 1000000:06d}"
     async with Browser(gw) as b:
@@ -199,7 +191,7 @@ async def test_org_requiring_totp_sends_members_without_one_to_enrolment_first(g
 async def test_turning_off_the_authenticator_needs_the_password(gw):
     # SECURITY.md C11: a wrong or missing password leaves the authenticator on.
     member = await make_staff(gw)
-    secret = await _enable_totp(gw, member)
+    secret = await enable_totp(gw, member)
     async with Browser(gw) as b:
         await b.login(member.email, totp=pyotp.TOTP(secret).at(gw.clock.now()))
         for form in ({"password": "wrong-password-here"}, {"password": ""}, {}):

@@ -7,8 +7,7 @@ import re
 import pyotp
 
 from gateway.staff import Staff
-from gateway.staff_auth import Totp
-from tests.portal.test_staff_support import PASSWORD, Browser, audit_entries, make_staff, signed_in
+from tests.portal.test_staff_support import PASSWORD, Browser, audit_entries, enable_totp, make_staff, signed_in
 
 POLICY_FORM = {
     "secure_default": "1", "link_ttl_seconds": "604800", "lock_threshold": "3",
@@ -96,16 +95,6 @@ async def test_admins_cannot_lock_themselves_out(gw):
                               csrf_from="/staff/settings/staff")).status == 409
 
 
-async def _with_totp(gw, member) -> str:
-    """Enrol `member` in an authenticator app; return its secret."""
-    totp = Totp(gw.store, gw.services.vault, gw.clock)
-    secret = await totp.begin(gw.org.id, member.id)
-    doc = await Staff(gw.store, gw.clock).doc(gw.org.id, member.id)
-    assert await totp.confirm(doc, pyotp.TOTP(secret).at(gw.clock.now()))
-    gw.clock.advance(30)  # the enrolment code's step is used up
-    return secret
-
-
 async def _has_totp(gw, member) -> bool:
     return (await Staff(gw.store, gw.clock).get(gw.org.id, member.id)).has_totp
 
@@ -113,7 +102,7 @@ async def _has_totp(gw, member) -> bool:
 async def test_admin_cannot_reset_their_own_authenticator_without_the_password(gw):
     # SECURITY.md C11: turning off MFA needs re-authentication; the admin reset skips the password.
     me = await make_staff(gw, "admin@riverside.test", "admin")
-    secret = await _with_totp(gw, me)
+    secret = await enable_totp(gw, me)
     async with Browser(gw) as b:
         await b.login(me.email, totp=pyotp.TOTP(secret).at(gw.clock.now()))
         page = await (await b.get("/staff/settings/staff")).text()
@@ -131,7 +120,7 @@ async def test_admin_cannot_reset_their_own_authenticator_without_the_password(g
 async def test_admin_resets_another_members_authenticator_and_ends_their_sessions(gw):
     admin, me = await signed_in(gw, "admin")
     member = await make_staff(gw)
-    secret = await _with_totp(gw, member)
+    secret = await enable_totp(gw, member)
     async with admin, Browser(gw) as agent:
         await agent.login(member.email, totp=pyotp.TOTP(secret).at(gw.clock.now()))
         assert (await agent.get("/staff/")).status == 200

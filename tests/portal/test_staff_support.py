@@ -106,3 +106,17 @@ async def signed_in(gw: Gateway, role: str = "agent", email: str | None = None) 
 
 async def audit_entries(gw: Gateway, action: str, org_id: str | None = None) -> list[dict[str, Any]]:
     return [d async for d in gw.store.audit.find({"org_id": org_id or gw.org.id, "action": action}).sort("seq", 1)]
+
+
+async def enable_totp(gw: Gateway, member: StaffMember) -> str:
+    """Enrol `member` in an authenticator app; return its secret."""
+    import pyotp
+
+    from gateway.staff_auth import Totp
+
+    totp = Totp(gw.store, gw.services.vault, gw.clock)
+    secret = await totp.begin(gw.org.id, member.id)
+    doc = await Staff(gw.store, gw.clock).doc(gw.org.id, member.id)
+    assert await totp.confirm(doc, pyotp.TOTP(secret).at(gw.clock.now()))
+    gw.clock.advance(30)  # the enrolment code's step is used up
+    return secret

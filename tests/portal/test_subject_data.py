@@ -13,11 +13,9 @@ from typing import Any
 
 import jsonschema
 
-from gateway.cli import main
-from gateway.crypto import write_keyring
 from tests.inbound.test_mms import send_mms
 from tests.portal.test_staff_support import audit_entries, signed_in
-from tests.support.harness import CLIENT_PHONE, Gateway
+from tests.support.harness import CLIENT_PHONE, Gateway, point_cli_at, run_cli
 
 SCHEMA = Path(__file__).resolve().parents[2] / "gateway" / "data" / "subject-export.schema.json"
 A_SECRET = "canary-a41c your biopsy results are ready"
@@ -170,23 +168,12 @@ async def test_the_cli_writes_the_export_to_a_file_only_its_owner_can_read(gw: G
                                                                            monkeypatch: Any, mongo_uri: str) -> None:
     ids = await two_subjects(gw)
     out = tmp_path / "export.json"
-    keyring = tmp_path / "keyring.json"
-    write_keyring(keyring, gw.services.sealer.keyring)
-    for key, value in {"HUSHLINK_DATABASE__URI": mongo_uri, "HUSHLINK_DATABASE__NAME": gw.store.db.name,
-                       "HUSHLINK_KEYS__KEYRING_FILE": str(keyring),
-                       "HUSHLINK_SERVER__DATA_DIR": str(tmp_path / "data")}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("HUSHLINK_CONFIG", raising=False)
-    code = await _run_cli(["admin", "export-contact", "--org", gw.org.id, "--contact", ids["a"], "--output", str(out)])
+    point_cli_at(gw, monkeypatch, mongo_uri, tmp_path)
+    code = await run_cli(["admin", "export-contact", "--org", gw.org.id, "--contact", ids["a"], "--output", str(out)])
     assert code == 0
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     data = json.loads(out.read_text())
     assert data["contact"]["id"] == ids["a"] and data["messages"][0]["body"] == A_SECRET
     assert [e["actor"] for e in await audit_entries(gw, "contact.exported")] == [{"kind": "system", "id": "cli"}]
-    assert await _run_cli(["admin", "export-contact", "--org", gw.org.id, "--contact", "0" * 24]) == 1
+    assert await run_cli(["admin", "export-contact", "--org", gw.org.id, "--contact", "0" * 24]) == 1
 
-
-async def _run_cli(argv: list[str]) -> int:
-    import asyncio
-
-    return await asyncio.to_thread(main, argv)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -135,3 +137,23 @@ class Gateway:
 
     async def audit_actions(self) -> list[str]:
         return [d["action"] async for d in self.store.audit.find({"org_id": self.org.id}).sort("seq", 1)]
+
+
+def point_cli_at(gw: Gateway, monkeypatch: Any, mongo_uri: str, tmp_path: Path) -> None:
+    """Make `hushlink admin ...` (gateway.cli.main) use this gateway's database and keyring."""
+    from gateway.crypto import write_keyring
+
+    keyring = tmp_path / "keyring.json"
+    write_keyring(keyring, gw.services.sealer.keyring)
+    for key, value in {"HUSHLINK_DATABASE__URI": mongo_uri, "HUSHLINK_DATABASE__NAME": gw.store.db.name,
+                       "HUSHLINK_KEYS__KEYRING_FILE": str(keyring),
+                       "HUSHLINK_SERVER__DATA_DIR": str(tmp_path / "data")}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("HUSHLINK_CONFIG", raising=False)
+
+
+async def run_cli(argv: list[str]) -> int:
+    """gateway.cli.main in a thread: it runs its own event loop."""
+    from gateway.cli import main
+
+    return await asyncio.to_thread(main, argv)
