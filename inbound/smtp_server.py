@@ -30,12 +30,12 @@ from gateway.config import InboundSmtpConfig
 from gateway.errors import StoreUnavailable
 from gateway.orgs import Orgs
 from gateway.phone import mask_email
+from gateway.ratelimit import RateLimiter
+from gateway.reply_address import parse_reply_address
 from gateway.reply_tokens import ReplyTokens
 from gateway.store import Doc, Store
 from gateway.tokens import token_hash
 from inbound.events import InboundEvents
-from outbound.compose_email import parse_reply_address
-from portal.http import RateLimiter
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,11 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from gateway.tokens import looks_like_token
+# The reply-address format lives in the core (the SMTP listener parses it too); reply_address and
+# parse_reply_address stay importable from here for the senders.
+from gateway.reply_address import check_domain
+from gateway.reply_address import parse_reply_address as parse_reply_address
+from gateway.reply_address import reply_address as reply_address
 
 SUBJECTS = {
     "secure_notice": "New secure message from {org}",
@@ -38,13 +42,7 @@ CONTENT_TEMPLATES = frozenset({"message"})
 
 _NAME_MAX = 80
 _URL_MAX = 2000
-_REPLY_PREFIX = "reply+"
 _HIDDEN = ("Zl", "Zp")  # line and paragraph separators; "C*" (control, format...) too
-# A DNS name: labels of letters, digits and inner hyphens (IDNs arrive here as A-labels).
-_DOMAIN = re.compile(
-    r"(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?",
-    re.IGNORECASE,
-)
 
 _env = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates" / "email"),
@@ -119,33 +117,10 @@ def render_staff_alert(kind: str, *, org_name: str, public_url: str) -> tuple[st
 
 def make_message_id(domain: str, key: str | None = None) -> str:
     """An RFC 5322 Message-ID, "<128 random bits in hex@domain>" (the bits given as `key`, or new)."""
-    _check_domain(domain)
+    check_domain(domain)
     if key is not None and not re.fullmatch(r"[0-9a-f]{32}", key):
         raise ValueError("not a message key")
     return f"<{key or secrets.token_hex(16)}@{domain.lower()}>"
-
-
-def reply_address(token: str, reply_domain: str) -> str:
-    """The address a client replies to: "reply+<token>@<reply_domain>"."""
-    if not looks_like_token(token):
-        raise ValueError("reply token must be 43 URL-safe characters")
-    _check_domain(reply_domain)
-    return f"{_REPLY_PREFIX}{token}@{reply_domain.lower()}"
-
-
-def parse_reply_address(addr: str, reply_domain: str) -> str | None:
-    """The token in "reply+<token>@<reply_domain>", or None for any other address.
-
-    The domain compares case-insensitively (RFC 5321 2.4); the token does not, it is
-    case-sensitive base64url. A trailing dot on either domain is ignored.
-    """
-    local, at, domain = addr.strip().rpartition("@")
-    if not at or domain.lower().rstrip(".") != reply_domain.lower().rstrip("."):
-        return None
-    if local[: len(_REPLY_PREFIX)].lower() != _REPLY_PREFIX:
-        return None
-    token = local[len(_REPLY_PREFIX) :]
-    return token if looks_like_token(token) else None
 
 
 def _check_url(url: str) -> None:
@@ -155,8 +130,3 @@ def _check_url(url: str) -> None:
         raise ValueError("link must be an http(s) URL")
     if any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in url):
         raise ValueError("link must not contain spaces or control characters")
-
-
-def _check_domain(domain: str) -> None:
-    if not _DOMAIN.fullmatch(domain):
-        raise ValueError("not a domain name")

@@ -18,11 +18,12 @@ from gateway.audit import Actor
 from gateway.conversations import validate_body
 from gateway.errors import LinkUnavailable, PinRejected, ValidationError
 from gateway.ids import is_id, new_id
+from gateway.ratelimit import RateLimiter
 from gateway.services import Services
 from gateway.store import Doc
 from gateway.tokens import csrf_ok, csrf_token, looks_like_token, token_hash
 from portal import attachments
-from portal.http import RateLimiter, client_ip
+from portal.http import client_ip, same_origin
 from portal.render import render
 from portal.strings import STRINGS
 
@@ -30,23 +31,6 @@ logger = logging.getLogger(__name__)
 
 MAX_RENEWALS = 3
 PAGE = 50  # messages on the conversation page (older ones one page at a time)
-
-
-def same_origin(request: web.Request, public_url: str) -> bool:
-    """Reject cross-site form posts (Origin / Sec-Fetch-Site), as a second line behind CSRF tokens.
-
-    Every portal page is sent with `Referrer-Policy: no-referrer`, and under that policy browsers
-    send `Origin: null` even on a same-origin form POST (Fetch: "serializing a request origin").
-    So a `null` Origin is accepted only when the browser also vouches `Sec-Fetch-Site: same-origin`;
-    a `null` Origin on its own (sandboxed frames, data: URLs, redirects) is refused.
-    """
-    origin = request.headers.get("Origin")
-    site = request.headers.get("Sec-Fetch-Site")
-    if origin == "null":
-        return site == "same-origin"
-    if origin is not None and origin.rstrip("/") != public_url:
-        return False
-    return site in (None, "same-origin", "none")
 
 
 class ClientPortal:

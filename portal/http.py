@@ -1,11 +1,11 @@
-"""HTTP plumbing shared by every surface: security headers, error mapping, client IP, rate limits."""
+"""HTTP plumbing shared by every surface: security headers, error mapping, client IP (the rate
+limiter is gateway/ratelimit.py, shared with the SMTP listener)."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +21,7 @@ from gateway.errors import (
     NotFound,
     OptedOut,
     PinRejected,
+    PinRequired,
     SensitiveContent,
     StoreUnavailable,
     ValidationError,
@@ -111,6 +112,9 @@ def error_mapping(html_page: ErrorPage) -> Any:
             msg = (f"this standard (non-secure) message looks sensitive ({', '.join(err.kinds)}); "
                    "send it secure, or set allow_sensitive to override")
             return _api_error(422, "sensitive_content", msg, kinds=err.kinds) if api else html_page(request, 422, msg)
+        except PinRequired:
+            msg = "this organization requires a PIN for secure messages; set one for this contact first"
+            return _api_error(422, "pin_required", msg, field="pin") if api else html_page(request, 422, msg)
         except (LinkUnavailable, PinRejected):
             raise  # handled by the client portal itself
         except (StoreUnavailable, PyMongoError) as err:
@@ -147,22 +151,27 @@ def client_ip(request: web.Request, trusted_proxies: tuple[str, ...]) -> str:
     return hops[-1] if hops else peer
 
 
-class RateLimiter:
-    """A fixed-window counter per key, in this process (a defence in depth, not for correctness)."""
+def same_origin(request: web.Request, public_url: str) -> bool:
+    """Is this state-changing request from our own pages? The one check for every surface (client
+    portal, staff portal, sandbox), a second line behind the CSRF token (OWASP CSRF Prevention,
+    "Verifying Origin with standard headers"; Fetch Metadata).
 
-    def __init__(self, limit: int, window_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self.window = window_seconds
-        self._clock = clock
-        self._hits: dict[str, tuple[float, int]] = {}
-
-    def allow(self, key: str) -> bool:
-        now = self._clock()
-        start, count = self._hits.get(key, (now, 0))
-        if now - start >= self.window:
-            start, count = now, 0
-        count += 1
-        self._hits[key] = (start, count)
-        if len(self._hits) > 100_000:  # bound memory under a flood of distinct keys
-            self._hits = {k: v for k, v in self._hits.items() if now - v[0] < self.window}
-        return count <= self.limit
+    - `Sec-Fetch-Site`, when sent (every current browser), must be `same-origin`: cross-site and
+      same-site (a sibling subdomain) posts are refused, and so is `none`, which a form POST
+      never legitimately carries.
+    - `Origin`, when sent, must be `public_url`. Our pages send `Referrer-Policy: no-referrer`,
+      under which browsers send `Origin: null` even on a same-origin form POST (Fetch, "serializing
+      a request origin"), so `null` is accepted only when the browser also vouches
+      `Sec-Fetch-Site: same-origin`; a `null` Origin on its own (sandboxed frames, data: URLs,
+      redirects) is refused.
+    - Neither header: not a browser (or a very old one); the CSRF token decides.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site != "same-origin":
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    if origin == "null":
+        return site == "same-origin"
+    return origin.rstrip("/") == public_url.rstrip("/")

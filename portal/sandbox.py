@@ -10,24 +10,42 @@ import secrets
 from collections import defaultdict
 from email.message import EmailMessage
 from email.utils import make_msgid
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from gateway.errors import ValidationError
 from gateway.phone import normalize_e164
+from gateway.reply_address import parse_reply_address
 from gateway.services import Services
 from gateway.tokens import csrf_ok, csrf_token, token_hash
-from inbound.events import InboundEvents
-from outbound.compose_email import parse_reply_address
-from outbound.sandbox import SandboxEmailSender, SandboxSmsSender
-from portal.client import same_origin
+from portal.http import same_origin
 from portal.render import render
 
 
+# What the page needs from its collaborators, which the composition root (gateway/app.py) hands
+# it: the sandbox providers (outbound/sandbox.py) and the durable intake (inbound/events.py). Named
+# here as roles so that portal/ imports neither package (docs/architecture.md, layers).
+class SandboxPhone(Protocol):
+    async def messages(self, limit: int = 200) -> list[dict[str, str | bool]]: ...
+    async def record_reply(self, *, from_number: str, to_number: str, body: str) -> None: ...
+
+
+class SandboxMailbox(Protocol):
+    async def messages(self, limit: int = 200) -> list[dict[str, str]]: ...
+
+
+class EventIntake(Protocol):
+    async def accept(
+        self, *, provider: str, provider_id: str, org_id: str | None, kind: str,
+        payload: dict[str, Any] | None = None, raw: bytes | None = None, state: str = "pending",
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[str, bool]: ...
+
+
 class SandboxPortal:
-    def __init__(self, services: Services, sms: SandboxSmsSender | None, mail: SandboxEmailSender | None,
-                 events: InboundEvents) -> None:
+    def __init__(self, services: Services, sms: SandboxPhone | None, mail: SandboxMailbox | None,
+                 events: EventIntake) -> None:
         self._s = services
         self._sms = sms
         self._mail = mail
