@@ -7,7 +7,8 @@ where a rule is ambiguous it leans towards flagging.
 Every pattern is linear in the input: no nested unbounded quantifiers, bounded gaps between
 context words and values, and unbounded runs only where each run is entered once (anchored by a
 look-behind). Unicode is folded one character at a time (NFKD, marks and format characters
-dropped, casefolded, any decimal digit made ASCII), because whole-string NFKC is quadratic on a
+dropped, casefolded, any decimal digit made ASCII, dashes and minus signs made "-", space
+separators made " "), because whole-string NFKC is quadratic on a
 long run of combining marks, and because full-width digits or a zero-width space must not hide
 an SSN.
 """
@@ -62,6 +63,13 @@ CLINICAL_TERMS: tuple[str, ...] = (
 # --- Unicode folding ---------------------------------------------------------------------------
 
 
+# Separators a writer (or a word processor) puts between digit groups in place of "-" and " ":
+# every dash (Unicode category Pd: U+2010 hyphen, U+2012 figure dash, en and em dash, ...) and the
+# minus sign U+2212 count as "-", every space separator (Zs: NBSP, U+2007 figure space, U+202F,
+# thin space, ...) as " ", so "123–45–6789" or an SSN spaced with NBSP is still found.
+_MINUS_SIGNS = frozenset("\u2212\u2796\ufe63\uff0d")
+
+
 def _fold_char(c: str) -> str:
     out = []
     for d in unicodedata.normalize("NFKD", c):
@@ -70,6 +78,10 @@ def _fold_char(c: str) -> str:
             continue  # accents, enclosing marks, zero-width and bidi controls
         if cat == "Nd" and not d.isascii():
             d = str(unicodedata.decimal(d))  # "٣" or "३" → "3"
+        elif cat == "Pd" or d in _MINUS_SIGNS:
+            d = "-"
+        elif cat == "Zs":
+            d = " "
         out.append(d)
     return "".join(out).casefold()
 

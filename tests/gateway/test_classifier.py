@@ -283,3 +283,31 @@ def test_pathological_100kb_input_finishes(text: str) -> None:
     # No wall-clock assert: a catastrophic pattern would make this test hang, not fail.
     terms = ("HIV", "sickle cell", "a b c d") * 20
     assert set(find_sensitive(text, terms)) <= KINDS
+
+
+# Dashes and spaces a word processor or phone keyboard substitutes for "-" and " " (issue 9).
+UNICODE_SEPARATORS = {
+    "en dash": "\u2013",
+    "em dash": "\u2014",
+    "hyphen U+2010": "\u2010",
+    "non-breaking hyphen U+2011": "\u2011",
+    "figure dash U+2012": "\u2012",
+    "minus sign U+2212": "\u2212",
+    "no-break space": "\u00a0",
+    "figure space U+2007": "\u2007",
+    "narrow no-break space U+202F": "\u202f",
+    "thin space U+2009": "\u2009",
+}
+
+
+@pytest.mark.parametrize("sep", UNICODE_SEPARATORS.values(), ids=UNICODE_SEPARATORS.keys())
+def test_ssn_and_card_written_with_unicode_dashes_or_spaces_are_found(sep: str) -> None:
+    assert kinds(f"my number is 123{sep}45{sep}6789") == ["ssn"]
+    assert kinds(sep.join(["4111", "1111", "1111", "1111"])) == ["card"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([*UNICODE_SEPARATORS.values(), "-", " "]), min_size=2, max_size=2),
+       st.text(alphabet=" abc,.!", max_size=10))
+def test_any_mix_of_separators_still_finds_the_ssn(seps: list[str], before: str) -> None:
+    assert "ssn" in find_sensitive(f"{before} 078{seps[0]}05{seps[1]}1120 ", today=TODAY)
