@@ -7,6 +7,7 @@
     ├── Forbidden                authenticated, but not allowed
     ├── OptedOut                 the contact has opted out of this channel
     ├── SensitiveContent         a standard send whose text looks sensitive
+    ├── PinRequired              a secure send under pin_required, with no PIN to ask for
     ├── LinkUnavailable          unknown, expired, revoked or locked link (one error for all)
     ├── PinRejected              wrong PIN (carries tries left)
     ├── IntegrityError           a sealed field failed to open (tampered or moved)
@@ -75,6 +76,13 @@ class SensitiveContent(HushlinkError):
     def __init__(self, kinds: list[str]) -> None:
         super().__init__("content looks sensitive: " + ", ".join(kinds))
         self.kinds = kinds
+
+
+class PinRequired(HushlinkError):
+    """The org requires a PIN on secure links and the contact has none (gateway/rules/pin.py)."""
+
+    def __init__(self) -> None:
+        super().__init__("this organization requires a PIN for secure messages; the contact has none")
 
 
 class LinkUnavailable(HushlinkError):

@@ -26,6 +26,7 @@ AGENT_SCOPES = ("all", "assigned")
 @dataclass(frozen=True, slots=True)
 class OrgPolicy:
     secure_default: bool = True
+    secure_forced: bool = False  # "always secure": every message secure, whatever is asked (gateway/rules/secure.py)
     pin_required: bool = False  # every link needs the contact's PIN (else only per-message PINs)
     link_ttl_seconds: int = 86400  # Apptoto's default: 24 h
     lock_threshold: int = 5  # wrong PINs before a link locks (NIST ceiling is 100)
