@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import socket
@@ -62,6 +63,14 @@ class Runtime:
 
     def wake_dispatcher(self) -> None:
         self.dispatcher.wake.set()
+
+    @property
+    def sandbox_enabled(self) -> bool:
+        """Does /sandbox exist? Its forms inject inbound messages as if a contact sent them, so
+        only when no real provider is in use (SMS and mail both sandboxes), or when
+        [server] sandbox = true says so (serve then warns in red)."""
+        explicit = self.services.config.server.sandbox
+        return explicit or (self.sandbox is not None and self.sandbox_mail is not None)
 
     async def close(self) -> None:
         for sender in (self.sms, self.email):
@@ -127,13 +136,14 @@ def create_app(rt: Runtime, *, role: str = "all", workers: bool = True) -> web.A
         ClientPortal(s, rt.wake_dispatcher).add_routes(app)
         # Staff portal (issue 3): a sub-app with its own default-deny policy middleware.
         app.add_subapp(STAFF_PREFIX, staff_app(s, rt.wake_dispatcher))
-        if rt.sandbox is not None or rt.sandbox_mail is not None:
+        if rt.sandbox_enabled:
             SandboxPortal(s, rt.sandbox, rt.sandbox_mail, rt.events).add_routes(app)
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
         app.router.add_get("/robots.txt", robots)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", _readyz(s))
-    app.router.add_get("/metrics", _metrics(s))
+    if s.config.server.metrics_token:  # else only on the internal listener (metrics_app), if any
+        app.router.add_get("/metrics", _metrics(s, token=s.config.server.metrics_token))
     if workers and role in ("all", "worker"):
         app.cleanup_ctx.append(_workers(rt))
     if workers and role in ("all", "smtp") and s.config.inbound_smtp.enabled:
@@ -176,15 +186,38 @@ def _readyz(s: Services):  # type: ignore[no-untyped-def]
     return readyz
 
 
-def _metrics(s: Services):  # type: ignore[no-untyped-def]
+# Every state a job or an event can be in (gateway/outbox.py; inbound/processor.py and the reply
+# handlers): the metrics count each one through the (state, next_attempt_at) index, a bounded
+# number of index range counts instead of a pass over the whole collection.
+QUEUE_STATES = {
+    "outbox": ("hushlink_outbox_jobs", ("pending", "sent", "failed", "dead")),
+    "inbound_events": ("hushlink_inbound_events",
+                       ("pending", "done", "failed", "unroutable", "bounce", "bounce_unmatched")),
+}
+
+
+def metrics_app(s: Services) -> web.Application:
+    """The internal listener's app ([server] metrics_port): /metrics without a token, nothing else."""
+    app = web.Application()
+    app.router.add_get("/metrics", _metrics(s, token=None))
+    return app
+
+
+def _metrics(s: Services, *, token: str | None):  # type: ignore[no-untyped-def]
     """Prometheus text: queue depths by state (counts only; no ids, no content)."""
+    expected = f"Bearer {token}".encode() if token else None
+
     async def metrics(request: web.Request) -> web.Response:
+        if expected is not None and not hmac.compare_digest(
+                request.headers.get("Authorization", "").encode(), expected):
+            return web.Response(status=401, text="bearer token required\n",
+                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
         lines = []
-        for collection, metric in (("outbox", "hushlink_outbox_jobs"), ("inbound_events", "hushlink_inbound_events")):
+        for collection, (metric, states) in QUEUE_STATES.items():
+            coll = s.store.collection(collection)
+            counts = await asyncio.gather(*(coll.count_documents({"state": state}) for state in states))
             lines.append(f"# TYPE {metric} gauge")
-            cursor = await s.store.db[collection].aggregate([{"$group": {"_id": "$state", "n": {"$sum": 1}}}])
-            async for row in cursor:
-                lines.append(f'{metric}{{state="{row["_id"]}"}} {row["n"]}')
+            lines.extend(f'{metric}{{state="{state}"}} {n}' for state, n in zip(states, counts, strict=True))
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
     return metrics
 

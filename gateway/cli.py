@@ -71,25 +71,26 @@ def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 # -- serve ----------------------------------------------------------------------------------
 async def serve(config: Config, role: str) -> int:
-    from gateway.app import build_runtime, create_app
+    from gateway.app import build_runtime, create_app, metrics_app
 
     async with open_services(config, own_database=True) as services:
         runtime = build_runtime(services)
-        app = create_app(runtime, role=role)
-        runner = web.AppRunner(app, access_log_format='%a "%r" %s %b %Tfs')
-        await runner.setup()
-        site = web.TCPSite(runner, config.server.host, config.server.port)
-        try:
-            await site.start()
-        except OSError as err:
-            await runner.cleanup()
-            raise ConfigError("server.port", f"cannot listen on {config.server.host}:{config.server.port}: "
-                                             f"{err.strerror}") from None
+        srv = config.server
+        runners = [await _listen(create_app(runtime, role=role), srv.host, srv.port, "server.port", config)]
+        if srv.metrics_port:
+            try:
+                runners.append(await _listen(metrics_app(services), srv.metrics_host, srv.metrics_port,
+                                             "server.metrics_port", config))
+            except ConfigError:
+                await runners[0].cleanup()
+                raise
         url = services.public_url
         print(f"Hushlink is running: {url}  (role {role}; database "
               f"{'embedded' if not config.database.uri else 'external'})", flush=True)
-        if runtime.sandbox is not None:
-            if not await services.orgs.all():
+        if runtime.sandbox_enabled:
+            if srv.sandbox:
+                print(sandbox_warning(sys.stdout.isatty()), flush=True)
+            if runtime.sandbox is not None and not await services.orgs.all():
                 await _demo_org(services, url)
             print(f"Sandbox phone and mailbox (see what was sent, answer as the contact): {url}/sandbox", flush=True)
         if role in ("all", "web"):
@@ -106,9 +107,30 @@ async def serve(config: Config, role: str) -> int:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         logger.info("shutting down: draining workers")
-        await runner.cleanup()
+        for runner in reversed(runners):
+            await runner.cleanup()
         await runtime.close()
     return 0
+
+
+async def _listen(app: web.Application, host: str, port: int, key: str, config: Config) -> web.AppRunner:
+    """Serve `app` on host:port with the connection limits of [server]; a port in use exits 2 naming `key`."""
+    from portal.listener import start_http
+
+    try:
+        runner, _ = await start_http(app, host, port, header_timeout=config.server.header_timeout_seconds,
+                                     keepalive_timeout=config.server.keepalive_timeout_seconds)
+    except OSError as err:
+        raise ConfigError(key, f"cannot listen on {host}:{port}: {err.strerror}") from None
+    return runner
+
+
+def sandbox_warning(tty: bool) -> str:
+    """The line `serve` prints when [server] sandbox = true: red on a terminal, plain in a log."""
+    text = ("WARNING: [server] sandbox = true: /sandbox is on although a real provider is configured; "
+            "anyone who can reach it can read sandbox messages and inject replies as any contact. "
+            "Never in production.")
+    return f"\033[1;31m{text}\033[0m" if tty else text
 
 
 async def _demo_org(services: Services, url: str) -> None:

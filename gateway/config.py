@@ -28,6 +28,17 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 1_000_000
     log_level: str = "INFO"
+    # The sandbox (/sandbox) even with a real provider configured (gateway/app.py, Runtime.sandbox_enabled).
+    sandbox: bool = False
+    # Connection limits (portal/listener.py): the head of a request is due within
+    # header_timeout_seconds; an idle keep-alive connection is closed after keepalive_timeout_seconds.
+    header_timeout_seconds: float = 30.0
+    keepalive_timeout_seconds: float = 75.0
+    # /metrics: on the public site only with this bearer token; on metrics_host:metrics_port
+    # (an internal listener, when metrics_port is set) without one.
+    metrics_token: str = field(default="", repr=False)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
 
     @property
     def is_https(self) -> bool:
@@ -243,6 +254,16 @@ def _validate(config: Config) -> None:
         raise ConfigError("server.max_body_bytes", "must be at least 1024")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("server.log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    for name, seconds in (("server.header_timeout_seconds", s.header_timeout_seconds),
+                          ("server.keepalive_timeout_seconds", s.keepalive_timeout_seconds)):
+        if not 0 < seconds <= 3600:
+            raise ConfigError(name, f"must be more than 0 and at most 3600, got {seconds}")
+    if not 0 <= s.metrics_port <= 65535:
+        raise ConfigError("server.metrics_port", f"must be between 0 and 65535, got {s.metrics_port}")
+    if s.metrics_port and s.metrics_port == s.port:
+        raise ConfigError("server.metrics_port", "must differ from server.port (the internal listener is separate)")
+    if s.metrics_token and len(s.metrics_token) < 32:
+        raise ConfigError("server.metrics_token", "must be at least 32 characters (e.g. openssl rand -hex 32)")
     db = config.database
     if db.uri and not db.uri.startswith(("mongodb://", "mongodb+srv://")):
         raise ConfigError("database.uri", "must start with mongodb:// or mongodb+srv://")

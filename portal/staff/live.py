@@ -10,6 +10,10 @@ unexpired break-glass grant for, not for their colleagues' threads (gateway/acce
 A stream never extends the session's idle timeout (its policy has touch=False): the session is
 re-checked at every heartbeat and the stream ends with `event: signed_out` once it is gone. Each
 stream also ends after MAX_SECONDS; EventSource reconnects on its own.
+
+A session may hold at most MAX_STREAMS_PER_SESSION streams at once in this process (one per open
+tab is plenty): each holds a connection and a change stream, so one signed-in member must not be
+able to pin the server's connections or the database's cursors. The next one gets 429.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 15.0
 POLL_SECONDS = 3.0
 MAX_SECONDS = 300.0
+MAX_STREAMS_PER_SESSION = 5
 
 
 def thread_event(doc: Doc) -> dict[str, Any]:
@@ -51,6 +56,7 @@ class LiveUpdates:
         self.heartbeat = heartbeat
         self.poll = poll
         self.max_seconds = max_seconds
+        self._open: dict[str, int] = {}  # streams open per session id, in this process
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/live", self.stream)
@@ -63,6 +69,19 @@ class LiveUpdates:
 
     @policy(*ANY_STAFF, touch=False)
     async def stream(self, request: web.Request) -> web.StreamResponse:
+        sid = request[STAFF].sid
+        if self._open.get(sid, 0) >= MAX_STREAMS_PER_SESSION:
+            return web.Response(status=429, text="too many live-update streams for this session\n",
+                                headers={"Retry-After": "30"})
+        self._open[sid] = self._open.get(sid, 0) + 1
+        try:
+            return await self._stream(request)
+        finally:
+            self._open[sid] -= 1
+            if not self._open[sid]:
+                del self._open[sid]
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
         ctx = request[STAFF]
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-store",

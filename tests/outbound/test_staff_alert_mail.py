@@ -204,8 +204,9 @@ async def test_an_alert_is_mailed_only_to_admins_of_its_own_org(gw):
 
 @pytest.fixture
 async def sandbox_gw(store, keyring, clock, twilio, aiohttp_client) -> AsyncIterator[Gateway]:
-    """A gateway with no SMTP relay configured: mail goes to the sandbox (/sandbox)."""
-    services = build_services(make_config(twilio), store, keyring, clock)
+    """A gateway with no SMTP relay configured: mail goes to the sandbox (/sandbox, on by
+    [server] sandbox = true, since SMS goes to a real provider)."""
+    services = build_services(make_config(twilio, sandbox=True), store, keyring, clock)
     sender = TwilioSmsSender(twilio.account_sid, twilio.auth_token, api_base=twilio.base_url, timeout=3)
     runtime = build_runtime(services, sms=sender)
     assert isinstance(runtime.email, SandboxEmailSender)
