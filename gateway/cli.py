@@ -162,9 +162,12 @@ async def admin(config: Config, args: argparse.Namespace) -> int:
     async with open_services(config) as s:
         if args.command == "create-org":
             org = await s.orgs.create(args.name, args.sms_number, messaging_service_sid=args.messaging_service_sid,
-                                      email_from=args.email_from, reply_domain=args.reply_domain)
+                                      email_from=args.email_from, reply_domain=args.reply_domain,
+                                      timezone=args.timezone)
             await s.audit.append(org.id, "org.created", SYSTEM)
             _print(args, {"id": org.id}, org.id)
+        elif args.command in ("update-org", "set-policy"):
+            return await _org_settings(s, args)
         elif args.command == "create-api-key":
             org = await s.orgs.get(args.org)
             key, doc = await ApiKeys(s.store, s.clock).create(org.id, args.name)
@@ -235,6 +238,49 @@ async def admin(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _org_settings(s: Services, args: argparse.Namespace) -> int:
+    """`update-org` and `set-policy`: the same service, parsing and audit as the staff Settings page."""
+    from dataclasses import asdict
+
+    from gateway.audit import Actor
+    from gateway.org_settings import OrgSettings
+    from gateway.orgs import DetailChanges
+
+    settings = OrgSettings(s.orgs, s.staff, s.sessions, s.audit)
+    actor = Actor("system", "cli")
+    org = await s.orgs.get(args.org)
+    if args.command == "set-policy":
+        raw: dict[str, object] = {}
+        for item in args.set or []:
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise ValidationError("--set", f"expects KEY=VALUE, got {item[:80]!r}")
+            if key.strip() in raw:
+                raise ValidationError(key.strip(), "is set twice")
+            raw[key.strip()] = value
+        if not raw:
+            raise ValidationError("--set", "give at least one KEY=VALUE")
+        result = await settings.change_policy(org.id, raw, actor)
+        policy = asdict(result.org.policy)
+        print(json.dumps(policy) if args.json else json.dumps(policy, indent=2))
+        return 0
+    changes = DetailChanges(
+        name=args.name, add_numbers=tuple(args.add_number or ()), remove_numbers=tuple(args.remove_number or ()),
+        add_messaging_services=tuple(args.messaging_service_sid or ()),
+        remove_messaging_services=tuple(args.remove_messaging_service_sid or ()), send_from=args.send_from,
+        email_from=args.email_from, reply_domain=args.reply_domain, timezone=args.timezone)
+    try:
+        org = await settings.change_details(org.id, changes, actor)
+    except ValidationError as err:  # named as the option that carried it
+        raise ValidationError("--" + err.field.replace("_", "-"), err.message) from None
+    data = {"id": org.id, "name": org.name, "sms_numbers": list(org.sms_numbers),
+            "messaging_service_sids": list(org.messaging_service_sids), "send_from": org.sms_sender or None,
+            "email_from": org.email_from, "reply_domain": org.reply_domain, "timezone": org.timezone}
+    _print(args, data, "\n".join(f"{k}: {', '.join(v) if isinstance(v, list) else ('' if v is None else v)}"
+                                  for k, v in data.items()))
+    return 0
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read (it holds a person's data in the clear)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -265,6 +311,21 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--messaging-service-sid")
     c.add_argument("--email-from")
     c.add_argument("--reply-domain")
+    c.add_argument("--timezone", default="UTC", help="IANA time zone for times shown to staff and clients")
+    c = cmd("update-org", "change an organization's name, numbers, sender, mail settings or time zone")
+    c.add_argument("--org", required=True)
+    c.add_argument("--name")
+    c.add_argument("--add-number", action="append", help="E.164; repeatable")
+    c.add_argument("--remove-number", action="append", help="E.164; repeatable")
+    c.add_argument("--messaging-service-sid", action="append", help="add a Twilio Messaging Service; repeatable")
+    c.add_argument("--remove-messaging-service-sid", action="append")
+    c.add_argument("--send-from", help="the number (E.164) or Messaging Service SID to send from")
+    c.add_argument("--email-from", help="From address of mail ('' clears: the server default)")
+    c.add_argument("--reply-domain", help="domain of reply addresses ('' clears: the server default)")
+    c.add_argument("--timezone", help="IANA time zone, e.g. America/New_York")
+    c = cmd("set-policy", "change org policy settings; prints the effective policy as JSON")
+    c.add_argument("--org", required=True)
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="a policy field and its value; repeatable")
     c = cmd("create-api-key", "create an API key (printed once)")
     c.add_argument("--org", required=True)
     c.add_argument("--name", required=True)

@@ -65,3 +65,12 @@ class Sessions:
     async def delete_where(self, **match: Any) -> int:
         res = await self._store.sessions.delete_many(match)
         return int(res.deleted_count)
+
+    async def end_for_user(self, user_id: str, *, keep: str | None = None) -> int:
+        """End every session of a staff member (signed in or half-way), except the one whose
+        stored id is `keep` (the acting member's own, when a change they make applies to them)."""
+        match: Doc = {"user_id": user_id}
+        if keep is not None:
+            match["_id"] = {"$ne": keep}
+        res = await self._store.sessions.delete_many(match)
+        return int(res.deleted_count)

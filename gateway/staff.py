@@ -118,6 +118,10 @@ class Staff:
     async def list(self, org_id: str) -> list[StaffMember]:
         return [_member(d) async for d in self._store.staff.find({"org_id": org_id}).sort("email_norm", 1)]
 
+    async def without_totp(self, org_id: str) -> Members:
+        """The org's members who have no authenticator app (what "require TOTP" makes enrol)."""
+        return [m for m in await self.list(org_id) if not m.has_totp]
+
     async def directory(self, org_id: str) -> Members:
         """The org's members for display (authors' names, assignees, the assignee picker), kept a
         few seconds: inbox and thread pages show it on every view, and it changes only when an

@@ -33,6 +33,9 @@ INDEXES: dict[str, list[IndexModel]] = {
     "orgs": [
         IndexModel([("sms_numbers", ASCENDING)], unique=True,
                    partialFilterExpression={"sms_numbers": {"$type": "string"}}),
+        # A Messaging Service belongs to one org too (inbound routing finds the org by it).
+        IndexModel([("messaging_service_sids", ASCENDING)], unique=True,
+                   partialFilterExpression={"messaging_service_sids": {"$type": "string"}}),
         IndexModel([("reply_domain", ASCENDING)]),
     ],
     "staff": [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import tzinfo
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +25,7 @@ from gateway.store import Doc
 from gateway.tokens import csrf_ok, csrf_token, looks_like_token, token_hash
 from portal import attachments
 from portal.http import client_ip, same_origin
-from portal.render import render
+from portal.render import local_time, render
 from portal.strings import STRINGS
 
 logger = logging.getLogger(__name__)
@@ -159,16 +160,16 @@ class ClientPortal:
         if not session.get("viewed"):
             await self._record_view(session, docs, self._ip(request))
         files = await attachments.for_messages(self._s, org.id, attachments.may_have_files(docs))
-        messages = [{**self._message_view(d), "attachments": files.get(d["_id"], [])} for d in docs]
+        messages = [{**self._message_view(d, org.zone), "attachments": files.get(d["_id"], [])} for d in docs]
         return render(request, "client/thread.html", org_name=org.name, messages=messages,
                       csrf=self._session_csrf(session), last_id=docs[-1]["_id"] if docs else "",
                       earlier_url=f"/s/thread?before={earlier}" if earlier else None, live=before is None)
 
     @staticmethod
-    def _message_view(d: Doc) -> dict[str, Any]:
+    def _message_view(d: Doc, zone: tzinfo) -> dict[str, Any]:
         return {"id": d["_id"], "text": d["text"], "mine": d["direction"] == "inbound",
                 "at_iso": d["created_at"].isoformat(timespec="seconds"),
-                "at_human": d["created_at"].strftime("%d %b %Y, %H:%M UTC")}
+                "at_human": local_time(d["created_at"], zone, "%d %b %Y, %H:%M %Z")}  # the org's zone
 
     async def _record_view(self, session: Doc, docs: list[Doc], ip: str) -> None:
         """Once per session: a thread view, and 'viewed' on each outbound message not yet seen."""
@@ -248,13 +249,14 @@ class ClientPortal:
             return web.json_response({"error": {"code": "session_over", "message": "signed out"}}, status=401)
         after = request.query.get("after") or None
         docs = await self._s.conversations.messages(session["org_id"], session["thread_id"], after=after, limit=100)
+        zone = (await self._s.orgs.get(session["org_id"])).zone
         # Audited before the content goes out, as on the thread page (which this can stand in for).
         if not session.get("viewed"):
             await self._record_view(session, docs, self._ip(request))
         else:
             await self._mark_viewed(session, docs, self._ip(request))
         return web.json_response({"messages": [
-            {k: v for k, v in self._message_view(d).items()} for d in docs
+            {k: v for k, v in self._message_view(d, zone).items()} for d in docs
         ]})
 
     async def logout(self, request: web.Request) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,15 @@ _ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+def local_time(at: datetime | None, zone: tzinfo, fmt: str = "%d %b %Y %H:%M %Z") -> str:
+    """`at` as the org's wall-clock time with the zone's abbreviation ("05 Jan 2026 04:00 EST"):
+    every time shown to staff and clients is in the org's time zone (Org.zone)."""
+    return at.astimezone(zone).strftime(fmt) if at else ""
+
+
+_ENV.filters["local_time"] = local_time
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:

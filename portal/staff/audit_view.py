@@ -113,7 +113,7 @@ class AuditView:
         page, more = docs[:PAGE], len(docs) > PAGE
         emails = {m.id: m.email for m in await self.d.staff.directory(ctx.org.id)}
         rows = [{
-            "seq": d["seq"], "at": fmt_time(d["at"]), "action": d["action"], "outcome": d.get("outcome"),
+            "seq": d["seq"], "at": fmt_time(d["at"], ctx.org.zone), "action": d["action"], "outcome": d.get("outcome"),
             "actor": d["actor"].get("kind"), "actor_id": d["actor"].get("id"),
             "actor_label": emails.get(d["actor"].get("id") or "", "") if d["actor"].get("kind") == "staff" else "",
             "ip": d.get("ip"), "ids": {f: d[f] for f in ID_FIELDS if d.get(f)},

@@ -180,7 +180,7 @@ class ContactPages:
     @policy(*ANY_STAFF)
     async def list(self, request: web.Request) -> web.Response:
         ctx = request[STAFF]
-        org_id = ctx.org.id
+        org_id, zone = ctx.org.id, ctx.org.zone
         q = request.query.get("q", "").strip()[:100]
         cursor = request.query.get("cursor") or None
         if cursor is not None and not is_id(cursor):
@@ -215,7 +215,7 @@ class ContactPages:
             "id": d["_id"], "name": labels.get(d["_id"], {}).get("name"),
             "phone_hint": d.get("phone_hint"), "email_hint": d.get("email_hint"),
             "consent": {ch: (d.get("consent", {}).get(ch) or {}).get("state", "—") for ch in CHANNELS},
-            "pin": bool(d.get("pin_hash")), "created": fmt_time(d.get("created_at")),
+            "pin": bool(d.get("pin_hash")), "created": fmt_time(d.get("created_at"), zone),
         } for d in page]
         return await self.d.page(request, "staff/contacts.html", rows=rows, q=q,
                                  next_url="/staff/contacts?" + urlencode({"cursor": cursor_next})
@@ -230,6 +230,7 @@ class ContactPages:
     async def _detail(self, request: web.Request, contact: Contact, *, grant: Doc | None,
                       generated_pin: str | None = None) -> web.Response:
         ctx = request[STAFF]
+        zone = ctx.org.zone
         doc = await self.s.store.contacts.find_one({"_id": contact.id, "org_id": ctx.org.id})
         assert doc is not None
         info = await self.s.contacts.reveal(contact)
@@ -238,16 +239,16 @@ class ContactPages:
         await self.s.audit.append(ctx.org.id, "contact.viewed", ctx.actor, ip=self.d.ip(request), contact_id=contact.id,
                                   detail={"grant_id": grant["_id"]} if grant else None)
         consent = [{"channel": ch, "state": (contact.consent.get(ch) or {}).get("state", "not recorded"),
-                    "at": fmt_time((contact.consent.get(ch) or {}).get("at")),
+                    "at": fmt_time((contact.consent.get(ch) or {}).get("at"), zone),
                     "source": (contact.consent.get(ch) or {}).get("source", "")} for ch in CHANNELS]
-        history = [{"channel": e.get("channel"), "state": e.get("state"), "at": fmt_time(e.get("at")),
+        history = [{"channel": e.get("channel"), "state": e.get("state"), "at": fmt_time(e.get("at"), zone),
                     "source": e.get("source")} for e in reversed(doc.get("consent_log", []))]
         hold = doc.get("legal_hold")
         return await self.d.page(request, "staff/contact.html", contact=contact, info=info, thread=thread,
                                  consent=consent, history=history, generated_pin=generated_pin,
-                                 legal_hold=fmt_time(hold["at"]) if hold else None,
-                                 created=fmt_time(contact.created_at),
-                                 emergency_until=fmt_time(grant["expires_at"]) if grant else None)
+                                 legal_hold=fmt_time(hold["at"], zone) if hold else None,
+                                 created=fmt_time(contact.created_at, zone),
+                                 emergency_until=fmt_time(grant["expires_at"], zone) if grant else None)
 
     @policy(*ANY_STAFF)
     async def pin(self, request: web.Request) -> web.Response:

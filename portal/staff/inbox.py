@@ -14,7 +14,7 @@ offers "search further" with the cursor where the scan stopped.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 from urllib.parse import urlencode
 
@@ -26,6 +26,7 @@ from gateway.errors import ValidationError
 from gateway.ids import is_id
 from gateway.phone import normalize_e164
 from gateway.store import Doc
+from portal.render import local_time
 from portal.staff.common import STAFF, Deps
 from portal.staff.policy import ANY_STAFF, policy
 
@@ -59,8 +60,9 @@ def neutral(preview: str | None) -> str:
     return preview if preview is not None and preview in NEUTRAL_PREVIEW.values() else "Activity"
 
 
-def fmt_time(at: datetime | None) -> str:
-    return at.strftime("%d %b %Y %H:%M UTC") if at else ""
+def fmt_time(at: datetime | None, zone: tzinfo) -> str:
+    """A time on a staff page, in the org's time zone (pass ctx.org.zone) with its abbreviation."""
+    return local_time(at, zone)
 
 
 class Inbox:
@@ -112,7 +114,7 @@ class Inbox:
         base = {"view": view, "kind": kind, "status": status, "q": q, **({"unread": "1"} if unread else {})}
         return await self.d.page(
             request, "staff/inbox.html",
-            rows=[self._row(t, labels.get(t["contact_id"], {}), staff) for t in rows],
+            rows=[self._row(t, labels.get(t["contact_id"], {}), staff, ctx.org.zone) for t in rows],
             view=view, kind=kind, status_filter=status, unread=unread, q=q, views=VIEWS, kinds=KINDS, statuses=STATUSES,
             name_search=name_search, name_scan=NAME_SCAN,
             next_url=("/staff/?" + urlencode({**base, "cursor": next_cursor})) if next_cursor else None,
@@ -169,13 +171,13 @@ class Inbox:
         return rows, labels, True, before
 
     @staticmethod
-    def _row(t: Doc, label: dict[str, Any], staff: dict[str, str]) -> dict[str, Any]:
+    def _row(t: Doc, label: dict[str, Any], staff: dict[str, str], zone: tzinfo) -> dict[str, Any]:
         return {
             "id": t["_id"], "name": label.get("name"),
             "hint": label.get("phone_hint") or label.get("email_hint") or "",
             "secure": bool(t.get("secure")), "status": t.get("status", "open"),
             "assignee": staff.get(t.get("assignee") or "", None), "unread": int(t.get("unread_staff", 0)),
             "preview": neutral(t.get("preview")), "attention": t.get("attention"),
-            "at": fmt_time(t.get("last_activity_at")),
+            "at": fmt_time(t.get("last_activity_at"), zone),
             "at_iso": t["last_activity_at"].isoformat(timespec="seconds") if t.get("last_activity_at") else "",
         }

@@ -20,7 +20,8 @@ from aiohttp import web
 
 from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
-from gateway.orgs import AGENT_SCOPES, LINK_TTL_CHOICES
+from gateway.org_settings import OrgSettings
+from gateway.orgs import LINK_TTL_CHOICES, DetailChanges, zone_names
 from gateway.staff import ROLES, StaffMember
 from portal.staff.common import STAFF, Deps, form_fields, redirect
 from portal.staff.inbox import fmt_time
@@ -28,10 +29,12 @@ from portal.staff.policy import policy
 
 TTL_LABELS = {3600: "1 hour", 86400: "24 hours", 7 * 86400: "7 days", 10 * 86400: "10 days",
               180 * 86400: "180 days", 365 * 86400: "365 days"}
-FLAGS = ("secure_default", "pin_required", "provider_redaction", "require_totp")
+# Checkboxes: an unticked box is absent from the post, so these are set False when absent.
+FLAGS = ("secure_default", "secure_forced", "pin_required", "provider_redaction", "require_totp")
 SCOPE_LABELS = {"all": "Every conversation of the organization",
                 "assigned": "Only conversations assigned to them or to nobody"}
-MAX_TERMS = 200
+# Details fields a post may carry; absent ones stay as they are (the remove buttons post one each).
+DETAIL_FIELDS = ("name", "email_from", "reply_domain", "timezone", "send_from")
 
 
 def _int(form: dict[str, str], name: str, field: str) -> int:
@@ -42,41 +45,47 @@ def _int(form: dict[str, str], name: str, field: str) -> int:
 
 
 def policy_changes(form: dict[str, str]) -> dict[str, Any]:
-    """The OrgPolicy fields from the settings form (OrgPolicy.validate checks the ranges)."""
+    """The settings form as OrgPolicy fields: the form's units (minutes, hours, one term per line)
+    converted; OrgPolicy.with_changes parses and validates the rest, as for the CLI."""
     changes: dict[str, Any] = {flag: form.get(flag) == "1" for flag in FLAGS}
-    ttl = _int(form, "link_ttl_seconds", "link_ttl_seconds")
-    if ttl not in LINK_TTL_CHOICES:
-        raise ValidationError("link_ttl_seconds", "must be one of the offered choices")
-    changes["link_ttl_seconds"] = ttl
-    changes["lock_threshold"] = _int(form, "lock_threshold", "lock_threshold")
+    changes["link_ttl_seconds"] = form.get("link_ttl_seconds", "")
+    changes["lock_threshold"] = form.get("lock_threshold", "")
     changes["staff_idle_seconds"] = _int(form, "staff_idle_minutes", "staff_idle_minutes") * 60
     changes["staff_absolute_seconds"] = _int(form, "staff_absolute_hours", "staff_absolute_hours") * 3600
     changes["client_idle_seconds"] = _int(form, "client_idle_minutes", "client_idle_minutes") * 60
-    terms = [t.strip() for t in form.get("sensitive_terms", "").splitlines() if t.strip()]
-    if len(terms) > MAX_TERMS or any(len(t) > 80 or any(ord(c) < 32 for c in t) for t in terms):
-        raise ValidationError("sensitive_terms", f"at most {MAX_TERMS} terms of up to 80 characters, one per line")
-    changes["sensitive_terms"] = tuple(dict.fromkeys(terms))
+    changes["sensitive_terms"] = form.get("sensitive_terms", "").splitlines()
     # Added after the rest of the form: a form that predates them (or a script) leaves them as they are.
-    if "agent_scope" in form:
-        if form["agent_scope"] not in AGENT_SCOPES:
-            raise ValidationError("agent_scope", "must be one of the offered choices")
-        changes["agent_scope"] = form["agent_scope"]
-    if "break_glass_minutes" in form:
-        changes["break_glass_minutes"] = _int(form, "break_glass_minutes", "break_glass_minutes")
-    if "retention_days" in form:
-        changes["retention_days"] = _int(form, "retention_days", "retention_days")
+    for name in ("agent_scope", "break_glass_minutes", "retention_days"):
+        if name in form:
+            changes[name] = form[name]
     return changes
+
+
+def detail_changes(form: dict[str, str]) -> DetailChanges:
+    """The org details form (or one of its remove buttons) as the edits to make."""
+    def one(name: str) -> tuple[str, ...]:
+        value = form.get(name, "").strip()
+        return (value,) if value else ()
+
+    present = {name: form[name] for name in DETAIL_FIELDS if name in form}
+    if not present.get("send_from"):
+        present.pop("send_from", None)
+    return DetailChanges(add_numbers=one("add_number"), remove_numbers=one("remove_number"),
+                         add_messaging_services=one("messaging_service_sid"),
+                         remove_messaging_services=one("remove_messaging_service_sid"), **present)
 
 
 class Settings:
     def __init__(self, deps: Deps) -> None:
         self.d = deps
         self.s = deps.s
+        self.org_settings = OrgSettings(deps.s.orgs, deps.staff, deps.s.sessions, deps.s.audit)
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
         r.add_get("/settings", self.org_page)
         r.add_post("/settings/policy", self.update_policy)
+        r.add_post("/settings/org", self.update_details)
         r.add_get("/settings/staff", self.staff_page)
         r.add_post("/settings/staff", self.create_staff)
         r.add_post("/settings/staff/{id}/{action}", self.staff_action)
@@ -92,26 +101,38 @@ class Settings:
         return await self._org_page(request, saved=request.query.get("saved") == "1")
 
     async def _org_page(self, request: web.Request, *, status: int = 200, error: str | None = None,
-                        saved: bool = False) -> web.Response:
+                        saved: bool = False, values: dict[str, str] | None = None) -> web.Response:
         ctx = request[STAFF]
         org = await self.s.orgs.get(ctx.org.id)
-        return await self.d.page(request, "staff/settings.html", status=status, policy=org.policy,
-                                 ttl_choices=[(s, TTL_LABELS.get(s, f"{s} s")) for s in LINK_TTL_CHOICES],
-                                 scope_choices=list(SCOPE_LABELS.items()), error=error, saved=saved, section="org")
+        ttls = sorted({*LINK_TTL_CHOICES, org.policy.link_ttl_seconds})  # a value set by the CLI stays offered
+        return await self.d.page(request, "staff/settings.html", status=status, policy=org.policy, details=org,
+                                 ttl_choices=[(s, TTL_LABELS.get(s, f"{s} s")) for s in ttls],
+                                 scope_choices=list(SCOPE_LABELS.items()), zones=zone_names(),
+                                 values=values or {}, error=error, saved=saved, section="org")
 
     @policy("admin")
     async def update_policy(self, request: web.Request) -> web.Response:
         ctx = request[STAFF]
         form = await form_fields(request)
         try:
-            changes = policy_changes(form)
-            before = ctx.org.policy
-            await self.s.orgs.update_policy(ctx.org.id, **changes)
+            result = await self.org_settings.change_policy(ctx.org.id, policy_changes(form), ctx.actor,
+                                                           ip=self.d.ip(request), session_id=ctx.session["_id"])
         except ValidationError as err:
             return await self._org_page(request, status=422, error=f"{err.field}: {err.message}")
-        changed = sorted(k for k, v in changes.items() if getattr(before, k) != v)
-        await self.s.audit.append(ctx.org.id, "org.policy_updated", ctx.actor, ip=self.d.ip(request),
-                                  detail={"changed": ",".join(changed)})
+        if result.enrol_now:  # they turned on require_totp without an authenticator themselves
+            return redirect("/staff/account/totp")
+        return redirect("/staff/settings?saved=1")
+
+    @policy("admin")
+    async def update_details(self, request: web.Request) -> web.Response:
+        ctx = request[STAFF]
+        form = await form_fields(request)
+        try:
+            await self.org_settings.change_details(ctx.org.id, detail_changes(form), ctx.actor, ip=self.d.ip(request))
+        except ValidationError as err:
+            shown = (*DETAIL_FIELDS, "add_number", "messaging_service_sid")
+            values = {k: v[:320] for k, v in form.items() if k in shown}
+            return await self._org_page(request, status=422, error=f"{err.field}: {err.message}", values=values)
         return redirect("/staff/settings?saved=1")
 
     # -- staff -------------------------------------------------------------------------------
@@ -216,8 +237,10 @@ class Settings:
                          error: str | None = None) -> web.Response:
         ctx = request[STAFF]
         keys = sorted(await self.d.api_keys.list(ctx.org.id), key=lambda k: k["_id"], reverse=True)
-        rows = [{"id": k["_id"], "name": k["name"], "prefix": k.get("prefix", ""), "created": fmt_time(k["created_at"]),
-                 "revoked": fmt_time(k.get("revoked_at"))} for k in keys]
+        zone = ctx.org.zone
+        rows = [{"id": k["_id"], "name": k["name"], "prefix": k.get("prefix", ""),
+                 "created": fmt_time(k["created_at"], zone), "revoked": fmt_time(k.get("revoked_at"), zone)}
+                for k in keys]
         return await self.d.page(request, "staff/settings_keys.html", status=status, keys=rows, new_key=new_key,
                                  error=error, section="keys")
 
@@ -261,7 +284,8 @@ class Settings:
         grants = await self.s.break_glass.recent(ctx.org.id)
         emails = {m.id: m.email for m in await self.d.staff.list(ctx.org.id)}
         now = self.s.clock.now()
-        rows = [{"id": g["_id"], "at": fmt_time(g["created_at"]), "until": fmt_time(g["expires_at"]),
+        zone = ctx.org.zone
+        rows = [{"id": g["_id"], "at": fmt_time(g["created_at"], zone), "until": fmt_time(g["expires_at"], zone),
                  "active": g["expires_at"] > now, "who": emails.get(g["staff_id"], g["staff_id"]),
                  "staff_id": g["staff_id"], "thread_id": g["thread_id"], "reason": g["reason"]} for g in grants]
         # The reasons may name a client or their condition: reading them is itself recorded.

@@ -21,7 +21,7 @@ would stay open to them after the grant ends); an admin must reassign it.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from aiohttp import web
@@ -199,20 +199,20 @@ class ThreadPages:
                                            unread=int(thread.get("unread_staff") or 0),
                                            grant_id=grant["_id"] if grant else None),
         )
-        timeline, activity = self._timeline(docs, [*message_entries, *activity_entries], emails)
+        timeline, activity = self._timeline(docs, [*message_entries, *activity_entries], emails, org.zone)
         now = self.s.clock.now()
         name = info.get("name") or contact.phone_hint or contact.email_hint or "Contact"
         messages = [{
             "id": d["_id"], "text": d["text"], "inbound": d["direction"] == "inbound",
             "who": name if d["direction"] == "inbound" else self._author(d, emails),
             "channel": d["channel"], "secure": bool(d.get("secure")), "status": d.get("status"),
-            "error_code": d.get("error_code"), "flags": d.get("flags", []), "at": fmt_time(d["created_at"]),
+            "error_code": d.get("error_code"), "flags": d.get("flags", []), "at": fmt_time(d["created_at"], org.zone),
             "at_iso": d["created_at"].isoformat(timespec="seconds"), "events": timeline.get(d["_id"], []),
             "attachments": files.get(d["_id"], []),
         } for d in docs]
         link_rows = [{
-            "id": lk["_id"], "state": link_state(lk, now), "created": fmt_time(lk["created_at"]),
-            "expires": fmt_time(lk["expires_at"]), "opened": fmt_time(lk.get("opened_at")),
+            "id": lk["_id"], "state": link_state(lk, now), "created": fmt_time(lk["created_at"], org.zone),
+            "expires": fmt_time(lk["expires_at"], org.zone), "opened": fmt_time(lk.get("opened_at"), org.zone),
             "failures": int(lk.get("failures", 0)), "channel": lk.get("channel", "sms"),
             "pin": bool(lk.get("pin_hash")),
         } for lk in links]
@@ -225,7 +225,7 @@ class ThreadPages:
             secure_checked=bool(thread.get("secure")) or secure_default, generated_pin=generated_pin,
             last_id=docs[-1]["_id"] if docs else "",
             earlier_url=f"/staff/threads/{thread['_id']}?before={earlier}" if earlier else None,
-            emergency_until=fmt_time(grant["expires_at"]) if grant else None,
+            emergency_until=fmt_time(grant["expires_at"], org.zone) if grant else None,
         )
 
     async def _links(self, org_id: str, thread_id: str) -> list[Doc]:
@@ -257,7 +257,7 @@ class ThreadPages:
         query = {"org_id": org_id, "thread_id": thread_id, "action": {"$in": list(THREAD_LABELS)}}
         return await self.s.store.audit.find(query).sort("seq", -1).limit(AUDIT_LIMIT).to_list(None)
 
-    def _timeline(self, docs: list[Doc], audit_entries: list[Doc], emails: dict[str, str]
+    def _timeline(self, docs: list[Doc], audit_entries: list[Doc], emails: dict[str, str], zone: tzinfo
                   ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
         """Per-message events (delivery history + audit entries with that message id) and thread activity."""
         ids = [d["_id"] for d in docs]
@@ -287,7 +287,7 @@ class ThreadPages:
                 label = THREAD_LABELS[action]
                 if action == "thread.assigned":
                     label = "Assigned to " + emails.get(e.get("staff_id") or "", "nobody")
-                activity.append({"at": fmt_time(e["at"]), "label": label, "who": who})
+                activity.append({"at": fmt_time(e["at"], zone), "label": label, "who": who})
         # "Replied": the client's first message after each outbound message.
         for i, d in enumerate(docs):
             if d["direction"] != "outbound":
@@ -298,7 +298,7 @@ class ThreadPages:
         out = {}
         for mid, events in by_message.items():
             events.sort(key=lambda ev: ev["at"])
-            out[mid] = [{**ev, "at": fmt_time(ev["at"])} for ev in events]
+            out[mid] = [{**ev, "at": fmt_time(ev["at"], zone)} for ev in events]
         activity.reverse()
         return out, activity[:50]
 

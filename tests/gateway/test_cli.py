@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.harness import point_cli_at, run_cli
+
 HUSHLINK = str(Path(sys.executable).parent / "hushlink")
 
 
@@ -95,3 +97,104 @@ def test_serve_runs_the_sandbox_loop_admin_commands_work_and_sigterm_exits_zero(
 def test_admin_commands_name_the_bad_argument(env):
     bad = _admin(env, "create-org", "--name", "X", "--sms-number", "555-1234")
     assert bad.returncode == 2 and "sms_number" in bad.stderr
+
+
+# -- organization settings from the command line (issue 9), in-process against the test gateway --
+SERVICE_SID = "MG" + "cd34" * 8
+
+
+async def test_update_org_changes_details_prints_the_org_and_audits_the_field_names(gw, monkeypatch, mongo_uri,
+                                                                                  tmp_path, capsys):
+    point_cli_at(gw, monkeypatch, mongo_uri, tmp_path)
+    code = await run_cli(["admin", "update-org", "--org", gw.org.id, "--name", "Riverside Family Clinic",
+                          "--add-number", "+15005550007", "--add-number", "+15005550008",
+                          "--messaging-service-sid", SERVICE_SID, "--send-from", "+15005550007",
+                          "--email-from", "hello@riverside.test", "--reply-domain", "mail.riverside.test",
+                          "--timezone", "Europe/Berlin", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    printed = json.loads(out.out)
+    assert printed == {"id": gw.org.id, "name": "Riverside Family Clinic",
+                       "sms_numbers": ["+15005550006", "+15005550007", "+15005550008"],
+                       "messaging_service_sids": [SERVICE_SID], "send_from": "+15005550007",
+                       "email_from": "hello@riverside.test", "reply_domain": "mail.riverside.test",
+                       "timezone": "Europe/Berlin"}
+    assert await run_cli(["admin", "update-org", "--org", gw.org.id, "--remove-number", "+15005550006",
+                          "--remove-number", "+15005550007"]) == 0
+    org = await gw.services.orgs.stored(gw.org.id)
+    # The sender was removed: messages go from the first number left.
+    assert org.sms_numbers == ("+15005550008",) and org.sms_sender == "+15005550008"
+    entries = [d async for d in gw.store.audit.find({"org_id": gw.org.id, "action": "org.updated"}).sort("seq", 1)]
+    assert [e["detail"]["changed"] for e in entries] == [
+        "email_from,messaging_service_sids,name,reply_domain,send_from,sms_numbers,timezone", "send_from,sms_numbers"]
+    assert entries[0]["actor"] == {"kind": "system", "id": "cli"}
+    assert "+1500555" not in repr(entries) and "hello@" not in repr(entries)
+
+
+async def test_update_org_exits_2_naming_the_bad_option(gw, monkeypatch, mongo_uri, tmp_path, capsys):
+    other = await gw.services.orgs.create("Harbor Therapy", "+15005550009")
+    point_cli_at(gw, monkeypatch, mongo_uri, tmp_path)
+    for args, option in ((["--timezone", "Mars/Olympus_Mons"], "--timezone"),
+                         (["--add-number", "555-1234"], "--add-number"),
+                         (["--add-number", "+15005550009"], "--add-number"),  # another org's
+                         (["--messaging-service-sid", "MG1"], "--messaging-service-sid"),
+                         (["--remove-number", "+15005550001"], "--remove-number"),
+                         (["--send-from", "+15005550001"], "--send-from"),
+                         (["--email-from", "nobody"], "--email-from"),
+                         (["--reply-domain", "not a domain"], "--reply-domain"),
+                         (["--name", ""], "--name")):
+        code = await run_cli(["admin", "update-org", "--org", gw.org.id, *args])
+        err = capsys.readouterr().err
+        assert code == 2 and f"hushlink: {option}: " in err, (args, err)
+    assert (await gw.services.orgs.stored(other.id)).sms_numbers == ("+15005550009",)
+    assert (await gw.services.orgs.stored(gw.org.id)).timezone == "UTC"
+
+
+async def test_create_org_takes_a_time_zone_utc_by_default(gw, monkeypatch, mongo_uri, tmp_path, capsys):
+    point_cli_at(gw, monkeypatch, mongo_uri, tmp_path)
+    assert await run_cli(["admin", "create-org", "--name", "Lakeside", "--timezone", "America/Chicago",
+                          "--json"]) == 0
+    lakeside = json.loads(capsys.readouterr().out)["id"]
+    assert await run_cli(["admin", "create-org", "--name", "Hillside", "--json"]) == 0
+    hillside = json.loads(capsys.readouterr().out)["id"]
+    assert (await gw.services.orgs.get(lakeside)).timezone == "America/Chicago"
+    assert (await gw.services.orgs.get(hillside)).timezone == "UTC"
+    assert await run_cli(["admin", "create-org", "--name", "Nowhere", "--timezone", "Nowhere/Land"]) == 2
+    assert "timezone" in capsys.readouterr().err
+
+
+async def test_set_policy_prints_the_effective_policy_and_names_a_bad_key(gw, monkeypatch, mongo_uri, tmp_path,
+                                                                         capsys):
+    point_cli_at(gw, monkeypatch, mongo_uri, tmp_path)
+    code = await run_cli(["admin", "set-policy", "--org", gw.org.id, "--set", "lock_threshold=3",
+                          "--set", "secure_default=false", "--set", "sensitive_terms=oncology,biopsy", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    policy = json.loads(out.out)
+    assert policy["lock_threshold"] == 3 and policy["secure_default"] is False
+    assert policy["sensitive_terms"] == ["oncology", "biopsy"] and policy["link_ttl_seconds"] == 86400
+    assert (await gw.services.orgs.stored(gw.org.id)).policy.lock_threshold == 3
+    for setting, name in (("no_such_key=1", "no_such_key"), ("lock_threshold=0", "lock_threshold"),
+                          ("lock_threshold=many", "lock_threshold"), ("require_totp=maybe", "require_totp"),
+                          ("agent_scope=everyone", "agent_scope"), ("lock_threshold", "--set")):
+        code = await run_cli(["admin", "set-policy", "--org", gw.org.id, "--set", setting])
+        err = capsys.readouterr().err
+        assert code == 2 and f"hushlink: {name}: " in err, (setting, err)
+    assert (await gw.services.orgs.stored(gw.org.id)).policy.lock_threshold == 3
+    entries = [d async for d in gw.store.audit.find({"org_id": gw.org.id, "action": "org.policy_updated"})]
+    assert [e["detail"]["changed"] for e in entries] == ["lock_threshold,secure_default,sensitive_terms"]
+
+
+async def test_set_policy_require_totp_ends_the_sessions_of_members_without_one(gw, monkeypatch, mongo_uri,
+                                                                               tmp_path, capsys):
+    from tests.portal.test_staff_support import signed_in
+
+    browser, member = await signed_in(gw, "agent")
+    async with browser as b:
+        assert (await b.get("/staff/")).status == 200
+        point_cli_at(gw, monkeypatch, mongo_uri, tmp_path)
+        assert await run_cli(["admin", "set-policy", "--org", gw.org.id, "--set", "require_totp=true"]) == 0
+        assert json.loads(capsys.readouterr().out)["require_totp"] is True
+        assert (await b.get("/staff/")).headers["Location"].startswith("/staff/login")
+    ended = [d async for d in gw.store.audit.find({"org_id": gw.org.id, "action": "auth.sessions_ended"})]
+    assert [(e["staff_id"], e["detail"]["sessions_ended"]) for e in ended] == [(member.id, 1)]

@@ -6,8 +6,18 @@ import re
 
 import pyotp
 
+from gateway.orgs import DetailChanges
 from gateway.staff import Staff
-from tests.portal.test_staff_support import PASSWORD, Browser, audit_entries, enable_totp, make_staff, signed_in
+from tests.portal.test_staff_auth import re_secret
+from tests.portal.test_staff_support import (
+    PASSWORD,
+    Browser,
+    audit_entries,
+    csrf_of,
+    enable_totp,
+    make_staff,
+    signed_in,
+)
 
 POLICY_FORM = {
     "secure_default": "1", "link_ttl_seconds": "604800", "lock_threshold": "3",
@@ -155,3 +165,161 @@ async def test_api_key_is_shown_once_works_and_can_be_revoked(gw):
                                    headers=gw.auth(key))
     assert refused.status == 401
     assert [len(await audit_entries(gw, a)) for a in ("api_key.created", "api_key.revoked")] == [1, 1]
+
+
+# -- organization details (issue 9) -------------------------------------------------------------
+SECOND_NUMBER = "+15005550007"
+SERVICE_SID = "MG" + "ab12" * 8
+NY_DETAILS = {"name": "Riverside Family Clinic", "add_number": SECOND_NUMBER, "messaging_service_sid": SERVICE_SID,
+              "email_from": "hello@riverside.test", "reply_domain": "mail.riverside.test",
+              "timezone": "America/New_York"}
+
+
+async def _routed_to(gw, *, to: str, service: str | None = None, frm: str = "+15551239876") -> int:
+    """Send an inbound SMS as Twilio would; the number of this org's threads with that sender afterwards."""
+    params = gw.sms_params(frm=frm, to=to, body="Is my appointment still on?")
+    if service:
+        params["MessagingServiceSid"] = service
+    assert (await gw.post_signed("/webhooks/twilio/sms", params)).status == 200
+    await gw.drain()
+    contact = await gw.services.contacts.by_phone(gw.org.id, frm)
+    return 0 if contact is None else await gw.store.threads.count_documents({"org_id": gw.org.id,
+                                                                              "contact_id": contact.id})
+
+
+async def test_admin_edits_the_org_details_and_every_number_routes_to_the_org(gw):
+    browser, member = await signed_in(gw, "admin")
+    async with browser as b:
+        resp = await b.post("/staff/settings/org", NY_DETAILS, csrf_from="/staff/settings")
+        assert resp.status == 303, await resp.text()
+        page = await (await b.get("/staff/settings")).text()
+        assert SECOND_NUMBER in page and SERVICE_SID in page and 'value="America/New_York"' in page
+    org = await gw.services.orgs.get(gw.org.id)
+    assert (org.name, org.email_from, org.reply_domain, org.timezone) == (
+        "Riverside Family Clinic", "hello@riverside.test", "mail.riverside.test", "America/New_York")
+    assert org.sms_numbers == ("+15005550006", SECOND_NUMBER) and org.messaging_service_sids == (SERVICE_SID,)
+    # Inbound SMS to the first number, the added one, or the Messaging Service all reach this org.
+    assert await _routed_to(gw, to="+15005550006", frm="+15551239801") == 1
+    assert await _routed_to(gw, to=SECOND_NUMBER, frm="+15551239802") == 1
+    assert await _routed_to(gw, to="+15559990000", service=SERVICE_SID, frm="+15551239803") == 1
+    # Audited with the names of what changed, never the values.
+    entry = (await audit_entries(gw, "org.updated"))[0]
+    assert entry["actor"]["id"] == member.id
+    assert entry["detail"]["changed"] == "email_from,messaging_service_sids,name,reply_domain,sms_numbers,timezone"
+    assert not any(v in repr(entry) for v in (SECOND_NUMBER, SERVICE_SID, "hello@riverside.test", "New_York"))
+
+
+async def test_admin_chooses_the_number_messages_are_sent_from_and_removes_one(gw):
+    browser, _ = await signed_in(gw, "admin")
+    async with browser as b:
+        assert (await b.post("/staff/settings/org", {"add_number": SECOND_NUMBER},
+                             csrf_from="/staff/settings")).status == 303
+        assert (await b.post("/staff/settings/org", {"send_from": SECOND_NUMBER},
+                             csrf_from="/staff/settings")).status == 303
+        await gw.api_send(body="Your appointment is confirmed.")
+        await gw.drain()
+        assert gw.sms_to()[-1]["from"] == SECOND_NUMBER
+        # The remove button of the first number: it no longer routes.
+        assert (await b.post("/staff/settings/org", {"remove_number": "+15005550006"},
+                             csrf_from="/staff/settings")).status == 303
+    assert (await gw.services.orgs.get(gw.org.id)).sms_numbers == (SECOND_NUMBER,)
+    assert await _routed_to(gw, to="+15005550006", frm="+15551239804") == 0
+    assert await gw.store.inbound_events.count_documents({"state": "unroutable"}) == 1
+
+
+async def test_a_number_of_another_org_cannot_be_added(gw):
+    other = await gw.services.orgs.create("Harbor Therapy", SECOND_NUMBER, messaging_service_sid=SERVICE_SID)
+    browser, _ = await signed_in(gw, "admin")
+    async with browser as b:
+        for field, value in (("add_number", SECOND_NUMBER), ("messaging_service_sid", SERVICE_SID)):
+            resp = await b.post("/staff/settings/org", {field: value}, csrf_from="/staff/settings")
+            assert resp.status == 422
+            assert f"{field}: {value} is already used by another organization" in await resp.text()
+    assert (await gw.services.orgs.get(gw.org.id)).sms_numbers == ("+15005550006",)
+    assert await _routed_to(gw, to=SECOND_NUMBER, frm="+15551239805") == 0  # still the other org's
+    assert await gw.store.threads.count_documents({"org_id": other.id}) == 1
+
+
+async def test_bad_org_details_are_refused_with_the_field_named(gw):
+    browser, _ = await signed_in(gw, "admin")
+    async with browser as b:
+        for field, value in (("timezone", "Mars/Olympus_Mons"), ("timezone", "../../etc/passwd"),
+                             ("email_from", "not an address"), ("reply_domain", "reply_domain!"),
+                             ("add_number", "555-1234"), ("messaging_service_sid", "MG123"),
+                             ("send_from", "+15559990000"), ("name", "")):
+            resp = await b.post("/staff/settings/org", {field: value}, csrf_from="/staff/settings")
+            assert resp.status == 422, (field, value)
+            assert f"{field}: " in await resp.text(), field
+    org = await gw.services.orgs.get(gw.org.id)
+    assert (org.timezone, org.email_from, org.name) == ("UTC", "care@riverside.test", "Riverside Clinic")
+    assert await audit_entries(gw, "org.updated") == []
+
+
+async def test_agents_cannot_change_the_org_details(gw):
+    browser, _ = await signed_in(gw, "agent")
+    async with browser as b:
+        page = await b.get("/staff/")
+        resp = await b.post("/staff/settings/org", {"name": "Taken over"}, csrf=csrf_of(await page.text()))
+        assert resp.status == 403
+    assert (await gw.services.orgs.get(gw.org.id)).name == "Riverside Clinic"
+
+
+# -- require TOTP ends the sessions of members without one (issue 9) -----------------------------
+async def test_turning_on_require_totp_signs_out_members_without_an_authenticator(gw):
+    admin = await make_staff(gw, "admin@riverside.test", "admin")
+    secret = await enable_totp(gw, admin)
+    agent_browser, agent = await signed_in(gw, "agent")
+    async with Browser(gw) as b, agent_browser:
+        await b.login(admin.email, totp=pyotp.TOTP(secret).at(gw.clock.now()))
+        assert (await agent_browser.get("/staff/")).status == 200
+        resp = await b.post("/staff/settings/policy", {**POLICY_FORM, "require_totp": "1"},
+                            csrf_from="/staff/settings")
+        assert resp.status == 303 and resp.headers["Location"] == "/staff/settings?saved=1"
+        # The agent's next request is signed out; the admin (with an authenticator) carries on.
+        assert (await agent_browser.get("/staff/")).status == 303
+        assert (await agent_browser.get("/staff/")).headers["Location"].startswith("/staff/login")
+        assert (await b.get("/staff/settings")).status == 200
+        # Signing in again leads the agent to enrolment (the existing flow).
+        await agent_browser.login(agent.email)
+        assert (await agent_browser.get("/staff/")).headers["Location"] == "/staff/account/totp"
+    ended = await audit_entries(gw, "auth.sessions_ended")
+    assert [(e["staff_id"], e["detail"]["sessions_ended"], e["actor"]["id"]) for e in ended] == [
+        (agent.id, 1, admin.id)]
+
+
+async def test_an_admin_without_an_authenticator_who_requires_one_is_sent_to_enrol_not_locked_out(gw):
+    browser, admin = await signed_in(gw, "admin")
+    async with browser as b, Browser(gw) as elsewhere:
+        await elsewhere.login(admin.email)  # the same admin, signed in on another device
+        resp = await b.post("/staff/settings/policy", {**POLICY_FORM, "require_totp": "1"},
+                            csrf_from="/staff/settings")
+        assert resp.status == 303 and resp.headers["Location"] == "/staff/account/totp"
+        # This session is kept, but only for enrolment; the other device is signed out.
+        assert (await b.get("/staff/settings")).headers["Location"] == "/staff/account/totp"
+        assert (await b.get("/staff/account/totp")).status == 200
+        assert (await elsewhere.get("/staff/")).headers["Location"].startswith("/staff/login")
+        # Enrolling from the kept session gives the org back.
+        start = await b.post("/staff/account/totp/start", csrf_from="/staff/account/totp")
+        confirm = await b.post("/staff/account/totp/confirm",
+                               {"totp": pyotp.TOTP(re_secret(await start.text())).at(gw.clock.now())},
+                               csrf=csrf_of(await start.text()))
+        assert confirm.status == 303
+        assert (await b.get("/staff/settings")).status == 200
+    assert (await gw.services.orgs.get(gw.org.id)).policy.require_totp is True
+    ended = await audit_entries(gw, "auth.sessions_ended")
+    assert [(e["staff_id"], e["detail"]["sessions_ended"], e["detail"]["kept_to_enrol"]) for e in ended] == [
+        (admin.id, 1, True)]
+
+
+# -- times in the org's time zone (issue 9) -----------------------------------------------------
+async def test_staff_pages_show_times_in_the_org_time_zone(gw):
+    # The frozen clock reads 2026-01-05 09:00 UTC: 04:00 in New York (EST).
+    await gw.services.orgs.update_details(gw.org.id, DetailChanges(timezone="America/New_York"))
+    sent = await gw.api_send(body="Your appointment is confirmed.")
+    browser, _ = await signed_in(gw, "admin")
+    async with browser as b:
+        for path in ("/staff/", f"/staff/threads/{sent['thread_id']}", "/staff/audit", "/staff/settings/api-keys",
+                     "/staff/account"):
+            html = await (await b.get(path)).text()
+            assert "05 Jan 2026 04:00 EST" in html, path
+            assert "09:00 UTC" not in html, path
