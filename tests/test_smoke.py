@@ -24,8 +24,11 @@ async def test_secure_email_carries_only_a_link_and_a_reply_address(gw):
     assert REPLY_RE.search(str(mail["Reply-To"]))
 
 
-async def test_metrics_count_queued_work_without_ids_or_content(gw):
+async def test_metrics_count_queued_work_without_ids_or_content(gw, aiohttp_client):
+    from gateway.app import metrics_app
+
+    internal = await aiohttp_client(metrics_app(gw.services))  # [server] metrics_port's listener
     await gw.api_send(body="Canary-metrics-5521")
-    text = await (await gw.client.get("/metrics")).text()
+    text = await (await internal.get("/metrics")).text()
     assert 'hushlink_outbox_jobs{state="pending"} 1' in text
     assert "Canary" not in text

@@ -335,3 +335,47 @@ def test_json_line_survives_non_ascii_and_lone_surrogates(jsonl: Captured) -> No
     jsonl.logger.info("José \ud800 ok")
     assert jsonl.text.isascii()
     assert json.loads(jsonl.text)["msg"] == "José \ud800 ok"
+
+
+# --- encoded values are decoded before masking (issue 9) ----------------------------------------
+
+ENCODED = {
+    "percent-encoded +": ("GET /staff/contacts?q=%2B15551230001 HTTP/1.1", "5551230001"),
+    "percent-encoded @": ("next=/x?to=alice%40example.org", "alice"),
+    "lower-case hex": ("q=alice%40example.org&p=%2b15551230001", "5551230001"),
+    "double-encoded": ("q=alice%2540example.org", "alice"),
+    "form-encoded spaces": ("q=%2B1+415+555+0123", "555"),
+    "every digit encoded": ("q=%2B%31%35%35%35%31%32%33%30%30%30%31", "%31%35%35%35"),
+    "quoted-printable @": ("reply from alice=40example.org", "alice"),
+    "RFC 2047 base64 word": ("From: =?utf-8?B?YWxpY2VAZXhhbXBsZS5vcmc=?=", "YWxpY2VAZXhhbXBsZS5vcmc"),
+    "RFC 2047 Q word": ("From: =?UTF-8?Q?Alice_=3Calice=40example.org=3E?=", "alice"),
+}
+
+
+@pytest.mark.parametrize(("text", "secret"), ENCODED.values(), ids=ENCODED.keys())
+def test_encoded_phones_and_emails_are_masked(text: str, secret: str) -> None:
+    out = redact(text)
+    assert secret not in out, out
+    assert "***" in out or "[token]" in out, out
+
+
+def test_decoding_masks_only_the_encoded_value_and_keeps_the_rest_as_written() -> None:
+    doc_id = new_id()
+    line = f"GET /staff/threads/{doc_id}?q=%2B15551230001&page=2%20of%203 job_id={doc_id} attempt=12"
+    assert redact(line) == f"GET /staff/threads/{doc_id}?q=+1********01&page=2%20of%203 job_id={doc_id} attempt=12"
+
+
+def test_text_that_only_looks_encoded_is_left_alone() -> None:
+    for text in ("100%", "50%2 done", "a=B1", "x=?y", "=?utf-8?B?###?=", "%FF%FE broken utf-8"):
+        assert redact(text) == text
+
+
+@settings(max_examples=200)
+@given(st.lists(st.one_of(E164, EMAILS), min_size=1, max_size=3))
+def test_percent_encoded_secrets_never_survive(secrets: list[str]) -> None:
+    from urllib.parse import quote, quote_plus
+
+    for encode in (lambda s: quote(s, safe=""), quote_plus):
+        out = redact("q=" + "&q=".join(encode(s) for s in secrets))
+        for secret in secrets:
+            assert encode(secret) not in out and secret not in out
