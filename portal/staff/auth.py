@@ -224,7 +224,7 @@ class StaffAuth:
         await self.s.sessions.delete(ctx.sid)
         await self.s.audit.append(ctx.org.id, "auth.logout", ctx.actor, ip=self.d.ip(request), staff_id=ctx.member.id)
         response = render(request, "staff/signed_out.html", reason="signed_out")
-        response.del_cookie(self.d.cookie, path="/")
+        self.d.clear_cookie(response)
         response.headers["Clear-Site-Data"] = CLEAR_SITE_DATA
         return response
 

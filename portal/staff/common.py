@@ -68,8 +68,15 @@ class Deps:
         return client_ip(request, self.s.config.server.trusted_proxies)
 
     def set_cookie(self, response: web.StreamResponse, value: str) -> None:
-        response.set_cookie(self.cookie, value, httponly=True, secure=self.secure_cookie, samesite="Strict",
-                            path="/")
+        response.set_cookie(self.cookie, value, **self._cookie_attributes())
+
+    def clear_cookie(self, response: web.StreamResponse) -> None:
+        """Expire the session cookie with the attributes it was set with: a browser ignores a
+        __Host- cookie without Secure and Path=/, even one that deletes (RFC 6265bis 4.1.3.2)."""
+        response.del_cookie(self.cookie, **self._cookie_attributes())
+
+    def _cookie_attributes(self) -> dict[str, Any]:
+        return {"httponly": True, "secure": self.secure_cookie, "samesite": "Strict", "path": "/"}
 
     async def unread_threads(self, ctx: StaffContext) -> int:
         """Unread threads the member may open (all of the org's, or their own and unassigned ones)."""
