@@ -4,8 +4,8 @@ and `hushlink admin set-policy` / `update-org`, so every edge parses, validates 
 Every change is an audit entry naming the fields that changed, never their values (numbers,
 addresses and terms stay out of the log). Turning on require_totp ends the sessions of members
 without an authenticator app: a session signed in on a password alone must not outlive the rule
-that it is no longer enough (NIST 800-63B 4.2, OWASP ASVS 3.3.4). They enrol at their next
-sign-in. The acting admin is not locked out of their own org: if they have no authenticator
+that it is no longer enough (docs/security-model.md, Staff authentication). They enrol at their
+next sign-in. The acting admin is not locked out of their own org: if they have no authenticator
 either, their current session is kept but may only enrol (the portal sends them there) — their
 other sessions end like everyone's.
 """

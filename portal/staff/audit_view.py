@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,16 +29,17 @@ _ACTION = re.compile(r"^[a-z_]{1,40}(\.[a-z_]{0,40})?$")
 ID_FIELDS = ("thread_id", "message_id", "link_id", "contact_id", "staff_id", "event_id", "job_id")
 
 
-def _date(value: str, field: str) -> datetime:
+def _date(value: str, field: str, zone: tzinfo) -> datetime:
     try:
         day = datetime.strptime(value, "%Y-%m-%d")
     except ValueError:
         raise ValidationError(field, "must be a date such as 2026-01-31") from None
-    return day.replace(tzinfo=UTC)
+    return day.replace(tzinfo=zone)
 
 
-def audit_query(org_id: str, params: dict[str, str]) -> dict[str, Any]:
-    """The MongoDB filter for the view's fields (actor, action, thread, from, to)."""
+def audit_query(org_id: str, params: dict[str, str], zone: tzinfo = UTC) -> dict[str, Any]:
+    """The MongoDB filter for the view's fields (actor, action, thread, from, to); the days are
+    the org's (`zone`), like the times the page shows."""
     query: dict[str, Any] = {"org_id": org_id}
     actor = params.get("actor", "").strip()
     if actor:
@@ -60,9 +61,9 @@ def audit_query(org_id: str, params: dict[str, str]) -> dict[str, Any]:
         query["thread_id"] = thread
     at: dict[str, datetime] = {}
     if params.get("from"):
-        at["$gte"] = _date(params["from"], "from")
+        at["$gte"] = _date(params["from"], "from", zone)
     if params.get("to"):
-        at["$lt"] = _date(params["to"], "to") + timedelta(days=1)
+        at["$lt"] = _date(params["to"], "to", zone) + timedelta(days=1)
     if at:
         query["at"] = at
     return query
@@ -101,7 +102,7 @@ class AuditView:
         params = self._params(request)
         error = None
         try:
-            query = audit_query(ctx.org.id, params)
+            query = audit_query(ctx.org.id, params, ctx.org.zone)
         except ValidationError as err:
             query, error = {"org_id": ctx.org.id, "_id": None}, f"{err.field}: {err.message}"
         cursor = request.query.get("cursor", "")
@@ -132,7 +133,7 @@ class AuditView:
         """Stream the matching entries, oldest first, one JSON object per line."""
         ctx = request[STAFF]
         params = self._params(request)
-        query = audit_query(ctx.org.id, params)
+        query = audit_query(ctx.org.id, params, ctx.org.zone)
         await self.s.audit.append(ctx.org.id, "audit.export", ctx.actor, ip=self.d.ip(request),
                                   detail={k: v for k, v in params.items() if v} or None)
         stamp = self.s.clock.now().strftime("%Y%m%dT%H%M%SZ")

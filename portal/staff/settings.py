@@ -1,10 +1,11 @@
 """Settings (admin only): org policy, staff accounts, API keys, emergency (break-glass) access review.
 
 Disabling a member, changing their role or resetting their authenticator ends all their sessions
-at once (SECURITY.md C9; a privilege change never keeps an old session id). An admin can't
+at once (OWASP ASVS 5.0 7.4.2; a privilege change never keeps an old session id). An admin can't
 disable or demote themselves, and the last enabled admin stays an admin, so nobody locks the
 organization out of its own settings. Nor can an admin reset their own authenticator here: that
-would turn off their MFA without the password the Account page asks for (SECURITY.md C11).
+would turn off their MFA without the password the Account page asks for (docs/security-model.md,
+Staff authentication).
 
 The emergency access page lists the org's break-glass grants with their reasons (opened here,
 escaped by the template; reading them is audited) and closes the open alerts that put the banner
@@ -213,7 +214,7 @@ class Settings:
                                           detail={"role": role, "sessions_ended": ended})
         else:
             if member.id == ctx.member.id:
-                # Turning off one's own MFA needs the password (SECURITY.md C11): the Account page asks for it.
+                # Turning off one's own MFA needs the password (docs/security-model.md): the Account page asks for it.
                 await self.s.audit.append(ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=ip,
                                           staff_id=member.id,
                                           detail={"object": "staff", "reason": "self_reset",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import pyotp
 
@@ -110,7 +111,7 @@ async def _has_totp(gw, member) -> bool:
 
 
 async def test_admin_cannot_reset_their_own_authenticator_without_the_password(gw):
-    # SECURITY.md C11: turning off MFA needs re-authentication; the admin reset skips the password.
+    # Turning off MFA needs re-authentication (docs/security-model.md); the admin reset skips the password.
     me = await make_staff(gw, "admin@riverside.test", "admin")
     secret = await enable_totp(gw, me)
     async with Browser(gw) as b:
@@ -323,3 +324,28 @@ async def test_staff_pages_show_times_in_the_org_time_zone(gw):
             html = await (await b.get(path)).text()
             assert "05 Jan 2026 04:00 EST" in html, path
             assert "09:00 UTC" not in html, path
+
+
+async def test_the_client_portal_shows_times_in_the_org_time_zone(gw):
+    await gw.services.orgs.update_details(gw.org.id, DetailChanges(timezone="America/New_York"))
+    await gw.api_send(body="Your results are ready.", secure=True)
+    await gw.drain()
+    assert (await gw.open_link(gw.last_link_token())).status == 303
+    page = await (await gw.client.get("/s/thread")).text()
+    assert "05 Jan 2026, 04:00 EST" in page and "UTC" not in page
+    updates = await (await gw.client.get("/s/thread/updates")).json()
+    assert [m["at_human"] for m in updates["messages"]] == ["05 Jan 2026, 04:00 EST"]
+
+
+async def test_the_audit_log_date_filter_uses_the_org_days(gw):
+    from gateway.audit import SYSTEM
+
+    await gw.services.orgs.update_details(gw.org.id, DetailChanges(timezone="America/New_York"))
+    gw.clock.set(datetime(2026, 1, 5, 3, 0, tzinfo=UTC))  # 4 Jan, 22:00 in New York
+    await gw.services.audit.append(gw.org.id, "test.evening_before", SYSTEM)
+    gw.clock.set(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))  # 5 Jan, 04:00 in New York
+    await gw.services.audit.append(gw.org.id, "test.that_morning", SYSTEM)
+    browser, _ = await signed_in(gw, "admin")
+    async with browser as b:
+        html = await (await b.get("/staff/audit?from=2026-01-05&to=2026-01-05")).text()
+    assert "test.that_morning" in html and "test.evening_before" not in html
