@@ -34,7 +34,7 @@ from outbound.smtp_email import DkimSigner, SmtpEmailSender
 from outbound.twilio_sms import TwilioSmsSender
 from portal.api import ApiV1
 from portal.client import ClientPortal
-from portal.http import error_mapping, security_headers
+from portal.http import error_mapping, readable_forms, security_headers
 from portal.render import error_page
 from portal.sandbox import SandboxPortal
 from portal.staff import PREFIX as STAFF_PREFIX
@@ -128,7 +128,7 @@ def create_app(rt: Runtime, *, role: str = "all", workers: bool = True) -> web.A
     s = rt.services
     app = web.Application(
         client_max_size=s.config.server.max_body_bytes,
-        middlewares=[security_headers(s.config.server.is_https), error_mapping(error_page)],
+        middlewares=[security_headers(s.config.server.is_https), error_mapping(error_page), readable_forms(error_page)],
     )
     if role in ("all", "web"):
         TwilioWebhooks(s, rt.events).add_routes(app)

@@ -16,7 +16,7 @@ from gateway.orgs import Org
 from gateway.services import Services
 from gateway.store import Doc
 from gateway.tokens import token_hash
-from portal.http import client_ip
+from portal.http import client_ip, parse_json
 from portal.openapi import OPENAPI
 
 logger = logging.getLogger(__name__)
@@ -88,9 +88,9 @@ class ApiV1:
         if request.content_type != "application/json":
             return _err(415, "unsupported_media_type", "send application/json")
         try:
-            data = json.loads(await request.text())
-        except (ValueError, UnicodeDecodeError):
-            return _err(400, "invalid_json", "the body is not valid JSON")
+            data = parse_json(await request.read(), request.charset)
+        except ValueError as err:
+            return _err(400, "invalid_json", str(err))
         if not isinstance(data, dict):
             return _err(400, "invalid_json", "the body must be a JSON object")
         return data

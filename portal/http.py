@@ -4,6 +4,7 @@ limiter is gateway/ratelimit.py, shared with the SMTP listener)."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -175,3 +176,74 @@ def same_origin(request: web.Request, public_url: str) -> bool:
     if origin == "null":
         return site == "same-origin"
     return origin.rstrip("/") == public_url.rstrip("/")
+
+
+# -- bodies that cannot be read -------------------------------------------------------------------
+# Every edge answers 400 for a body it cannot parse (issue 9), never 500: bad bytes for the charset,
+# an unknown charset, broken multipart, JSON nested past any use (json.loads raises RecursionError
+# near Python's recursion limit), or a string with a lone surrogate (valid JSON, not valid Unicode,
+# and unstorable).
+
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+# Deeper than any request of the API (its documents nest three levels).
+MAX_JSON_DEPTH = 32
+
+
+def parse_json(body: bytes, charset: str | None = None) -> Any:
+    """Decode and parse a JSON request body; ValueError with a short reason if it cannot be read."""
+    try:
+        text = body.decode(charset or "utf-8")
+    except LookupError:
+        raise ValueError(f"unknown charset {charset[:40]!r}" if charset else "unknown charset") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"the body is not valid {charset or 'UTF-8'}") from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"the body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except ValueError:
+        raise ValueError("the body is not valid JSON") from None
+    _check_json(data)
+    return data
+
+
+def _check_json(data: Any) -> None:
+    """Depth and lone surrogates, walked without recursion."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("the body has a string with a lone surrogate (\\ud800-\\udfff)") from None
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"the body is nested more than {MAX_JSON_DEPTH} levels deep")
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+
+
+def readable_forms(html_page: ErrorPage) -> Any:
+    """Read a posted form before any handler does; one that cannot be read is answered 400.
+
+    aiohttp keeps the parsed form, so the handler's own `await request.post()` reads it from there.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method in ("POST", "PUT", "PATCH") and request.content_type in FORM_TYPES:
+            try:
+                await request.post()
+            except web.HTTPException:
+                raise  # 413: larger than max_body_bytes
+            except (ValueError, LookupError, AssertionError, RuntimeError) as err:
+                logger.info("unreadable form refused", extra={"fields": {"path": request.path,
+                                                                         "error": type(err).__name__}})
+                message = "the form could not be read (its encoding or multipart structure is broken)"
+                if request.path.startswith(("/api/", "/webhooks/")):
+                    return _api_error(400, "invalid_body", message)
+                return html_page(request, 400, "Bad request: " + message)
+        return await handler(request)
+
+    return middleware

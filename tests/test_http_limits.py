@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
+
 from gateway.app import create_app
 from portal.listener import start_http
 from tests.support.harness import Gateway
@@ -262,3 +264,46 @@ async def test_metrics_read_indexed_counts_per_state_not_the_collections(twilio,
     finally:
         await store.drop()
         await client.close()
+
+
+# -- input that cannot be parsed: 400, never 500 ---------------------------------------------------
+
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+BROKEN_MULTIPART = b'--zz\r\nContent-Disposition: form-data; name="a"\r\n\r\n\xff\xfe\r\n--zz--\r\n'
+UNPARSABLE = {
+    "JSON nested 100000 deep": ("/api/v1/messages", JSON, b"[" * 100_000),
+    "JSON objects nested 200 deep": ("/api/v1/messages", JSON, b'{"a":' * 200 + b"1" + b"}" * 200),
+    "JSON not UTF-8": ("/api/v1/messages", JSON, b'{"body": "\xff\xfe"}'),
+    "JSON unknown charset": ("/api/v1/messages", JSON + "; charset=x-bogus", b'{"body": "x"}'),
+    "JSON lone surrogate": ("/api/v1/messages", JSON, b'{"to": {"phone": "+15551230001"}, "body": "\\ud800"}'),
+    "JSON truncated": ("/api/v1/messages", JSON, b'{"to": {"phone": '),
+    "webhook form not UTF-8": ("/webhooks/twilio/sms", FORM, b"Body=\xff\xfe&From=%2B15551230001"),
+    "webhook form unknown charset": ("/webhooks/twilio/sms", FORM + "; charset=x-bogus", b"Body=x"),
+    "webhook multipart without boundary": ("/webhooks/twilio/sms", "multipart/form-data", b"Body=x"),
+    "staff form not UTF-8": ("/staff/login", FORM, b"email=\xff\xfe&password=x"),
+    "staff form unknown charset": ("/staff/login", FORM + "; charset=x-bogus", b"email=x"),
+    "staff multipart broken": ("/staff/login", "multipart/form-data; boundary=zz", BROKEN_MULTIPART),
+    "staff multipart without boundary": ("/staff/logout", "multipart/form-data", b"garbage"),
+    "client portal form not UTF-8": ("/s/" + "A" * 43, FORM, b"pin=\xff"),
+    "client portal multipart broken": ("/s/logout", "multipart/form-data; boundary=zz", BROKEN_MULTIPART),
+}
+
+
+@pytest.mark.parametrize(("path", "content_type", "body"), UNPARSABLE.values(), ids=UNPARSABLE.keys())
+async def test_unparsable_input_is_400_never_500(gw, path, content_type, body):
+    resp = await gw.client.post(path, data=body, headers={"Content-Type": content_type, **gw.auth()},
+                                allow_redirects=False)
+    assert resp.status == 400, (resp.status, await resp.text())
+    if path.startswith(("/api/", "/webhooks/")):
+        error = (await resp.json())["error"]
+        assert error["code"] in ("invalid_json", "invalid_body") and error["message"]
+    assert await gw.store.inbound_events.count_documents({}) == 0
+    assert await gw.store.messages.count_documents({}) == 0
+
+
+async def test_a_wrong_content_type_on_the_api_is_a_json_error(gw):
+    resp = await gw.client.post("/api/v1/messages", data=b'{"body": "x"}',
+                                headers={"Content-Type": "text/plain", **gw.auth()})
+    assert resp.status == 415  # as documented in the OpenAPI document: the body was not even read
+    assert (await resp.json())["error"]["code"] == "unsupported_media_type"
