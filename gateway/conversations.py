@@ -12,9 +12,8 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from gateway.audit import Actor, AuditLog, Pending
-from gateway.classifier import find_sensitive
 from gateway.contacts import Contact, Contacts
-from gateway.errors import Conflict, KeyErased, NotFound, OptedOut, SensitiveContent, ValidationError
+from gateway.errors import Conflict, KeyErased, NotFound, OptedOut, PinRequired, ValidationError
 from gateway.ids import is_id, new_id
 from gateway.links import Links
 from gateway.orgs import Org
@@ -23,6 +22,10 @@ from gateway.pins import hash_secret, validate_pin
 from gateway.ports import Clock
 from gateway.recent import FLOOR_MARGIN, Recent, oid_at, oid_time
 from gateway.reply_tokens import ReplyTokens
+from gateway.rules.may_send import SendPermission, may_send
+from gateway.rules.pin import PinDecision, pin_for_link
+from gateway.rules.reply_route import reply_route
+from gateway.rules.secure import SecureSource, check_standard_content, decide_outbound
 from gateway.store import Doc, Store, insert_new
 from gateway.vault import Vault
 
@@ -67,6 +70,7 @@ class Inbound:
     provider_id: str | None
     secure: bool
     flags: list[str]
+    secure_source: SecureSource | None = None  # from gateway.rules.secure.decide_inbound
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,15 @@ class Sent:
     message: Doc
     thread: Doc
     link_id: str | None
+
+
+def refuse(permission: SendPermission, channel: str) -> None:
+    """Raise the domain error for a refused send (gateway/rules/may_send.py)."""
+    if permission.allowed:
+        return
+    if permission.reason == "pin_required":
+        raise PinRequired()
+    raise OptedOut(channel)  # opted out, or no consent for this purpose on the channel
 
 
 class Conversations:
@@ -170,20 +183,25 @@ class Conversations:
             raise ValidationError("to.phone", "the contact has no phone number")
         if channel == "email" and not contact.has_email:
             raise ValidationError("to.email", "the contact has no email address")
-        if contact.opted_out(channel):
-            raise OptedOut(channel)
-        is_secure = org.policy.secure_default if secure is None else bool(secure)
-        if not is_secure and not allow_sensitive:
-            kinds = find_sensitive(text, org.policy.sensitive_terms)
-            if kinds:
-                raise SensitiveContent(kinds)
-        thread = await self.thread_for(org.id, contact.id, channel)
+        # Decided before anything is written: a refused send leaves no thread, message or job.
+        found = await self._store.threads.find_one({"org_id": org.id, "contact_id": contact.id})
+        decision = decide_outbound(org.policy, message=secure, thread_secure=bool(found and found.get("secure")))
+        is_secure = decision.secure
+        pin_rule: PinDecision | None = None
+        if is_secure:
+            pin_rule = pin_for_link(
+                given_pin_hash=hash_secret(pin) if pin else None,
+                thread_pin_hash=found.get("pin_hash") if found else None,
+                contact_pin_hash=contact.pin_hash, pin_required=org.policy.pin_required)
+        refuse(may_send(contact, channel=channel, secure=is_secure, pin=pin_rule), channel)
+        check_standard_content(text, decision, org.policy, allow_sensitive=allow_sensitive)
+        thread = found if found is not None else await self.thread_for(org.id, contact.id, channel)
         now = self._clock.now()
         mid = new_id()
         message: Doc = {
             "_id": mid, "org_id": org.id, "thread_id": thread["_id"], "contact_id": contact.id,
             "direction": "outbound", "channel": channel, "author": {"kind": actor.kind, "id": actor.id},
-            "secure": is_secure,
+            "secure": is_secure, "secure_source": decision.source,
             "body": await self._vault.seal(contact.dek_id, org.id, "messages", mid, "body", text),
             "preview": NEUTRAL_PREVIEW["outbound"], "status": "queued",
             "status_history": [{"status": "queued", "at": now}], "provider_id": None,
@@ -192,11 +210,10 @@ class Conversations:
         # Unique per org; a placeholder when absent (gateway/store.py: no partial indexes).
         message["idempotency_key"] = "k:" + idempotency_key if idempotency_key is not None else "none:" + mid
         link_doc, token = None, None
-        if is_secure:
+        if pin_rule is not None:
             link_doc, token = self._links.new(
                 org_id=org.id, thread_id=thread["_id"], contact_id=contact.id, message_id=mid,
-                ttl_seconds=org.policy.link_ttl_seconds, channel=channel,
-                pin_hash=hash_secret(pin) if pin else None,
+                ttl_seconds=org.policy.link_ttl_seconds, channel=channel, pin_hash=pin_rule.link_pin_hash,
             )
             message["link_id"] = link_doc["_id"]
         reply_doc, reply_token = self._reply_token(org.id, thread["_id"], contact.id, channel)
@@ -212,7 +229,9 @@ class Conversations:
         if link_doc is not None and link_doc["pin_hash"]:
             # A per-message PIN guards the whole thread from now on: any later link to it (a
             # renewal, the answer to a texted reply) opens the same content, so it needs the PIN.
-            thread_update["$set"]["pin_hash"] = link_doc["pin_hash"]
+            # Which message it came with is kept, so staff see where the PIN in force comes from.
+            thread_update["$set"].update({"pin_hash": link_doc["pin_hash"], "pin_message_id": mid,
+                                          "pin_set_by": actor.kind})
         for attempt in range(TXN_ATTEMPTS):
             try:
                 async with self._store.transaction() as session:
@@ -241,7 +260,7 @@ class Conversations:
         await self._contacts.touch_channel(contact, channel)
         await self._audit.append(org.id, "message.send", actor, thread_id=thread["_id"], message_id=mid,
                                  contact_id=contact.id, link_id=message["link_id"],
-                                 detail={"secure": is_secure, "channel": channel})
+                                 detail={"secure": is_secure, "secure_source": decision.source, "channel": channel})
         thread.update(thread_update["$set"])
         return Sent(message, thread, message["link_id"])
 
@@ -250,15 +269,13 @@ class Conversations:
         self, org: Org, thread_id: str, *, body: str, actor: Actor, secure: bool | None = None,
         allow_sensitive: bool = False,
     ) -> Sent:
-        """A staff reply: a secure thread stays secure (sealed body, link-only notice to the client)."""
+        """A staff reply, on the channel gateway/rules/reply_route.py picks; a secure thread stays
+        secure (gateway/rules/secure.py: sealed body, link-only notice to the client)."""
         thread = await self.get_thread(org.id, thread_id)
         contact = await self._contacts.get(org.id, thread["contact_id"])
-        channel = thread.get("channel") if thread.get("channel") in CHANNELS else None
-        if channel is None:
-            channel = contact.last_channel if contact.last_channel in CHANNELS else (
-                "sms" if contact.has_phone else "email")
-        return await self.send(org, channel=channel, body=body, actor=actor, contact=contact,
-                               secure=True if thread.get("secure") else secure, allow_sensitive=allow_sensitive)
+        route = reply_route(contact, thread_channel=thread.get("channel"))
+        return await self.send(org, channel=route.channel, body=body, actor=actor, contact=contact,
+                               secure=secure, allow_sensitive=allow_sensitive)
 
     async def assign(self, org_id: str, thread_id: str, assignee: str | None, actor: Actor) -> Doc:
         """Give the thread to a staff member (the caller checks the id is one of the org's), or to nobody."""
@@ -376,14 +393,19 @@ class Conversations:
         self, org: Org, contact: Contact, *, message_id: str, channel: str, body: str,
         provider_id: str | None, secure: bool, flags: list[str] | None = None,
         author_kind: str = "contact", thread: Doc | None = None, files: int = 0,
+        secure_source: SecureSource | None = None,
     ) -> tuple[Doc, Doc, bool]:
-        """Store an inbound message once (message_id is deterministic); returns (msg, thread, new)."""
+        """Store an inbound message once (message_id is deterministic); returns (msg, thread, new).
+
+        `secure` and `secure_source` come from gateway.rules.secure.decide_inbound; without a source
+        (a reply typed in the secure portal) the message follows its thread.
+        """
         if thread is None:
             thread = await self.thread_for(org.id, contact.id, channel)
         now = self._clock.now()
         message = await self._inbound_doc(org, contact, thread, now, message_id=message_id, channel=channel,
                                           body=body, provider_id=provider_id, secure=secure, flags=flags,
-                                          author_kind=author_kind, files=files)
+                                          author_kind=author_kind, files=files, secure_source=secure_source)
         try:
             await self._store.messages.insert_one(message)
         except DuplicateKeyError:
@@ -405,11 +427,12 @@ class Conversations:
     async def _inbound_doc(
         self, org: Org, contact: Contact, thread: Doc, now: datetime, *, message_id: str, channel: str, body: str,
         provider_id: str | None, secure: bool, flags: list[str] | None, author_kind: str, files: int = 0,
+        secure_source: SecureSource | None = None,
     ) -> Doc:
         return {
             "_id": message_id, "org_id": org.id, "thread_id": thread["_id"], "contact_id": contact.id,
             "direction": "inbound", "channel": channel, "author": {"kind": author_kind, "id": contact.id},
-            "secure": secure,
+            "secure": secure, "secure_source": secure_source or "thread",
             "body": await self._vault.seal(contact.dek_id, org.id, "messages", message_id, "body", body),
             "preview": NEUTRAL_PREVIEW["inbound"], "status": "received",
             "status_history": [{"status": "received", "at": now}], "provider_id": provider_id,
@@ -456,7 +479,8 @@ class Conversations:
         now = self._clock.now()
         messages = [await self._inbound_doc(org, it.contact, it.thread, now, message_id=it.message_id,
                                             channel=channel, body=it.body, provider_id=it.provider_id,
-                                            secure=it.secure, flags=it.flags, author_kind="contact")
+                                            secure=it.secure, flags=it.flags, author_kind="contact",
+                                            secure_source=it.secure_source)
                     for it in items]
         # A message stored before (its id is the event's) is one an earlier run recorded.
         new = await insert_new(self._store.messages, messages)
@@ -502,7 +526,10 @@ class Conversations:
         for n in earlier:
             if n.message_id in unaudited:
                 out[n.job_id] = self._link_issued(n, existing[n.job_id]["link_id"], template, channel)
-        todo = [n for n in notices if n.job_id not in existing and not n.contact.opted_out(channel)]
+        fresh = [n for n in notices if n.job_id not in existing]
+        rules = await self._notice_pins(org, [(n.contact, n.thread_id) for n in fresh])
+        todo = [n for n, pin in zip(fresh, rules, strict=True)
+                if may_send(n.contact, channel=channel, secure=True, pin=pin).allowed]
         links: list[Doc] = []
         replies: list[Doc] = []
         jobs: list[Doc] = []
@@ -664,7 +691,7 @@ class Conversations:
         """
         if job_id and await self._store.outbox.find_one({"_id": job_id}, projection={"_id": 1}):
             return None
-        if contact.opted_out(channel):
+        if not (await self.notice_permission(org, contact, thread_id, channel)).allowed:
             return None
         link_doc, token = self._links.new(
             org_id=org.id, thread_id=thread_id, contact_id=contact.id, message_id=message_id,
@@ -690,3 +717,41 @@ class Conversations:
                                  link_id=link_doc["_id"], contact_id=contact.id, message_id=message_id,
                                  detail={"template": template, "channel": channel})
         return str(link_doc["_id"])
+
+    # -- PINs (gateway/rules/pin.py) --------------------------------------------------------
+    async def _notice_pins(self, org: Org, targets: list[tuple[Contact, str]]) -> list[PinDecision]:
+        """The PIN rule for link-only notices to (contact, thread id): a notice carries no PIN of
+        its own (the thread's or contact's is looked up when the link opens), so the threads are
+        read only where they can change the outcome: under pin_required, for contacts with no PIN."""
+        wanted = [tid for c, tid in targets if org.policy.pin_required and not c.pin_hash]
+        pins: dict[str, str | None] = {}
+        if wanted:
+            pins = {d["_id"]: d.get("pin_hash") async for d in self._store.threads.find(
+                {"_id": {"$in": list(dict.fromkeys(wanted))}, "org_id": org.id}, projection={"pin_hash": 1})}
+        return [pin_for_link(given_pin_hash=None, thread_pin_hash=pins.get(tid), contact_pin_hash=c.pin_hash,
+                             pin_required=org.policy.pin_required) for c, tid in targets]
+
+    async def notice_permission(self, org: Org, contact: Contact, thread_id: str, channel: str) -> SendPermission:
+        """May a link-only notice to this thread go to the contact on the channel (rules/may_send.py)."""
+        (pin,) = await self._notice_pins(org, [(contact, thread_id)])
+        return may_send(contact, channel=channel, secure=True, pin=pin)
+
+    def pin_in_force(self, org: Org, thread: Doc, contact: Contact) -> PinDecision:
+        """The PIN the thread's next link asks for, and where it comes from."""
+        return pin_for_link(given_pin_hash=None, thread_pin_hash=thread.get("pin_hash"),
+                            contact_pin_hash=contact.pin_hash, pin_required=org.policy.pin_required)
+
+    async def set_thread_pin(self, org_id: str, thread_id: str, pin: str | None) -> None:
+        """Replace (or, with None, remove) the thread's per-message PIN, on the thread and on every
+        link that carries it: a leaked PIN stops opening links already sent."""
+        pin_hash = hash_secret(validate_pin(pin)) if pin is not None else None
+        update: Doc = ({"$set": {"pin_hash": pin_hash, "pin_set_by": "staff", "pin_message_id": None}} if pin_hash
+                       else {"$unset": {"pin_hash": "", "pin_set_by": "", "pin_message_id": ""}})
+        res = await self._store.threads.update_one({"_id": thread_id, "org_id": org_id}, update)
+        if res.matched_count == 0:
+            raise NotFound("thread")
+        # Only per-message PINs are written on links (gateway/rules/pin.py), so every PIN-carrying
+        # link of the thread carries the one being replaced.
+        await self._store.links.update_many({"org_id": org_id, "thread_id": thread_id, "pin_hash": {"$ne": None}},
+                                            {"$set": {"pin_hash": pin_hash}})
+

@@ -50,8 +50,8 @@ def _iso(value: Any) -> str:
 def message_json(doc: Doc) -> dict[str, Any]:
     return {
         "id": doc["_id"], "thread_id": doc["thread_id"], "direction": doc["direction"],
-        "channel": doc["channel"], "secure": doc["secure"], "status": doc["status"],
-        "error_code": doc.get("error_code"),
+        "channel": doc["channel"], "secure": doc["secure"], "secure_source": doc.get("secure_source"),
+        "status": doc["status"], "error_code": doc.get("error_code"),
         "status_history": [{"status": h["status"], "at": _iso(h["at"]),
                             **({"error_code": h["error_code"]} if h.get("error_code") else {})}
                            for h in doc.get("status_history", [])],
@@ -134,7 +134,8 @@ class ApiV1:
         self._on_queued()
         m = sent.message
         return web.json_response(
-            {"id": m["_id"], "thread_id": m["thread_id"], "secure": m["secure"], "status": m["status"]},
+            {"id": m["_id"], "thread_id": m["thread_id"], "secure": m["secure"],
+             "secure_source": m.get("secure_source"), "status": m["status"]},
             status=201,
         )
 
@@ -178,7 +179,7 @@ class ApiV1:
             "messages": [{
                 "id": d["_id"], "direction": d["direction"], "channel": d["channel"], "body": d["text"],
                 "created_at": _iso(d["created_at"]), "status": d["status"], "secure": d["secure"],
-                "flags": d.get("flags", []),
+                "secure_source": d.get("secure_source"), "flags": d.get("flags", []),
             } for d in page],
             "next_cursor": page[-1]["_id"] if more and page else None,
         })

@@ -20,6 +20,7 @@ from gateway.conversations import validate_body
 from gateway.errors import LinkUnavailable, PinRejected, ValidationError
 from gateway.ids import is_id, new_id
 from gateway.ratelimit import RateLimiter
+from gateway.rules.reply_route import reply_route
 from gateway.services import Services
 from gateway.store import Doc
 from gateway.tokens import csrf_ok, csrf_token, looks_like_token, token_hash
@@ -292,7 +293,8 @@ class ClientPortal:
             return done
         org = await self._s.orgs.get(link["org_id"])
         contact = await self._s.contacts.get(org.id, link["contact_id"])
-        channel = contact.last_channel if contact.last_channel in ("sms", "email") else link.get("channel", "sms")
+        thread = await self._s.conversations.get_thread(org.id, link["thread_id"])
+        channel = reply_route(contact, thread_channel=thread.get("channel")).channel
         await self._s.conversations.send_link_notice(org, contact, link["thread_id"], channel=channel,
                                                      template="link_renewal", message_id=link.get("message_id"))
         await self._s.audit.append(org.id, "link.renewal_requested", Actor("client", contact.id), ip=self._ip(request),

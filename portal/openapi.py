@@ -9,6 +9,12 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 E164 = r"^\+[1-9][0-9]{7,14}$"
 EMAIL = r"^[A-Za-z0-9_%+-]{1,20}(\.[A-Za-z0-9_%+-]{1,20}){0,2}@([A-Za-z0-9-]{1,63}\.){1,4}[A-Za-z]{2,63}$"
 PIN = r"^([0-9]{6,64}|[^\x00-\x1f]{8,64})$"
+# Why a message is secure or standard (gateway/rules/secure.py); null on messages stored before it was recorded.
+SECURE_SOURCE = {"enum": ["org_default", "org_forced", "template", "campaign_step", "message", "thread",
+                          "sensitive_reply", None],
+                 "description": "where secure/standard came from: org_default, org_forced (always-secure policy), "
+                                "template, campaign_step, message (the sender's choice), thread (the thread is "
+                                "secure), sensitive_reply (a reply that looked sensitive); null for older messages"}
 
 
 def _resp(desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -38,7 +44,9 @@ OPENAPI: dict[str, Any] = {
                              "description": "not only whitespace, no NUL",
                              "allOf": [{"pattern": r"[^\s\x1c-\x1f\x85]"}, {"pattern": r"^[^\x00]*$"}]},
                     "channel": {"enum": ["sms", "email"], "default": "sms"},
-                    "secure": {"type": ["boolean", "null"], "description": "null: the org default"},
+                    "secure": {"type": ["boolean", "null"],
+                               "description": "null: the org default. An always-secure org or a secure thread "
+                                              "makes the message secure whatever is asked (see secure_source)"},
                     "pin": {"type": "string", "pattern": PIN,
                             "description": "6 or more digits, or 8 or more characters (at most 64)"},
                     "allow_sensitive": {"type": "boolean", "default": False},
@@ -50,14 +58,15 @@ OPENAPI: dict[str, Any] = {
             },
             "Created": {"type": "object", "required": ["id", "thread_id", "secure", "status"], "properties": {
                 "id": {"type": "string"}, "thread_id": {"type": "string"}, "secure": {"type": "boolean"},
-                "status": {"type": "string"}}},
+                "secure_source": SECURE_SOURCE, "status": {"type": "string"}}},
             "Message": {"type": "object", "required": ["id", "thread_id", "direction", "channel", "secure",
                                                        "status", "status_history", "created_at"],
                         "properties": {
                             "id": {"type": "string"}, "thread_id": {"type": "string"},
                             "direction": {"enum": ["inbound", "outbound"]},
                             "channel": {"enum": ["sms", "email", "portal"]}, "secure": {"type": "boolean"},
-                            "status": {"type": "string"}, "error_code": {"type": ["string", "null"]},
+                            "secure_source": SECURE_SOURCE, "status": {"type": "string"},
+                            "error_code": {"type": ["string", "null"]},
                             "status_history": {"type": "array", "items": {"type": "object", "properties": {
                                 "status": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
                                 "error_code": {"type": "string"}}}},
@@ -68,7 +77,7 @@ OPENAPI: dict[str, Any] = {
                     "body": {"type": ["string", "null"],
                              "description": "null once the contact was erased (its data key destroyed)"},
                     "created_at": {"type": "string", "format": "date-time"},
-                    "status": {"type": "string"}, "secure": {"type": "boolean"},
+                    "status": {"type": "string"}, "secure": {"type": "boolean"}, "secure_source": SECURE_SOURCE,
                     "flags": {"type": "array", "items": {"type": "string"}}}}},
                 "next_cursor": {"type": ["string", "null"]}}},
         },
@@ -89,7 +98,8 @@ OPENAPI: dict[str, Any] = {
                 "400": _resp("Malformed JSON"), "401": _resp("Missing or unknown API key"),
                 "409": _resp("to.phone and to.email belong to two different contacts"),
                 "415": _resp("Not JSON"),
-                "422": _resp("Invalid field, opted_out, or sensitive_content"),
+                "422": _resp("Invalid field, opted_out, sensitive_content, or pin_required (the org "
+                                    "requires a PIN and the contact has none: give one in pin)"),
                 "503": _resp("Database unavailable"),
             }}},
         "/api/v1/messages/{id}": {"get": {

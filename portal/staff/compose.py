@@ -1,8 +1,12 @@
 """Compose (/staff/compose): a new SMS or email to an existing or new contact, secure or standard.
 
-The secure toggle starts at the org default (DESIGN.md §7: the composed message's own setting
-wins). A standard message whose text looks sensitive (gateway.classifier) is not sent: the form
-comes back with a warning and an explicit "send it as standard anyway" checkbox.
+The secure toggle starts where gateway/rules/secure.py puts a message with no choice of its own
+(the org default, or always secure under the org's always-secure policy); the composed message's
+own setting then wins unless the policy forces secure or the contact's thread is secure already.
+A standard message whose text looks sensitive is not sent (the same rule): the form comes back
+with a warning and an explicit "send it as standard anyway" checkbox. Under the org's
+pin_required, a secure message to a contact with no PIN is refused with a form error (the draft
+is kept).
 
 Under the org policy agent_scope "assigned" an agent composes only to contacts whose conversation
 is in their scope (assigned to them or to nobody), to contacts with no conversation yet, and to new
@@ -19,15 +23,15 @@ from typing import Any
 from aiohttp import web
 
 from gateway.access import thread_assignees
-from gateway.classifier import find_sensitive
 from gateway.contacts import Contact
-from gateway.errors import OptedOut, ValidationError
+from gateway.errors import OptedOut, PinRequired, SensitiveContent, ValidationError
 from gateway.orgs import validate_email
 from gateway.phone import normalize_e164
+from gateway.rules.secure import decide_outbound
 from portal.staff.common import STAFF, Deps, form_fields, redirect
 from portal.staff.contacts import check_scope, load_scoped_contact
 from portal.staff.policy import ANY_STAFF, policy
-from portal.staff.threads import SENSITIVE_LABELS
+from portal.staff.threads import PIN_REQUIRED, SENSITIVE_LABELS
 
 
 class Compose:
@@ -48,11 +52,12 @@ class Compose:
             info = await self.s.contacts.reveal(contact)
             label = info.get("name") or contact.phone_hint or contact.email_hint
         channel = (contact.last_channel if contact is not None else None) or "sms"
-        v = {"phone": "", "email": "", "name": "", "body": "", "channel": channel,
-             "secure": ctx.org.policy.secure_default, **(values or {})}
+        start = decide_outbound(ctx.org.policy, message=None, thread_secure=False)
+        v = {"phone": "", "email": "", "name": "", "body": "", "channel": channel, "secure": start.secure,
+             **(values or {})}
         return await self.d.page(request, "staff/compose.html", status=status, contact=contact, label=label,
                                  values=v, warning=[SENSITIVE_LABELS.get(k, k) for k in warning] if warning else None,
-                                 error=error)
+                                 error=error, secure_forced=ctx.org.policy.secure_forced)
 
     async def _existing(self, org_id: str, phone: str | None, email: str | None) -> Contact | None:
         """The existing contact a message to this number / address goes to: as Contacts.find_or_create
@@ -90,10 +95,6 @@ class Compose:
         values: dict[str, Any] = {"phone": phone, "email": email, "name": name, "body": body, "secure": secure,
                                   "channel": channel}
         confirmed = form.get("confirm_sensitive") == "1"
-        if not secure and not confirmed:
-            kinds = find_sensitive(body, ctx.org.policy.sensitive_terms)
-            if kinds:
-                return await self._form(request, contact=contact, status=422, values=values, warning=kinds)
         try:
             sent = await self.s.conversations.send(
                 ctx.org, channel=channel, body=body, actor=ctx.actor, contact=contact,
@@ -101,6 +102,10 @@ class Compose:
                 name=None if contact else name or None,
                 secure=secure, allow_sensitive=confirmed,
             )
+        except SensitiveContent as err:
+            return await self._form(request, contact=contact, status=422, values=values, warning=err.kinds)
+        except PinRequired:
+            return await self._form(request, contact=contact, status=422, values=values, error=PIN_REQUIRED)
         except ValidationError as err:
             return await self._form(request, contact=contact, status=422, values=values,
                                     error=f"{err.field}: {err.message}")

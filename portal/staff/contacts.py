@@ -84,15 +84,31 @@ async def load_scoped_contact(deps: Deps, request: web.Request, contact_id: str)
     return contact, await check_scope(deps, request, contact.id)
 
 
-async def pin_action(deps: Deps, request: web.Request, contact: Contact, form: dict[str, str]) -> str | None:
-    """Set, generate or clear the contact's PIN; returns a generated PIN (shown once) or None."""
+async def pin_action(deps: Deps, request: web.Request, contact: Contact, form: dict[str, str],
+                     thread: Doc | None = None) -> str | None:
+    """Set, generate or clear the PIN in force; returns a generated PIN (shown once) or None.
+
+    From a thread page (`thread` given) whose links ask for a per-message PIN (an API `pin`, or
+    one staff set there), that PIN is the one changed: replaced on the thread and on the links
+    carrying it, or removed (gateway/rules/pin.py), so a leaked PIN can be rotated. Otherwise the
+    contact's own PIN is changed.
+    """
     ctx = request[STAFF]
     action = form.get("action", "")
+    on_thread = thread is not None and bool(thread.get("pin_hash"))
+    ids: dict[str, Any] = {"contact_id": contact.id}
+    if thread is not None:
+        ids["thread_id"] = thread["_id"]
+    scope: dict[str, str | int | bool | None] = {"pin": "thread" if on_thread else "contact"}
     generated = None
     if action == "clear":
-        await deps.s.contacts.set_pin(ctx.org.id, contact.id, None)
-        await deps.s.audit.append(ctx.org.id, "contact.pin_cleared", ctx.actor, ip=deps.ip(request),
-                                  contact_id=contact.id)
+        if on_thread:
+            assert thread is not None
+            await deps.s.conversations.set_thread_pin(ctx.org.id, thread["_id"], None)
+        else:
+            await deps.s.contacts.set_pin(ctx.org.id, contact.id, None)
+        await deps.s.audit.append(ctx.org.id, "contact.pin_cleared", ctx.actor, ip=deps.ip(request), **ids,
+                                  detail=scope)
         return None
     if action == "generate":
         generated = generate_pin()
@@ -101,9 +117,13 @@ async def pin_action(deps: Deps, request: web.Request, contact: Contact, form: d
         pin = form.get("pin", "")
     else:
         raise ValidationError("action", "must be set, generate or clear")
-    await deps.s.contacts.set_pin(ctx.org.id, contact.id, pin)
-    await deps.s.audit.append(ctx.org.id, "contact.pin_set", ctx.actor, ip=deps.ip(request), contact_id=contact.id,
-                              detail={"generated": generated is not None})
+    if on_thread:
+        assert thread is not None
+        await deps.s.conversations.set_thread_pin(ctx.org.id, thread["_id"], pin)
+    else:
+        await deps.s.contacts.set_pin(ctx.org.id, contact.id, pin)
+    await deps.s.audit.append(ctx.org.id, "contact.pin_set", ctx.actor, ip=deps.ip(request), **ids,
+                              detail={"generated": generated is not None, **scope})
     return generated
 
 

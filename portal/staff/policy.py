@@ -23,7 +23,7 @@ from aiohttp import web
 
 from gateway.staff import ROLES
 from gateway.tokens import csrf_ok
-from portal.http import Handler
+from portal.http import Handler, same_origin
 from portal.render import render
 from portal.staff.common import STAFF, Deps, StaffContext, form_fields
 
@@ -78,7 +78,7 @@ def staff_guard(deps: Deps, load: ContextLoader) -> Any:
             logger.error("staff route without a policy refused", extra={"fields": {"path": request.path}})
             return render(request, "error.html", status=403, message="Not allowed")
         mutating = request.method not in SAFE_METHODS
-        if mutating and not same_site_request(request, deps.s.public_url):
+        if mutating and not same_origin(request, deps.s.public_url):
             return _expired(request)
         if pol.public:
             if mutating:
@@ -110,20 +110,6 @@ def staff_guard(deps: Deps, load: ContextLoader) -> Any:
         return await handler(request)
 
     return guard
-
-
-def same_site_request(request: web.Request, public_url: str) -> bool:
-    """Refuse cross-site form posts by Sec-Fetch-Site, else by Origin (a second line behind CSRF tokens).
-
-    Pages here send `Referrer-Policy: no-referrer`, under which browsers send `Origin: null` on
-    form POSTs (Fetch standard, "serializing a request origin"), so "null" can't be refused; every
-    current browser sends Sec-Fetch-Site, which is checked first.
-    """
-    site = request.headers.get("Sec-Fetch-Site")
-    if site is not None:
-        return site == "same-origin"
-    origin = request.headers.get("Origin")
-    return origin is None or origin == "null" or origin.rstrip("/") == public_url
 
 
 def _expired(request: web.Request) -> web.Response:

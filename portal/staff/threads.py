@@ -27,11 +27,13 @@ from typing import Any
 from aiohttp import web
 
 from gateway.access import REASON_MAX, in_scope
-from gateway.classifier import find_sensitive
 from gateway.contacts import Contact
-from gateway.errors import NotFound, ValidationError
+from gateway.errors import NotFound, OptedOut, PinRequired, SensitiveContent, ValidationError
 from gateway.ids import is_id
 from gateway.recent import FLOOR_MARGIN, oid_at, oid_time
+from gateway.rules.pin import PinDecision
+from gateway.rules.reply_route import reply_route
+from gateway.rules.secure import decide_outbound, describe
 from gateway.store import Doc
 from portal import attachments
 from portal.staff.common import STAFF, Deps, form_fields, redirect
@@ -63,8 +65,26 @@ THREAD_LABELS = {
 }
 # The break-glass grant this request opens its thread under (set by ThreadPages._thread), if any.
 EMERGENCY = web.RequestKey("break_glass_grant", dict)
+PIN_REQUIRED = "This organization requires a PIN for secure messages; set one for this contact first."
 SENSITIVE_LABELS = {"ssn": "a Social Security number", "card": "a card number", "date_of_birth": "a date of birth",
                     "record_number": "a record number", "term": "a term your organization marks as sensitive"}
+
+
+def pin_sentence(pin: PinDecision, thread: Doc) -> str:
+    """Which PIN the thread's next link asks for, and where it comes from, in plain words."""
+    if pin.source == "thread":
+        by = {"api": "by API", "staff": "by staff", "system": "by the system"}.get(thread.get("pin_set_by") or "api",
+                                                                                 "by API")
+        if thread.get("pin_message_id"):
+            return f"Next link asks for the PIN given with message {thread['pin_message_id']} ({by})."
+        if thread.get("pin_set_by") == "staff":
+            return "Next link asks for the PIN staff set for this conversation."
+        return "Next link asks for the PIN given with an earlier message (by API)."
+    if pin.source == "contact":
+        return "Next link asks for the contact's PIN."
+    if pin.required:
+        return "PIN required by policy but none set: secure messages can't be sent until you set one."
+    return "Next link asks for no PIN."
 
 
 def link_state(link: Doc, now: datetime) -> str:
@@ -172,7 +192,7 @@ class ThreadPages:
 
     async def _render(self, request: web.Request, thread: Doc, *, status: int = 200, draft: str = "",
                       warning: list[str] | None = None, generated_pin: str | None = None,
-                      draft_secure: bool | None = None) -> web.Response:
+                      draft_secure: bool | None = None, error: str | None = None) -> web.Response:
         ctx = request[STAFF]
         org = ctx.org
         grant = request.get(EMERGENCY)
@@ -206,6 +226,7 @@ class ThreadPages:
             "id": d["_id"], "text": d["text"], "inbound": d["direction"] == "inbound",
             "who": name if d["direction"] == "inbound" else self._author(d, emails),
             "channel": d["channel"], "secure": bool(d.get("secure")), "status": d.get("status"),
+            "secure_source": describe(bool(d.get("secure")), d.get("secure_source")),
             "error_code": d.get("error_code"), "flags": d.get("flags", []), "at": fmt_time(d["created_at"], org.zone),
             "at_iso": d["created_at"].isoformat(timespec="seconds"), "events": timeline.get(d["_id"], []),
             "attachments": files.get(d["_id"], []),
@@ -216,13 +237,17 @@ class ThreadPages:
             "failures": int(lk.get("failures", 0)), "channel": lk.get("channel", "sms"),
             "pin": bool(lk.get("pin_hash")),
         } for lk in links]
-        secure_default = org.policy.secure_default if draft_secure is None else draft_secure
+        # What the reply box starts at, by the same rule the send will apply (gateway/rules/secure.py).
+        secure_now = decide_outbound(org.policy, message=draft_secure, thread_secure=bool(thread.get("secure")))
+        pin = self.s.conversations.pin_in_force(org, thread, contact)
         return await self.d.page(
             request, "staff/thread.html", status=status, thread=thread, contact=contact, info=info, name=name,
             messages=messages, links=link_rows, staff=[m for m in staff if not m.disabled],
             assignee=emails.get(thread.get("assignee") or ""), activity=activity, draft=draft,
             warning=[SENSITIVE_LABELS.get(k, k) for k in warning] if warning else None,
-            secure_checked=bool(thread.get("secure")) or secure_default, generated_pin=generated_pin,
+            secure_checked=secure_now.secure,
+            secure_forced=org.policy.secure_forced, generated_pin=generated_pin, error=error,
+            pin_sentence=pin_sentence(pin, thread), pin_clearable=pin.source != "none",
             last_id=docs[-1]["_id"] if docs else "",
             earlier_url=f"/staff/threads/{thread['_id']}?before={earlier}" if earlier else None,
             emergency_until=fmt_time(grant["expires_at"], org.zone) if grant else None,
@@ -325,14 +350,22 @@ class ThreadPages:
         thread = await self._thread(request)
         form = await form_fields(request)
         body = form.get("body", "")
-        secure = bool(thread.get("secure")) or form.get("secure") == "1"
+        # The checkbox is the sender's explicit choice; the rule (gateway/rules/secure.py) decides
+        # whether a secure thread or the org's always-secure policy overrides it.
+        chosen = form.get("secure") == "1"
         confirmed = form.get("confirm_sensitive") == "1"
-        if not secure and not confirmed:
-            kinds = find_sensitive(body, ctx.org.policy.sensitive_terms)
-            if kinds:
-                return await self._render(request, thread, status=422, draft=body, warning=kinds, draft_secure=False)
-        sent = await self.s.conversations.reply_staff(ctx.org, thread["_id"], body=body, actor=ctx.actor,
-                                                      secure=secure, allow_sensitive=confirmed)
+        try:
+            sent = await self.s.conversations.reply_staff(ctx.org, thread["_id"], body=body, actor=ctx.actor,
+                                                          secure=chosen, allow_sensitive=confirmed)
+        except SensitiveContent as err:
+            return await self._render(request, thread, status=422, draft=body, warning=err.kinds, draft_secure=False)
+        except PinRequired:
+            return await self._render(request, thread, status=422, draft=body, draft_secure=chosen,
+                                      error=PIN_REQUIRED)
+        except OptedOut as err:
+            channel = "SMS" if err.args and err.args[0] == "sms" else "email"
+            return await self._render(request, thread, status=422, draft=body, draft_secure=chosen,
+                                      error=f"This contact has opted out of {channel}.")
         self.d.on_queued()
         return redirect(f"/staff/threads/{thread['_id']}#m-{sent.message['_id']}")
 
@@ -395,9 +428,13 @@ class ThreadPages:
         """Revoke the link (if still usable) and send the contact a fresh one, link-only."""
         ctx = request[STAFF]
         contact = await self._contact(request, thread)
+        # Asked before the old link is revoked: a refused re-issue leaves the client what they had.
+        channel = reply_route(contact, thread_channel=thread.get("channel")).channel
+        permission = await self.s.conversations.notice_permission(ctx.org, contact, thread["_id"], channel)
+        if permission.reason == "pin_required":
+            raise ValidationError("link", PIN_REQUIRED + " No new link was sent", code="pin_required")
         if self.s.links.usable(link):
             await self.s.links.revoke(ctx.org.id, link["_id"], ctx.actor)
-        channel = str(link["channel"]) if link.get("channel") in ("sms", "email") else (contact.last_channel or "sms")
         new_id = await self.s.conversations.send_link_notice(
             ctx.org, contact, thread["_id"], channel=channel, template="link_renewal",
             message_id=link.get("message_id"))
@@ -412,7 +449,7 @@ class ThreadPages:
     async def pin(self, request: web.Request) -> web.Response:
         thread = await self._thread(request)
         contact = await self._contact(request, thread)
-        generated = await pin_action(self.d, request, contact, await form_fields(request))
+        generated = await pin_action(self.d, request, contact, await form_fields(request), thread=thread)
         if generated:
             return await self._render(request, thread, generated_pin=generated)
         return redirect(f"/staff/threads/{thread['_id']}#pin")

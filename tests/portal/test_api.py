@@ -57,8 +57,8 @@ async def test_send_defaults_to_secure_and_sms_carries_only_the_link(gw, secure_
         payload["secure"] = secure_field
     status, data = await post_raw(gw, payload)
     assert status == 201, data
-    assert set(data) == {"id", "thread_id", "secure", "status"}
-    assert data["secure"] is True and data["status"] == "queued"
+    assert set(data) == {"id", "thread_id", "secure", "secure_source", "status"}
+    assert data["secure"] is True and data["secure_source"] == "org_default" and data["status"] == "queued"
     await gw.drain()
     sms = gw.sms_to(CLIENT_PHONE)
     assert len(sms) == 1
@@ -186,12 +186,12 @@ async def test_standard_send_that_looks_sensitive_is_refused_unless_allowed(gw):
     assert_error(data, "sensitive_content")
     assert "123-45-6789" not in data["error"]["message"]
     assert await outbox_count(gw) == 0
-    # Secure, the same text is fine (the SMS carries only a link).
-    ok = await gw.api_send(body=body, secure=True)
-    assert ok["secure"] is True
     # Explicit override: sent as a standard SMS, as the integrator asked.
     overridden = await gw.api_send(body=body, secure=False, allow_sensitive=True)
     assert overridden["secure"] is False
+    # Secure, the same text is fine (the SMS carries only a link).
+    ok = await gw.api_send(body=body, secure=True)
+    assert ok["secure"] is True
     await gw.drain()
     bodies = [m["body"] for m in gw.sms_to(CLIENT_PHONE)]
     assert len(bodies) == 2
@@ -371,11 +371,12 @@ async def test_same_phone_in_two_orgs_is_two_contacts_and_threads(gw):
     assert sorted(m["from"] for m in gw.sms_to()) == sorted([gw.org.sms_sender, OTHER_NUMBER])
     # Opting out with one org does not silence the other.
     await gw.services.contacts.set_consent(org2.id, t2["contact_id"], "sms", OPTED_OUT, "test")
-    await gw.api_send(body="still fine", secure=False)
+    still = await gw.api_send(body="still fine", secure=False)
+    assert still["secure_source"] == "thread"  # the thread is secure: a link, whatever was asked
     status, data = await post_raw(gw, {"to": {"phone": CLIENT_PHONE}, "body": "x"}, key=key2)
     assert status == 422 and data["error"]["code"] == "opted_out"
     await gw.drain()
-    assert gw.sms_to()[-1]["body"] == "still fine" and len(gw.sms_to()) == 3
+    assert gw.sms_to()[-1]["from"] == gw.org.sms_sender and len(gw.sms_to()) == 3
 
 
 # -- OpenAPI and health ------------------------------------------------------------------------
