@@ -107,8 +107,12 @@ class Gateway:
         return json.loads(out.stdout)  # type: ignore[no-any-return]
 
     def database_uri(self) -> str:
-        state = json.loads((self.data_dir / "embedded-db.json").read_text())
-        return f"mongodb://127.0.0.1:{state['port']}/?directConnection=true"
+        from gateway.embedded import EmbeddedDatabase
+
+        uri = EmbeddedDatabase(self.data_dir).state_uri()  # with the credentials serve made (--auth)
+        if uri is None:
+            raise RuntimeError(f"no embedded database is running for {self.data_dir}")
+        return uri
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

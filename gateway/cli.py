@@ -207,7 +207,7 @@ async def admin(config: Config, args: argparse.Namespace) -> int:
 
             if not config.database.uri:
                 raise ValidationError("database.uri", "create-db-user is for an external MongoDB server "
-                                                      "(the embedded database has no users)")
+                                                      "(the embedded database has its own user, made on first start)")
             if not args.password_stdin:
                 raise ValidationError("--password-stdin", "is required (the password is read from standard input)")
             password = sys.stdin.readline().rstrip("\r\n")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from gateway.crypto import Sealer
@@ -22,6 +23,20 @@ from gateway.vault import Vault
 OPTED_IN = "opted_in"
 NO_VALUE = "none:"  # placeholder for an absent blind index (keeps the unique index plain)
 OPTED_OUT = "opted_out"
+
+
+def consent_order(at: datetime, tiebreak: str) -> str:
+    """A sortable mark for a consent change: its time (UTC, milliseconds, as BSON keeps it) then a
+    tiebreak (an ObjectId hex: the arrival order of messages stored within one millisecond)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z|{tiebreak}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentChange:
+    """What record_consent did: whether the state changed, and the state before it."""
+
+    changed: bool
+    previous: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,16 +253,45 @@ class Contacts:
             out[f] = await self._vault.open(doc["org_id"], "contacts", cid, f, doc[f]) if doc.get(f) else None
         return out
 
-    async def set_consent(self, org_id: str, contact_id: str, channel: str, state: str, source: str) -> bool:
-        """Record consent; returns True when the state changed."""
-        now = self._clock.now()
-        entry = {"channel": channel, "state": state, "at": now, "source": source}
-        res = await self._store.contacts.update_one(
-            {"_id": contact_id, "org_id": org_id, f"consent.{channel}.state": {"$ne": state}},
-            {"$set": {f"consent.{channel}": {"state": state, "at": now, "source": source}},
-             "$push": {"consent_log": entry}},
-        )
-        return res.modified_count == 1
+    async def set_consent(self, org_id: str, contact_id: str, channel: str, state: str, source: str, *,
+                          at: datetime | None = None, event_id: str | None = None) -> bool:
+        """Record consent; returns True when the state changed. See record_consent."""
+        change = await self.record_consent(org_id, contact_id, channel, state, source, at=at, event_id=event_id)
+        return change.changed
+
+    async def record_consent(self, org_id: str, contact_id: str, channel: str, state: str, source: str, *,
+                             at: datetime | None = None, event_id: str | None = None) -> ConsentChange:
+        """Record that the contact's consent on `channel` is `state`, as expressed at `at`.
+
+        Monotonic: a change applies only if it is newer than the last one recorded for the channel
+        (by `at`, then by `event_id`, the arrival order of the message that carried it), so an
+        opt-out is never undone by an earlier message processed later (CTIA and TCPA: an opt-out
+        is honoured from the moment it is sent). A message saying what is already recorded moves
+        the mark forward without a new history entry. Changes made here and now (staff, provider
+        reports) pass neither and count from the current time.
+        """
+        at = at or self._clock.now()
+        key = consent_order(at, event_id or new_id())
+        newer = {"$or": [{f"consent.{channel}.order": {"$lt": key}}, {f"consent.{channel}.order": {"$exists": False}}]}
+        where: Doc = {"_id": contact_id, "org_id": org_id, "erased_at": None}
+        mark = {"state": state, "at": at, "source": source, "order": key}
+        entry = {"channel": channel, "state": state, "at": at, "source": source}
+        for _ in range(4):  # each pass either applies or sees the change that beat it
+            before = await self._store.contacts.find_one_and_update(
+                {**where, f"consent.{channel}.state": {"$ne": state}, **newer},
+                {"$set": {f"consent.{channel}": mark}, "$push": {"consent_log": entry}},
+                projection={f"consent.{channel}": 1}, return_document=ReturnDocument.BEFORE)
+            if before is not None:
+                return ConsentChange(True, (before.get("consent", {}).get(channel) or {}).get("state"))
+            res = await self._store.contacts.update_one(
+                {**where, f"consent.{channel}.state": state, **newer}, {"$set": {f"consent.{channel}.order": key}})
+            if res.matched_count:
+                return ConsentChange(False, state)
+            doc = await self._store.contacts.find_one(where, projection={f"consent.{channel}": 1})
+            now = (doc or {}).get("consent", {}).get(channel) or {}
+            if doc is None or str(now.get("order", "")) >= key:  # unknown or erased; or a newer change won
+                return ConsentChange(False, now.get("state"))
+        raise RuntimeError("consent kept changing under us")  # pragma: no cover - needs 4 races in a row
 
     async def set_pin(self, org_id: str, contact_id: str, pin: str | None) -> None:
         if pin is None:

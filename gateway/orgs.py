@@ -62,6 +62,7 @@ class OrgPolicy:
     pin_required: bool = False  # every link needs the contact's PIN (else only per-message PINs)
     link_ttl_seconds: int = 86400  # Apptoto's default: 24 h
     lock_threshold: int = 5  # wrong PINs before a link locks (NIST ceiling is 100)
+    link_renewals_per_day: int = 3  # new links a client may ask for per thread in 24 h (0: none)
     provider_redaction: bool = False  # remove inbound bodies at Twilio once stored
     sensitive_terms: tuple[str, ...] = ()
     client_idle_seconds: int = 900
@@ -77,6 +78,8 @@ class OrgPolicy:
             raise ValidationError("link_ttl_seconds", "must be between 60 s and 366 days")
         if not 1 <= self.lock_threshold <= 100:
             raise ValidationError("lock_threshold", "must be between 1 and 100")
+        if not 0 <= self.link_renewals_per_day <= 20:
+            raise ValidationError("link_renewals_per_day", "must be between 0 and 20")
         for name in ("client_idle_seconds", "staff_idle_seconds"):
             if not 60 <= getattr(self, name) <= 8 * 3600:
                 raise ValidationError(name, "must be between 60 s and 8 h")

@@ -34,3 +34,9 @@ class RateLimiter:
         if len(self._hits) > MAX_KEYS:
             self._hits = {k: v for k, v in self._hits.items() if now - v[0] < self.window}
         return count <= self.limit
+
+    def exhausted(self, key: str) -> bool:
+        """Whether `key` has used up its hits in the current window (counts nothing): for answering
+        before the work that would count, e.g. before a PIN is checked."""
+        start, count = self._hits.get(key, (0.0, 0))
+        return count >= self.limit and self._clock() - start < self.window

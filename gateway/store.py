@@ -79,6 +79,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     "inbound_events": [
         IndexModel([("provider", ASCENDING), ("provider_id", ASCENDING)], unique=True),
         IndexModel([("state", ASCENDING), ("next_attempt_at", ASCENDING)]),
+        # One sender's events in arrival order: "is an earlier one still pending?" (inbound/processor.py).
+        IndexModel([("sender", ASCENDING), ("state", ASCENDING)]),
     ],
     "outbox": [
         IndexModel([("state", ASCENDING), ("next_attempt_at", ASCENDING)]),
@@ -124,8 +126,9 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
-# Every collection the gateway uses: those with indexes, and these three (looked up by _id only).
-COLLECTIONS = frozenset(INDEXES) | {"keys", "orgs", "audit_heads"}
+# Every collection the gateway uses: those with indexes, and these (looked up by _id only;
+# link_guards: the per-thread PIN counter and renewal cap, gateway/links.py).
+COLLECTIONS = frozenset(INDEXES) | {"keys", "orgs", "audit_heads", "link_guards"}
 # The audit log lives in a database of its own, "<name>_audit": the gateway's database user may only
 # append to it (gateway/db_roles.py), and a database, unlike a collection, is a boundary that every
 # server enforces for a role's privileges (SecantusDB matches custom-role privileges by database).

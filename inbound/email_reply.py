@@ -8,17 +8,18 @@ Auto-replies are stored as such and never answered; bounces mark the original me
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
-from gateway.contacts import Contacts
+from gateway.contacts import OPTED_OUT, Contacts
 from gateway.conversations import Conversations, Inbound, Notice
-from gateway.orgs import Org, OrgPolicy, Orgs
+from gateway.keywords import is_email_opt_out
+from gateway.orgs import Org, Orgs
 from gateway.ports import Clock
 from gateway.reply_tokens import ReplyTokens
-from gateway.rules.secure import SecureSource, decide_inbound
 from gateway.store import Doc, Store
 from gateway.vault import Vault
 from inbound.attachments import IncomingFile, seal_attachments
@@ -42,16 +43,17 @@ class Reply:
 
     text: str
     secure: bool
-    secure_source: SecureSource
     flags: list[str]
     auto_reply: bool
     provider_id: str | None  # the mail's own Message-ID, bare
     in_reply_to: str | None  # for the link-only answer
+    opt_out: bool = False  # the text begins with STOP or UNSUBSCRIBE (gateway/keywords.py)
 
     @property
     def answer(self) -> bool:
-        """A link-only answer goes back for secure replies, never to an auto-reply."""
-        return self.secure and not self.auto_reply
+        """A link-only answer goes back for secure replies, never to an auto-reply, and no mail at
+        all to a reply that opts out of email."""
+        return self.secure and not self.auto_reply and not self.opt_out
 
 
 def _null_sender(payload: dict[str, Any]) -> bool:
@@ -60,7 +62,7 @@ def _null_sender(payload: dict[str, Any]) -> bool:
     return sender is not None and str(sender).strip() in ("", "<>")
 
 
-def _assess(parsed: ParsedMail, on_file: str | None, thread_secure: bool, policy: OrgPolicy,
+def _assess(parsed: ParsedMail, on_file: str | None, thread_secure: bool, sensitive_terms: Sequence[str],
             *, null_sender: bool) -> Reply:
     # Mail from the null envelope sender (MAIL FROM:<>) is a bounce or other notification: never
     # answered (RFC 5321 4.5.5), even when it is not a delivery-status report we can read, or an
@@ -74,13 +76,14 @@ def _assess(parsed: ParsedMail, on_file: str | None, thread_secure: bool, policy
     if parsed.attachments_dropped:
         flags.append(f"attachments_dropped:{parsed.attachments_dropped}")
     text = (parsed.reply_text or parsed.text or "").strip()[:MAX_TEXT] or "(no text)"
-    sensitive = [] if automatic else find_sensitive(text, policy.sensitive_terms)
+    sensitive = [] if automatic else find_sensitive(text, sensitive_terms)
     if sensitive and not thread_secure:
         flags.append("classified_sensitive")
-    decision = decide_inbound(policy, thread_secure=thread_secure, sensitive=bool(sensitive))
-    return Reply(text=text, secure=decision.secure, secure_source=decision.source, flags=flags, auto_reply=automatic,
+    # An auto-reply ("Out of office. Stop by room 4...") speaks for nobody: it never opts out.
+    opt_out = not automatic and is_email_opt_out(parsed.reply_text or parsed.text or "")
+    return Reply(text=text, secure=thread_secure or bool(sensitive), flags=flags, auto_reply=automatic,
                  provider_id=_bare(parsed.message_id) or None,
-                 in_reply_to=f"<{_bare(parsed.message_id)}>" if parsed.message_id else None)
+                 in_reply_to=f"<{_bare(parsed.message_id)}>" if parsed.message_id else None, opt_out=opt_out)
 
 
 def _received(reply: Reply, message_id: str, thread_id: str, contact_id: str, attachments: int) -> Pending:
@@ -117,7 +120,7 @@ class EmailReplyHandler:
             return await self._bounce(org.id, contact.id, parsed)
         on_file = fields["email"]
         thread = await self._conversations.get_thread(org.id, scope["thread_id"])
-        reply = _assess(parsed, on_file, bool(thread.get("secure")), org.policy,
+        reply = _assess(parsed, on_file, bool(thread.get("secure")), org.policy.sensitive_terms,
                         null_sender=_null_sender(payload))
         # Before the message (idempotent upserts): a crash in between must not leave a message
         # whose attachments are never stored, as a re-run sees the message already there.
@@ -128,12 +131,13 @@ class EmailReplyHandler:
         message, thread, new = await self._conversations.record_inbound(
             org, contact, message_id=eid, channel="email", body=reply.text, provider_id=reply.provider_id,
             secure=reply.secure, flags=reply.flags, thread=thread, files=len(parsed.attachments),
-            secure_source=reply.secure_source,
         )
         if new or await self._audit.without(org.id, "message.received", [eid]):
             # (Stored by an earlier run that stopped before its audit entry: append it now.)
             await self._audit.append_many(org.id, [_received(reply, eid, thread["_id"], contact.id,
                                                              len(parsed.attachments))])
+        if reply.opt_out:
+            await self._opt_out(org.id, contact.id, event)
         if reply.answer:
             contact = await self._contacts.get(org.id, contact.id)
             await self._conversations.send_link_notice(
@@ -141,6 +145,18 @@ class EmailReplyHandler:
                 job_id=f"{eid}:ack", message_id=eid, in_reply_to=reply.in_reply_to,
             )
         return "done"
+
+    async def _opt_out(self, org_id: str, contact_id: str, event: Doc) -> None:
+        """Opt the contact out of email, as of the reply's arrival (gateway/contacts.py record_consent).
+
+        No confirmation mail: the client asked for no more mail, the reply itself stands in the
+        conversation for staff, and RFC 8058 and CAN-SPAM ask for nothing further from the person
+        unsubscribing (a confirmation is allowed, not expected). SMS STOP is not answered either.
+        """
+        if await self._contacts.set_consent(org_id, contact_id, "email", OPTED_OUT, "email:reply",
+                                            at=event.get("received_at"), event_id=event["_id"]):
+            await self._audit.append(org_id, "consent.opt_out", Actor("client", contact_id), contact_id=contact_id,
+                                     detail={"channel": "email", "source": "reply"})
 
     async def _parse(self, event: Doc) -> ParsedMail:
         return parse_message(await self._events.open_raw(event), max_attachments=MAX_ATTACHMENTS,
@@ -193,6 +209,7 @@ class EmailReplyHandler:
         items = sorted(items, key=lambda x: (x[0].get("received_at") is None, x[0].get("received_at"), x[0]["_id"]))
         secure_now = {tid: bool(t.get("secure")) for tid, t in threads.items()}
         flow: list[tuple[Inbound, Reply]] = []
+        held: set[str] = set()  # contacts with an event left to the one-by-one path: so are their later ones
         for event, scope in items:
             found = contacts.get(scope["contact_id"])
             thread = threads.get(scope["thread_id"])
@@ -200,15 +217,20 @@ class EmailReplyHandler:
                 rest.append(event)
                 continue
             parsed = await self._parse(event)
-            if parsed.is_bounce or parsed.attachments:
+            if scope["contact_id"] in held or parsed.is_bounce or parsed.attachments:
+                held.add(scope["contact_id"])
                 rest.append(event)
                 continue
             contact, on_file = found[0], found[1]["email"]
-            reply = _assess(parsed, on_file, secure_now[thread["_id"]], org.policy,
+            reply = _assess(parsed, on_file, secure_now[thread["_id"]], org.policy.sensitive_terms,
                             null_sender=event["_id"] in null_senders)
+            if reply.opt_out:  # a consent change: one by one, in order with the contact's other mail
+                held.add(scope["contact_id"])
+                rest.append(event)
+                continue
             secure_now[thread["_id"]] = reply.secure
             flow.append((Inbound(contact, thread, event["_id"], reply.text, reply.provider_id, reply.secure,
-                                 reply.flags, reply.secure_source), reply))
+                                 reply.flags), reply))
         if not flow:
             return [], rest
         stored = await self._conversations.record_inbound_many(org, [m for m, _ in flow], channel="email")

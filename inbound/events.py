@@ -143,9 +143,13 @@ class InboundEvents:
     async def accept(
         self, *, provider: str, provider_id: str, org_id: str | None, kind: str,
         payload: dict[str, Any] | None = None, raw: bytes | None = None, state: str = "pending",
-        meta: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None, sender: str | None = None,
     ) -> tuple[str, bool]:
-        """Store the event; returns (event id, newly stored). Raises StoreUnavailable."""
+        """Store the event; returns (event id, newly stored). Raises StoreUnavailable.
+
+        `sender` (a blind index or id, never an address) names who sent it: the processor handles
+        one sender's events in the order they arrived (inbound/processor.py).
+        """
         loop = asyncio.get_running_loop()
         if not self._in_flight and loop.time() - self._last_activity >= self._lull_seconds:
             self._burst_began = loop.time()
@@ -153,14 +157,14 @@ class InboundEvents:
         self._last_activity = loop.time()
         try:
             return await self._store_event(provider=provider, provider_id=provider_id, org_id=org_id, kind=kind,
-                                           payload=payload, raw=raw, state=state, meta=meta)
+                                           payload=payload, raw=raw, state=state, meta=meta, sender=sender)
         finally:
             self._in_flight -= 1
             self._last_activity = loop.time()
 
     async def _store_event(
         self, *, provider: str, provider_id: str, org_id: str | None, kind: str, payload: dict[str, Any] | None,
-        raw: bytes | None, state: str, meta: dict[str, Any] | None,
+        raw: bytes | None, state: str, meta: dict[str, Any] | None, sender: str | None,
     ) -> tuple[str, bool]:
         eid = new_id()
         now = self._clock.now()
@@ -172,6 +176,8 @@ class InboundEvents:
                 "kind": kind, "received_at": now, "state": state, "attempts": 0,
                 "next_attempt_at": now, "lease_until": now, "meta": meta or {},
             }
+            if sender is not None:
+                doc["sender"] = sender
             if state == "pending":
                 doc.update(self._lease_on_insert() or {})
 

@@ -7,6 +7,16 @@ Under backlog the worker hands over whole batches. A handler with a `batch` meth
 common case of a batch in bulk and returns what it finished plus the events it leaves to the
 one-by-one path (anything unusual); those, and a whole batch whose bulk step failed, then run
 exactly as single events would (every step is idempotent, so re-running part of a batch is safe).
+
+One sender's events are handled in the order they arrived (by `received_at`, then by id: ids are
+ObjectIds, which one process makes in increasing order), whichever worker claims them: a "YES"
+then "STOP" must end opted out (CTIA and TCPA: an opt-out is never undone by an earlier message).
+An event whose sender (a blind index stored with it at intake) has an earlier event still pending
+elsewhere (being handled, or waiting for a retry) is given back unhandled, not counted as an
+attempt, and taken again once that one is finished; inside a batch, a sender's events run in
+order and stop at the first that fails. A sender's later messages therefore wait while an earlier
+one is retried (at most MAX_ATTEMPTS times, ~15 minutes). Consent changes are also ordered on
+their own (gateway/contacts.py record_consent), for events stored without a sender.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from gateway.leases import LeaseWorker
 from gateway.ports import Clock
@@ -29,6 +39,13 @@ BatchHandler = Callable[[list[Doc]], Awaitable[tuple[list[object], list[Doc]]]]
 
 MAX_ATTEMPTS = 10
 LEASE_SECONDS = 60
+MAX_WAITING = 10_000  # deferred events remembered for a prompt hand-over (else the sweep finds them)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def arrival(event: Doc) -> tuple[datetime, str]:
+    """An event's place in arrival order (its sender's order): stored time, then id."""
+    return event.get("received_at") or _EPOCH, str(event["_id"])
 
 
 class InboundProcessor:
@@ -42,11 +59,19 @@ class InboundProcessor:
         self.worker = LeaseWorker(store.inbound_events, clock, owner=owner, lease_seconds=LEASE_SECONDS,
                                   poll_seconds=poll_seconds, handle=self.process, name="inbound processor",
                                   handle_batch=self.process_batch, before_work=before_work)
+        # Events given back because an earlier one of their sender was pending, by sender: handed
+        # over again as soon as this process finishes one of that sender's events.
+        self._waiting: dict[str, set[object]] = {}
 
     async def claim(self) -> Doc | None:
         return await self.worker.claim()
 
     async def process(self, event: Doc) -> None:
+        """Process one claimed event (a batch of one)."""
+        await self.process_batch([event])
+
+    async def _run(self, event: Doc) -> bool:
+        """Run the event's handler and record the outcome; False when it failed (retried later)."""
         handler = self._handlers.get(event["kind"])
         try:
             if handler is None:
@@ -65,37 +90,89 @@ class InboundProcessor:
                           "next_attempt_at": self._clock.now() + timedelta(seconds=delay),
                           "lease_until": self._clock.now()}},
             )
-            return
+            return False
         # Done: drop the raw sealed payload (one less copy of client content to protect). Events
         # that could not be routed keep it, sealed, for review.
         update: Doc = {"$set": {"state": state, "processed_at": self._clock.now()}}
         if state == "done":
             update["$unset"] = {"payload": "", "raw": ""}
         await self._store.inbound_events.update_one({"_id": event["_id"]}, update)
+        return True
 
     async def process_batch(self, events: list[Doc]) -> None:
-        """Process claimed events: in bulk where the kind's handler can, else one by one."""
+        """Process claimed events in their senders' order: in bulk where the kind's handler can,
+        else one by one."""
+        ready = await self._in_turn(sorted(events, key=arrival))
         by_kind: dict[str, list[Doc]] = {}
-        for event in events:
+        for event in ready:
             by_kind.setdefault(event.get("kind", ""), []).append(event)
-        for kind, group in by_kind.items():
-            batch = self._batch_handlers.get(kind)
-            rest = group
-            if batch is not None and len(group) > 1:
-                try:
-                    done, rest = await batch(group)
-                except Exception as err:  # the one-by-one path re-runs each and accounts for its failure
-                    logger.warning("inbound batch failed; processing its events one by one", exc_info=True,
-                                   extra={"fields": {"kind": kind, "events": len(group), "error": type(err).__name__}})
-                    done, rest = [], group
-                if done:
-                    await self._store.inbound_events.update_many(
-                        {"_id": {"$in": done}},
-                        {"$set": {"state": "done", "processed_at": self._clock.now()},
-                         "$unset": {"payload": "", "raw": ""}},
-                    )
-            for event in rest:
-                await self.process(event)
+        try:
+            for kind, group in by_kind.items():
+                await self._process_kind(kind, group)
+        finally:
+            self._wake_waiting({e["sender"] for e in ready if e.get("sender")})
+
+    async def _process_kind(self, kind: str, group: list[Doc]) -> None:
+        batch = self._batch_handlers.get(kind)
+        rest = group
+        if batch is not None and len(group) > 1:
+            try:
+                done, rest = await batch(group)
+            except Exception as err:  # the one-by-one path re-runs each and accounts for its failure
+                logger.warning("inbound batch failed; processing its events one by one", exc_info=True,
+                               extra={"fields": {"kind": kind, "events": len(group), "error": type(err).__name__}})
+                done, rest = [], group
+            if done:
+                await self._store.inbound_events.update_many(
+                    {"_id": {"$in": done}},
+                    {"$set": {"state": "done", "processed_at": self._clock.now()},
+                     "$unset": {"payload": "", "raw": ""}},
+                )
+        stalled: set[str] = set()  # senders whose earlier event in this batch failed
+        for event in sorted(rest, key=arrival):
+            sender = event.get("sender")
+            if sender in stalled:
+                await self._give_back(event)
+            elif not await self._run(event) and sender:
+                stalled.add(sender)
+
+    async def _in_turn(self, events: list[Doc]) -> list[Doc]:
+        """The events whose sender has no earlier event pending outside `events`; the others are
+        given back (one read for the whole batch)."""
+        senders = list({e["sender"] for e in events if e.get("sender")})
+        if not senders:
+            return events
+        earlier: dict[str, list[Doc]] = {}
+        async for doc in self._store.inbound_events.find(
+                {"sender": {"$in": senders}, "state": "pending", "_id": {"$nin": [e["_id"] for e in events]},
+                 "received_at": {"$lte": max(arrival(e)[0] for e in events)}},
+                projection={"sender": 1, "received_at": 1, "next_attempt_at": 1}):
+            earlier.setdefault(doc["sender"], []).append(doc)
+        ready: list[Doc] = []
+        for event in events:
+            blockers = [d for d in earlier.get(event.get("sender") or "", []) if arrival(d) < arrival(event)]
+            if blockers:
+                await self._give_back(event, not_before=max(d["next_attempt_at"] for d in blockers))
+            else:
+                ready.append(event)
+        return ready
+
+    async def _give_back(self, event: Doc, not_before: datetime | None = None) -> None:
+        """Release a claimed event unhandled, without counting the attempt: it is due again when
+        its sender's earlier event may be (`not_before`, that one's next attempt)."""
+        update: Doc = {"$set": {"lease_until": self._clock.now()}, "$inc": {"attempts": -1}}
+        if not_before is not None and not_before > event.get("next_attempt_at", not_before):
+            update["$set"]["next_attempt_at"] = not_before
+        await self._store.inbound_events.update_one(
+            {"_id": event["_id"], "state": "pending", "lease_owner": event.get("lease_owner")}, update)
+        if len(self._waiting) < MAX_WAITING:
+            self._waiting.setdefault(event["sender"], set()).add(event["_id"])
+
+    def _wake_waiting(self, senders: set[str]) -> None:
+        """Hand over again the events given back for these senders (their turn may have come)."""
+        for sender in senders:
+            for event_id in self._waiting.pop(sender, ()):
+                self.worker.notify(event_id)
 
     async def run_once(self) -> int:
         """Process every due event; returns how many were handled."""

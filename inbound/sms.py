@@ -23,7 +23,7 @@ from pymongo.errors import DuplicateKeyError
 
 from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
-from gateway.contacts import OPTED_IN, OPTED_OUT, Contacts
+from gateway.contacts import OPTED_IN, OPTED_OUT, Contact, Contacts
 from gateway.conversations import Conversations, Inbound, Notice
 from gateway.errors import ProviderPermanent, ProviderTransient, ValidationError
 from gateway.keywords import Keyword, parse_keyword
@@ -31,7 +31,6 @@ from gateway.orgs import Org, Orgs
 from gateway.outbox import Outbox
 from gateway.phone import normalize_e164
 from gateway.ports import SmsSender
-from gateway.rules.secure import decide_inbound
 from gateway.store import Doc, Store, insert_new
 from gateway.vault import Vault
 from inbound.attachments import IncomingFile, seal_attachments
@@ -58,6 +57,11 @@ def media_filename(n: int, content_type: str) -> str:
     """A neutral name for the n-th item (MMS media has none): "media-1.jpg"."""
     ext = mimetypes.guess_extension(content_type) or ""
     return f"media-{n + 1}{ext if ext in MEDIA_EXTENSIONS else ''}"
+
+
+def _consent_set_by(contact: Contact, channel: str, event_id: str) -> bool:
+    """Was the contact's current consent on `channel` recorded from this event?"""
+    return str((contact.consent.get(channel) or {}).get("order", "")).endswith(f"|{event_id}")
 
 
 class SmsReplyHandler:
@@ -88,10 +92,14 @@ class SmsReplyHandler:
         body = str(payload.get("Body", ""))
         actor = Actor("client", contact.id)
         keyword = parse_keyword(body)
+        if keyword is Keyword.START and not (contact.opted_out("sms") or _consent_set_by(contact, "sms", eid)):
+            # A "Yes" answering a question from a contact who is not opted out is an ordinary reply:
+            # no consent change and no "subscribed again" confirmation (issue 9). (The second test
+            # is a re-run of this event after its opt-in was recorded: it still gets its answer.)
+            keyword = None
         thread = await self._conversations.thread_for(org.id, contact.id, "sms")
         sensitive = find_sensitive(body, org.policy.sensitive_terms) if keyword is None else []
-        decision = decide_inbound(org.policy, thread_secure=bool(thread.get("secure")), sensitive=bool(sensitive))
-        secure = decision.secure
+        secure = bool(thread.get("secure")) or bool(sensitive)
         flags = [f"media:{payload['NumMedia']}"] if str(payload.get("NumMedia", "0")) not in ("", "0") else []
         if sensitive and not thread.get("secure"):
             flags.append("classified_sensitive")
@@ -107,7 +115,6 @@ class SmsReplyHandler:
         message, thread, new = await self._conversations.record_inbound(
             org, contact, message_id=eid, channel="sms", body=body,
             provider_id=payload.get("MessageSid"), secure=secure, flags=flags, thread=thread, files=len(files),
-            secure_source=decision.source,
         )
         if new or await self._audit.without(org.id, "message.received", [eid]):
             # (Stored by an earlier run that stopped before its audit entry: append it now.)
@@ -115,15 +122,21 @@ class SmsReplyHandler:
                                      message_id=eid, contact_id=contact.id,
                                      detail={"channel": "sms", "secure": secure,
                                              "keyword": keyword.name if keyword else None})
+        # Consent changes carry the message's arrival: one from an earlier message never undoes a
+        # later one, whatever order they are processed in (gateway/contacts.py record_consent).
+        arrived = event.get("received_at")
         if keyword is Keyword.STOP:
-            if await self._contacts.set_consent(org.id, contact.id, "sms", OPTED_OUT, "sms:keyword"):
+            if await self._contacts.set_consent(org.id, contact.id, "sms", OPTED_OUT, "sms:keyword",
+                                                at=arrived, event_id=eid):
                 await self._audit.append(org.id, "consent.opt_out", actor, contact_id=contact.id,
                                          detail={"channel": "sms", "source": "keyword"})
             # Twilio's own opt-out handling confirms STOP to the sender; we send nothing more.
         elif keyword is Keyword.START:
-            if await self._contacts.set_consent(org.id, contact.id, "sms", OPTED_IN, "sms:keyword"):
+            if await self._contacts.set_consent(org.id, contact.id, "sms", OPTED_IN, "sms:keyword",
+                                                at=arrived, event_id=eid):
                 await self._audit.append(org.id, "consent.opt_in", actor, contact_id=contact.id,
                                          detail={"channel": "sms", "source": "keyword"})
+            # (Not sent if a later STOP is recorded already: _queue_reply checks consent.)
             await self._queue_reply(org.id, contact.id, "start_confirm", f"{eid}:reply")
         elif keyword is Keyword.HELP:
             await self._queue_reply(org.id, contact.id, "help", f"{eid}:reply")
@@ -236,14 +249,12 @@ class SmsReplyHandler:
             body = str(payload.get("Body", ""))
             sensitive = find_sensitive(body, org.policy.sensitive_terms)
             was_secure = secure_now[thread["_id"]]
-            decision = decide_inbound(org.policy, thread_secure=was_secure, sensitive=bool(sensitive))
-            secure = decision.secure
+            secure = was_secure or bool(sensitive)
             flags = [f"media:{payload['NumMedia']}"] if str(payload.get("NumMedia", "0")) not in ("", "0") else []
             if sensitive and not was_secure:
                 flags.append("classified_sensitive")
             secure_now[thread["_id"]] = secure
-            inbound.append(Inbound(contact, thread, event["_id"], body, payload.get("MessageSid"), secure, flags,
-                                   decision.source))
+            inbound.append(Inbound(contact, thread, event["_id"], body, payload.get("MessageSid"), secure, flags))
         if not inbound:
             return [], rest
         stored = await self._conversations.record_inbound_many(org, inbound, channel="sms")

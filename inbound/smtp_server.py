@@ -148,7 +148,7 @@ class ReplyHandler:
                 await self._events.accept(
                     provider="smtp", provider_id=f"{message_key}|{doc['thread_id']}", org_id=doc["org_id"],
                     kind="email", raw=raw, payload={"mail_from": envelope.mail_from or "", "token_hash": digest},
-                    meta={"size": len(raw)},
+                    meta={"size": len(raw)}, sender=f"contact:{doc['contact_id']}",
                 )
         except (StoreUnavailable, PyMongoError):
             # Never a 5xx here: aiosmtpd would answer an unhandled error with 500 and the

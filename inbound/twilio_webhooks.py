@@ -19,8 +19,9 @@ from twilio.request_validator import RequestValidator
 from gateway.audit import Actor
 from gateway.contacts import OPTED_OUT
 from gateway.conversations import STATUS_RANK
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreUnavailable, ValidationError
 from gateway.ids import new_id
+from gateway.phone import normalize_e164
 from gateway.services import Services
 from inbound.events import InboundEvents
 
@@ -88,16 +89,31 @@ class TwilioWebhooks:
             return _error(400, f"NumMedia must be between 0 and {MAX_MEDIA}")
         try:
             org = await self._s.orgs.by_recipient(params.get("To"), params.get("MessagingServiceSid"))
-            await self._events.accept(
+            _, new = await self._events.accept(
                 provider="twilio", provider_id=sid, org_id=org.id if org else None, kind="sms",
                 payload=params, state="pending" if org else "unroutable",
+                sender=self._sender(org.id, params["From"]) if org else None,
             )
         except (StoreUnavailable, PyMongoError):
             return _error(503, "temporarily unavailable, retry")
-        if org is None:
+        # One record per inbound SMS, by ids only: never the body or the number (ASVS 5.0 16.2.5).
+        fields = {"message_sid": sid, "org_id": org.id if org else None, "num_media": num_media}
+        if not new:
+            logger.debug("inbound SMS repeated by the provider; stored before", extra={"fields": fields})
+        elif org is None:
             logger.warning("inbound SMS to a number no organization owns; stored for review",
-                           extra={"fields": {"message_sid": sid}})
+                           extra={"fields": fields})
+        else:
+            logger.info("inbound SMS stored", extra={"fields": fields})
         return _twiml()
+
+    def _sender(self, org_id: str, sender: str) -> str:
+        """Who sent it, as the contacts' blind index of the number (the processor's per-sender order)."""
+        try:
+            sender = normalize_e164(sender, field="From")
+        except ValidationError:
+            sender = sender.strip()  # not a phone number (processing refuses it): still one key per sender
+        return self._s.contacts.phone_index(org_id, sender)
 
     async def status(self, request: web.Request) -> web.Response:
         params = await self._authenticated_form(request)

@@ -3,6 +3,10 @@
 GET and HEAD never change anything (mail scanners and link previews fetch links); opening
 happens on POST, which swaps the token for a session cookie and redirects to a token-free URL.
 Unknown, expired, revoked and locked links all get the same page and status.
+
+The per-IP failure limiter answers first: a client over it gets 429 before its PIN is looked
+at, so a throttled guess is neither counted nor able to succeed, and tells nothing. Wrong PINs
+are counted per thread (gateway/links.py), so a fresh link does not bring fresh guesses.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from gateway.conversations import validate_body
 from gateway.errors import LinkUnavailable, PinRejected, ValidationError
 from gateway.ids import is_id, new_id
 from gateway.ratelimit import RateLimiter
+from gateway.rules.pin import PinDecision, pin_for_link
 from gateway.rules.reply_route import reply_route
 from gateway.services import Services
 from gateway.store import Doc
@@ -31,7 +36,6 @@ from portal.strings import STRINGS
 
 logger = logging.getLogger(__name__)
 
-MAX_RENEWALS = 3
 PAGE = 50  # messages on the conversation page (older ones one page at a time)
 
 
@@ -64,25 +68,30 @@ class ClientPortal:
                       csrf=csrf_token(self._secret, "renew"), renewed=False)
 
     def _throttled(self, request: web.Request) -> web.Response | None:
+        """Count a failure from the client's address; the 429 page once it is over the limit."""
         if self._failures.allow(self._ip(request)):
             return None
-        return render(request, "client/notice.html", status=429,
-                      message="Too many attempts from your network. Please wait a few minutes.")
+        return self._too_many(request)
+
+    @staticmethod
+    def _too_many(request: web.Request) -> web.Response:
+        return render(request, "client/notice.html", status=429, message=STRINGS["too_many"])
 
     async def _form(self, request: web.Request) -> dict[str, str]:
         form = await request.post()
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
-    async def _pin_hash(self, link: Doc) -> str | None:
-        """The PIN this link needs: its own, else the thread's (last per-message PIN), else the contact's."""
-        if link.get("pin_hash"):
-            return str(link["pin_hash"])
-        thread = await self._s.store.threads.find_one({"_id": link["thread_id"], "org_id": link["org_id"]},
-                                                      projection={"pin_hash": 1})
-        if thread and thread.get("pin_hash"):
-            return str(thread["pin_hash"])
-        contact = await self._s.contacts.get(link["org_id"], link["contact_id"])
-        return contact.pin_hash
+    async def _pin(self, link: Doc, pin_required: bool) -> PinDecision:
+        """The PIN this link asks for (gateway/rules/pin.py): its own, else the thread's, else the contact's."""
+        thread_pin = contact_pin = None
+        if not link.get("pin_hash"):
+            thread = await self._s.store.threads.find_one({"_id": link["thread_id"], "org_id": link["org_id"]},
+                                                          projection={"pin_hash": 1})
+            thread_pin = thread.get("pin_hash") if thread else None
+            if not thread_pin:
+                contact_pin = (await self._s.contacts.get(link["org_id"], link["contact_id"])).pin_hash
+        return pin_for_link(given_pin_hash=link.get("pin_hash"), thread_pin_hash=thread_pin,
+                            contact_pin_hash=contact_pin, pin_required=pin_required)
 
     async def _session(self, request: web.Request) -> Doc | None:
         return await self._s.sessions.get("client", request.cookies.get(self.cookie))
@@ -93,15 +102,16 @@ class ClientPortal:
     # -- link page ------------------------------------------------------------------------
     async def link_page(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
-        link = await self._s.links.find(token)
-        if not self._s.links.usable(link):
+        try:
+            link = await self._s.links.find_usable(token)
+        except LinkUnavailable:
             if (limited := self._throttled(request)) is not None:
                 return limited
             return self._unavailable(request, token)
-        assert link is not None
         org = await self._s.orgs.get(link["org_id"])
+        pin = await self._pin(link, org.policy.pin_required)
         return render(request, "client/open.html", token=token, org_name=org.name,
-                      pin_required=bool(await self._pin_hash(link)), tries_left=None,
+                      pin_required=pin.pin_hash is not None, tries_left=None,
                       csrf=csrf_token(self._secret, "open|" + link["token_hash"]))
 
     async def open_link(self, request: web.Request) -> web.Response:
@@ -113,15 +123,26 @@ class ClientPortal:
             return render(request, "client/notice.html", status=403,
                           message="This form expired. Open the link from your message again.")
         ip = self._ip(request)
+        # The limiter answers before anything about the link or the PIN is looked at: a throttled
+        # attempt is not counted as a wrong PIN, cannot open the link, and learns nothing.
+        if self._failures.exhausted(ip):
+            return self._too_many(request)
         try:
             link = await self._s.links.find_usable(token)
             org = await self._s.orgs.get(link["org_id"])
-            pin_hash = await self._pin_hash(link)
-            if pin_hash:
-                pin = form.get("pin", "")
-                if not pin or len(pin) > 64:
-                    raise PinRejected(tries_left=org.policy.lock_threshold - int(link["failures"]))
-                await self._s.links.check_pin(link, pin_hash, pin, org.policy.lock_threshold, ip)
+            pin = await self._pin(link, org.policy.pin_required)
+            if pin.missing:
+                # The org requires a PIN and this link (issued before, or as an automatic answer)
+                # has none: it never opens without one. Neutral page, no content; staff see it audited.
+                self._failures.allow(ip)  # a refusal like any other: bounds audit entries per address
+                await self._s.links.refuse_open(link, "pin_required", ip)
+                return render(request, "client/notice.html", status=403,
+                              message=STRINGS["pin_needed"].format(org=org.name))
+            if pin.pin_hash:
+                given = form.get("pin", "")
+                if not given or len(given) > 64:
+                    raise PinRejected(tries_left=await self._s.links.tries_left(link, org.policy.lock_threshold))
+                await self._s.links.check_pin(link, pin.pin_hash, given, org.policy.lock_threshold, ip)
         except LinkUnavailable:
             if (limited := self._throttled(request)) is not None:
                 return limited
@@ -281,23 +302,36 @@ class ClientPortal:
             return render(request, "client/notice.html", status=403, message="This form expired.")
         done = render(request, "client/unavailable.html", token="", csrf="", renewed=True)
         token = form.get("token", "")
+        ip = self._ip(request)
         link = await self._s.links.find(token)
-        if link is None or link["revoked_at"] is not None or link["locked_at"] is not None:
+        if link is None:
             self._throttled(request)
             return done
-        # At most MAX_RENEWALS new links per old link, so the form can't be used to flood a phone.
-        claimed = await self._s.store.links.find_one_and_update(
-            {"_id": link["_id"], "renewals": {"$not": {"$gte": MAX_RENEWALS}}}, {"$inc": {"renewals": 1}}
-        )
-        if claimed is None:
-            return done
         org = await self._s.orgs.get(link["org_id"])
+        # Refused quietly (same page, nothing sent) but audited: a replaced or revoked link, a thread
+        # locked by wrong PINs (a new link would be locked too), or the thread's renewals for the
+        # day used up — the cap keeps the form from flooding a phone or an inbox.
+        refused = ("revoked" if link["revoked_at"] is not None
+                   else "locked" if link["locked_at"] is not None or await self._s.links.thread_locked(link)
+                   else None)
+        if refused is None and not await self._s.links.claim_renewal(link, org.policy.link_renewals_per_day):
+            refused = "daily_limit"
+        if refused is not None:
+            self._throttled(request)
+            await self._s.audit.append(org.id, "link.renewal_refused", Actor("client", link["contact_id"]),
+                                       outcome="denied", ip=ip, thread_id=link["thread_id"], link_id=link["_id"],
+                                       contact_id=link["contact_id"], detail={"reason": refused})
+            return done
         contact = await self._s.contacts.get(org.id, link["contact_id"])
         thread = await self._s.conversations.get_thread(org.id, link["thread_id"])
         channel = reply_route(contact, thread_channel=thread.get("channel")).channel
-        await self._s.conversations.send_link_notice(org, contact, link["thread_id"], channel=channel,
-                                                     template="link_renewal", message_id=link.get("message_id"))
-        await self._s.audit.append(org.id, "link.renewal_requested", Actor("client", contact.id), ip=self._ip(request),
+        new_link_id = await self._s.conversations.send_link_notice(
+            org, contact, link["thread_id"], channel=channel, template="link_renewal",
+            message_id=link.get("message_id"))
+        await self._s.audit.append(org.id, "link.renewal_requested", Actor("client", contact.id), ip=ip,
                                    thread_id=link["thread_id"], link_id=link["_id"], contact_id=contact.id)
+        if new_link_id is not None:
+            # The new link replaces this one: the old token stops working and its sessions end.
+            await self._s.links.replace(link, new_link_id, Actor("client", contact.id))
         self._on_queued()
         return done

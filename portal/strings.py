@@ -15,6 +15,8 @@ STRINGS: dict[str, str] = {
                   "address we have on file for you.",
     "renew_button": "Send me a new link",
     "renew_done": "If this link was ours, a new one is on its way to the address we have on file.",
+    "too_many": "Too many attempts from your network. Please wait a few minutes.",
+    "pin_needed": "This conversation can't be opened with this link. Please contact {org} to get access.",
     "thread_title": "Your conversation with {org}",
     "you": "You",
     "reply_label": "Write a reply",

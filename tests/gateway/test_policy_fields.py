@@ -69,12 +69,13 @@ async def lock_threshold(gw: Gateway) -> None:
 
 
 async def link_renewals_per_day(gw: Gateway) -> None:
-    await _set(gw, link_renewals_per_day=1)
+    await _set(gw, link_renewals_per_day=1, link_ttl_seconds=3600)
     _, token = await send_secure(gw, pin=None)
-    gw.clock.advance(seconds=86400 + 1)
     before = len(gw.sms_to())
-    for _ in range(2):
+    for _ in range(2):  # each new link expires unopened and the client asks again (a renewal revokes the old one)
+        gw.clock.advance(seconds=3601)
         assert (await renew(gw, token))[0] == 200
+        token = gw.last_link_token()
     assert len(gw.sms_to()) == before + 1  # the default (3 a day) would have sent both
 
 

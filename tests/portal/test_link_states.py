@@ -1,6 +1,11 @@
 """The link lifecycle as a state machine (SECURITY.md K3): whatever the order of wrong PINs, right
-PINs, time passing, revocation and unlocking, an expired, revoked or locked link never gives the
-conversation, and a usable one with the right PIN always does.
+PINs, new links to the same thread, time passing, revocation, unlocking and a client over the
+per-address limit, an expired, revoked or locked link never gives the conversation, and a usable
+one with the right PIN always does (unless the client is throttled, which then learns nothing).
+
+Wrong PINs count per thread and contact, over all of its links (a fresh link brings no fresh
+guesses); the right PIN starts the count again (NIST 800-63B §5.2.2); a throttled attempt is
+neither counted nor able to open.
 
 Hypothesis drives the rules against the real client portal over HTTP (aiohttp test server, the
 test database). Its state machines are synchronous, so the machine runs in a thread with an event
@@ -10,9 +15,12 @@ loop of its own, where its gateway, database client and HTTP client live.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
+import secrets
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -32,12 +40,15 @@ from tests.conftest import make_config
 SECRET = "canary-k3a9 the biopsy shows nothing to worry about"
 PIN = "482913"
 TTL_HOURS = 24
-THRESHOLD = 5  # the org default: wrong PINs before the link locks
+THRESHOLD = 5  # the org default: consecutive wrong PINs before the thread's links lock
+IP_LIMIT = 20  # failures per address the client portal allows in its window
+MAX_LINKS = 4
 STAFF = Actor("staff", "k3-staff")
 
 
 class Portal:
-    """A gateway on the test database, in the calling thread's own event loop."""
+    """A gateway on the test database, in the calling thread's own event loop, behind a proxy
+    (the loopback peer is trusted, so each request names its client address)."""
 
     def __init__(self, mongo_uri: str) -> None:
         self.loop = asyncio.new_event_loop()
@@ -51,35 +62,50 @@ class Portal:
         self.mongo = make_client(mongo_uri, 5)
         self.store = Store(self.mongo, "t_" + uuid.uuid4().hex[:16])
         await self.store.ensure_indexes()
-        self.services = build_services(make_config(None), self.store, Keyring.generate(), self.clock)
+        config = make_config(None, trusted_proxies=("127.0.0.1",))
+        self.services = build_services(config, self.store, Keyring.generate(), self.clock)
         self.http = TestClient(TestServer(create_app(build_runtime(self.services), workers=False)))
         await self.http.start_server()
         self.org = await self.services.orgs.create("K3 Clinic", "+15005550006")
-        sent = await self.services.conversations.send(self.org, channel="sms", body=SECRET, actor=STAFF,
-                                                       to_phone="+15557770300", secure=True)
-        self.thread = sent.thread
+        self.phones = 0
 
-    async def new_link(self) -> tuple[str, str]:
+    async def new_thread(self) -> dict[str, Any]:
+        """A fresh thread (a new client) for each run of the machine, so runs do not share a lock."""
+        self.phones += 1
+        sent = await self.services.conversations.send(self.org, channel="sms", body=SECRET, actor=STAFF,
+                                                       to_phone=f"+1555777{self.phones:04d}", secure=True)
+        return sent.thread
+
+    async def new_link(self, thread: dict[str, Any]) -> tuple[str, str]:
         doc, token = self.services.links.new(
-            org_id=self.org.id, thread_id=self.thread["_id"], contact_id=self.thread["contact_id"],
+            org_id=self.org.id, thread_id=thread["_id"], contact_id=thread["contact_id"],
             message_id=None, ttl_seconds=TTL_HOURS * 3600, pin_hash=hash_secret(PIN))
         await self.services.links.insert(doc)
-        self.http.session.cookie_jar.clear()
         return doc["_id"], token
 
-    async def submit(self, token: str, pin: str) -> tuple[int, str]:
-        """The link page's form, as a browser posts it; then the conversation page, if sent there."""
-        page = await self.http.get(f"/s/{token}")
+    async def submit(self, token: str, pin: str, ip: str) -> tuple[int, int, str]:
+        """The link page's form, as a browser posts it; then the conversation page, if sent there.
+        Returns (status of the link page, status of the answer to the form, its HTML)."""
+        self.http.session.cookie_jar.clear()
+        headers = {"X-Forwarded-For": ip}
+        page = await self.http.get(f"/s/{token}", headers=headers)
         html = await page.text()
         assert SECRET not in html  # the link page itself never shows content
         csrf = re.search(r'name="csrf" value="([^"]+)"', html)
-        if csrf is None:  # the one page for unknown, expired, revoked and locked links: no form
-            return page.status, ""
-        resp = await self.http.post(f"/s/{token}", data={"csrf": csrf.group(1), "pin": pin}, allow_redirects=False)
+        if page.status != 200 or csrf is None:  # unavailable (or throttled): no form to post
+            return page.status, page.status, html
+        resp = await self.http.post(f"/s/{token}", data={"csrf": csrf.group(1), "pin": pin}, headers=headers,
+                                    allow_redirects=False)
         if resp.status != 303:
-            return resp.status, await resp.text()
-        thread = await self.http.get(resp.headers["Location"])
-        return thread.status, await thread.text()
+            assert "hl_client" not in (resp.headers.get("Set-Cookie") or "")
+            return page.status, resp.status, await resp.text()
+        thread = await self.http.get(resp.headers["Location"], headers=headers)
+        return page.status, thread.status, await thread.text()
+
+    async def probe(self, ip: str) -> int:
+        """An unknown token, as someone guessing links would try one."""
+        resp = await self.http.get(f"/s/{secrets.token_urlsafe(32)}", headers={"X-Forwarded-For": ip})
+        return resp.status
 
     async def close(self) -> None:
         await self.http.close()
@@ -87,60 +113,139 @@ class Portal:
         await self.mongo.close()
 
 
+def fresh_address() -> str:
+    """An address no earlier run used (the portal's limiter outlives one run of the machine)."""
+    return str(ipaddress.IPv6Address((0x20010DB8 << 96) | secrets.randbits(64)))
+
+
+@dataclass
+class LinkModel:
+    id: str
+    token: str
+    expires_at: datetime
+    revoked: bool = False
+    marked_locked: bool = False  # locked_at on the link itself (links that existed when the thread locked)
+    failures: int = 0  # wrong PINs entered through it since the count last started again
+
+
 class LinkLifecycle(RuleBasedStateMachine):
     portal: Portal
 
     def __init__(self) -> None:
         super().__init__()
-        self.link_id, self.token = self.portal.run(self.portal.new_link())
-        self.expires_at = self.portal.clock.now() + timedelta(hours=TTL_HOURS)
-        self.failures = 0
-        self.locked = self.revoked = False
+        self.thread = self.portal.run(self.portal.new_thread())
+        self.links: list[LinkModel] = []
+        self.failures = 0  # the thread's consecutive wrong PINs
+        self.locked = False
+        self.ip = fresh_address()
+        self.ip_failures = 0
+        self.add_link()
 
-    def usable(self) -> bool:
-        return not (self.locked or self.revoked) and self.portal.clock.now() < self.expires_at
+    def add_link(self) -> None:
+        link_id, token = self.portal.run(self.portal.new_link(self.thread))
+        self.links.append(LinkModel(link_id, token, self.portal.clock.now() + timedelta(hours=TTL_HOURS)))
+
+    def usable(self, link: LinkModel) -> bool:
+        return not (self.locked or link.revoked or link.marked_locked) and self.portal.clock.now() < link.expires_at
+
+    def pick(self, data: st.DataObject) -> LinkModel:
+        return self.links[data.draw(st.integers(min_value=0, max_value=len(self.links) - 1))]
+
+    def throttled(self) -> bool:
+        return self.ip_failures >= IP_LIMIT
+
+    @precondition(lambda self: len(self.links) < MAX_LINKS)
+    @rule()
+    def another_link_to_the_thread(self) -> None:
+        self.add_link()
 
     @rule(hours=st.integers(min_value=0, max_value=30))
     def time_passes(self, hours: int) -> None:
         self.portal.clock.advance(hours=hours)
 
-    @rule(guess=st.text(alphabet="0123456789", min_size=6, max_size=8).filter(lambda g: g != PIN))
-    def wrong_pin(self, guess: str) -> None:
-        status, html = self.portal.run(self.portal.submit(self.token, guess))
+    @rule(n=st.integers(min_value=1, max_value=12))
+    def unknown_links_probed(self, n: int) -> None:
+        for _ in range(n):
+            status = self.portal.run(self.portal.probe(self.ip))
+            self.ip_failures += 1
+            assert status == (429 if self.ip_failures > IP_LIMIT else 404)
+
+    @rule()
+    def another_network(self) -> None:
+        self.ip = fresh_address()
+        self.ip_failures = 0
+
+    @rule(data=st.data(), guess=st.text(alphabet="0123456789", min_size=6, max_size=8).filter(lambda g: g != PIN))
+    def wrong_pin(self, data: st.DataObject, guess: str) -> None:
+        link = self.pick(data)
+        page, status, html = self.portal.run(self.portal.submit(link.token, guess, self.ip))
         assert SECRET not in html
-        if self.usable():
-            self.failures += 1
-            self.locked = self.failures >= THRESHOLD
-        self.portal.http.session.cookie_jar.clear()
-
-    @rule()
-    def right_pin(self) -> None:
-        status, html = self.portal.run(self.portal.submit(self.token, PIN))
-        if self.usable():
-            assert status == 200 and SECRET in html, (status, html[:200])
-            self.failures = 0  # the right PIN does not count against the link
+        if not self.usable(link):
+            self.ip_failures += 1  # the unavailable page counts against the address
+            assert page == status == (429 if self.ip_failures > IP_LIMIT else 404)
+            return
+        assert page == 200
+        if self.throttled():
+            assert status == 429  # answered before the PIN is looked at: not counted
+            return
+        self.ip_failures += 1
+        self.failures += 1
+        link.failures += 1
+        if self.failures >= THRESHOLD:
+            self.locked = True
+            for other in self.links:
+                other.marked_locked = True
+            assert status == 404
         else:
-            assert SECRET not in html, (self.locked, self.revoked, self.portal.clock.now(), self.expires_at)
-        self.portal.http.session.cookie_jar.clear()
+            assert status == 401 and f"locks: {THRESHOLD - self.failures}." in html
 
-    @rule()
-    def staff_revoke(self) -> None:
-        self.portal.run(self.portal.services.links.revoke(self.portal.org.id, self.link_id, STAFF))
-        self.revoked = True
+    @rule(data=st.data())
+    def right_pin(self, data: st.DataObject) -> None:
+        link = self.pick(data)
+        page, status, html = self.portal.run(self.portal.submit(link.token, PIN, self.ip))
+        if not self.usable(link):
+            self.ip_failures += 1
+            assert SECRET not in html, (self.locked, link, self.portal.clock.now())
+            assert page == status == (429 if self.ip_failures > IP_LIMIT else 404)
+        elif self.throttled():
+            assert status == 429 and SECRET not in html
+        else:
+            assert status == 200 and SECRET in html, (status, html[:200])
+            self.failures = 0  # the right PIN starts the count again, on every link of the thread
+            for other in self.links:
+                other.failures = 0
+
+    @rule(data=st.data())
+    def staff_revoke(self, data: st.DataObject) -> None:
+        link = self.pick(data)
+        self.portal.run(self.portal.services.links.revoke(self.portal.org.id, link.id, STAFF))
+        link.revoked = True
 
     @precondition(lambda self: self.locked)
-    @rule()
-    def staff_unlock(self) -> None:
-        self.portal.run(self.portal.services.links.unlock(self.portal.org.id, self.link_id, STAFF))
+    @rule(data=st.data())
+    def staff_unlock(self, data: st.DataObject) -> None:
+        link = self.pick(data)  # from any of its links: the thread unlocks
+        self.portal.run(self.portal.services.links.unlock(self.portal.org.id, link.id, STAFF))
         self.locked = False
         self.failures = 0
+        for other in self.links:
+            other.marked_locked = False
+            other.failures = 0
 
     @invariant()
     def stored_state_matches(self) -> None:
-        link = self.portal.run(self.portal.store.links.find_one({"_id": self.link_id}))
-        assert (link["locked_at"] is not None) == self.locked
-        assert (link["revoked_at"] is not None) == self.revoked
-        assert link["failures"] == self.failures
+        guard = self.portal.run(self.portal.store.link_guards.find_one(
+            {"org_id": self.portal.org.id, "thread_id": self.thread["_id"]}))
+        if guard is None:
+            assert self.failures == 0 and not self.locked
+        else:
+            assert guard["failures"] == self.failures
+            assert (guard["locked_at"] is not None) == self.locked
+        for model in self.links:
+            link = self.portal.run(self.portal.store.links.find_one({"_id": model.id}))
+            assert (link["locked_at"] is not None) == model.marked_locked
+            assert (link["revoked_at"] is not None) == model.revoked
+            assert link["failures"] == model.failures
 
 
 def run_machine(mongo_uri: str) -> None:
