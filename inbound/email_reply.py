@@ -8,7 +8,6 @@ Auto-replies are stored as such and never answered; bounces mark the original me
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +16,10 @@ from gateway.classifier import find_sensitive
 from gateway.contacts import OPTED_OUT, Contacts
 from gateway.conversations import Conversations, Inbound, Notice
 from gateway.keywords import is_email_opt_out
-from gateway.orgs import Org, Orgs
+from gateway.orgs import Org, OrgPolicy, Orgs
 from gateway.ports import Clock
 from gateway.reply_tokens import ReplyTokens
+from gateway.rules.secure import SecureSource, decide_inbound
 from gateway.store import Doc, Store
 from gateway.vault import Vault
 from inbound.attachments import IncomingFile, seal_attachments
@@ -43,6 +43,7 @@ class Reply:
 
     text: str
     secure: bool
+    secure_source: SecureSource
     flags: list[str]
     auto_reply: bool
     provider_id: str | None  # the mail's own Message-ID, bare
@@ -62,7 +63,7 @@ def _null_sender(payload: dict[str, Any]) -> bool:
     return sender is not None and str(sender).strip() in ("", "<>")
 
 
-def _assess(parsed: ParsedMail, on_file: str | None, thread_secure: bool, sensitive_terms: Sequence[str],
+def _assess(parsed: ParsedMail, on_file: str | None, thread_secure: bool, policy: OrgPolicy,
             *, null_sender: bool) -> Reply:
     # Mail from the null envelope sender (MAIL FROM:<>) is a bounce or other notification: never
     # answered (RFC 5321 4.5.5), even when it is not a delivery-status report we can read, or an
@@ -76,12 +77,13 @@ def _assess(parsed: ParsedMail, on_file: str | None, thread_secure: bool, sensit
     if parsed.attachments_dropped:
         flags.append(f"attachments_dropped:{parsed.attachments_dropped}")
     text = (parsed.reply_text or parsed.text or "").strip()[:MAX_TEXT] or "(no text)"
-    sensitive = [] if automatic else find_sensitive(text, sensitive_terms)
+    sensitive = [] if automatic else find_sensitive(text, policy.sensitive_terms)
     if sensitive and not thread_secure:
         flags.append("classified_sensitive")
+    decision = decide_inbound(policy, thread_secure=thread_secure, sensitive=bool(sensitive))
     # An auto-reply ("Out of office. Stop by room 4...") speaks for nobody: it never opts out.
     opt_out = not automatic and is_email_opt_out(parsed.reply_text or parsed.text or "")
-    return Reply(text=text, secure=thread_secure or bool(sensitive), flags=flags, auto_reply=automatic,
+    return Reply(text=text, secure=decision.secure, secure_source=decision.source, flags=flags, auto_reply=automatic,
                  provider_id=_bare(parsed.message_id) or None,
                  in_reply_to=f"<{_bare(parsed.message_id)}>" if parsed.message_id else None, opt_out=opt_out)
 
@@ -120,7 +122,7 @@ class EmailReplyHandler:
             return await self._bounce(org.id, contact.id, parsed)
         on_file = fields["email"]
         thread = await self._conversations.get_thread(org.id, scope["thread_id"])
-        reply = _assess(parsed, on_file, bool(thread.get("secure")), org.policy.sensitive_terms,
+        reply = _assess(parsed, on_file, bool(thread.get("secure")), org.policy,
                         null_sender=_null_sender(payload))
         # Before the message (idempotent upserts): a crash in between must not leave a message
         # whose attachments are never stored, as a re-run sees the message already there.
@@ -131,6 +133,7 @@ class EmailReplyHandler:
         message, thread, new = await self._conversations.record_inbound(
             org, contact, message_id=eid, channel="email", body=reply.text, provider_id=reply.provider_id,
             secure=reply.secure, flags=reply.flags, thread=thread, files=len(parsed.attachments),
+            secure_source=reply.secure_source,
         )
         if new or await self._audit.without(org.id, "message.received", [eid]):
             # (Stored by an earlier run that stopped before its audit entry: append it now.)
@@ -222,7 +225,7 @@ class EmailReplyHandler:
                 rest.append(event)
                 continue
             contact, on_file = found[0], found[1]["email"]
-            reply = _assess(parsed, on_file, secure_now[thread["_id"]], org.policy.sensitive_terms,
+            reply = _assess(parsed, on_file, secure_now[thread["_id"]], org.policy,
                             null_sender=event["_id"] in null_senders)
             if reply.opt_out:  # a consent change: one by one, in order with the contact's other mail
                 held.add(scope["contact_id"])
@@ -230,7 +233,7 @@ class EmailReplyHandler:
                 continue
             secure_now[thread["_id"]] = reply.secure
             flow.append((Inbound(contact, thread, event["_id"], reply.text, reply.provider_id, reply.secure,
-                                 reply.flags), reply))
+                                 reply.flags, reply.secure_source), reply))
         if not flow:
             return [], rest
         stored = await self._conversations.record_inbound_many(org, [m for m, _ in flow], channel="email")

@@ -31,6 +31,7 @@ from gateway.orgs import Org, Orgs
 from gateway.outbox import Outbox
 from gateway.phone import normalize_e164
 from gateway.ports import SmsSender
+from gateway.rules.secure import decide_inbound
 from gateway.store import Doc, Store, insert_new
 from gateway.vault import Vault
 from inbound.attachments import IncomingFile, seal_attachments
@@ -99,7 +100,8 @@ class SmsReplyHandler:
             keyword = None
         thread = await self._conversations.thread_for(org.id, contact.id, "sms")
         sensitive = find_sensitive(body, org.policy.sensitive_terms) if keyword is None else []
-        secure = bool(thread.get("secure")) or bool(sensitive)
+        decision = decide_inbound(org.policy, thread_secure=bool(thread.get("secure")), sensitive=bool(sensitive))
+        secure = decision.secure
         flags = [f"media:{payload['NumMedia']}"] if str(payload.get("NumMedia", "0")) not in ("", "0") else []
         if sensitive and not thread.get("secure"):
             flags.append("classified_sensitive")
@@ -115,6 +117,7 @@ class SmsReplyHandler:
         message, thread, new = await self._conversations.record_inbound(
             org, contact, message_id=eid, channel="sms", body=body,
             provider_id=payload.get("MessageSid"), secure=secure, flags=flags, thread=thread, files=len(files),
+            secure_source=decision.source,
         )
         if new or await self._audit.without(org.id, "message.received", [eid]):
             # (Stored by an earlier run that stopped before its audit entry: append it now.)
@@ -249,12 +252,14 @@ class SmsReplyHandler:
             body = str(payload.get("Body", ""))
             sensitive = find_sensitive(body, org.policy.sensitive_terms)
             was_secure = secure_now[thread["_id"]]
-            secure = was_secure or bool(sensitive)
+            decision = decide_inbound(org.policy, thread_secure=was_secure, sensitive=bool(sensitive))
+            secure = decision.secure
             flags = [f"media:{payload['NumMedia']}"] if str(payload.get("NumMedia", "0")) not in ("", "0") else []
             if sensitive and not was_secure:
                 flags.append("classified_sensitive")
             secure_now[thread["_id"]] = secure
-            inbound.append(Inbound(contact, thread, event["_id"], body, payload.get("MessageSid"), secure, flags))
+            inbound.append(Inbound(contact, thread, event["_id"], body, payload.get("MessageSid"), secure, flags,
+                                   decision.source))
         if not inbound:
             return [], rest
         stored = await self._conversations.record_inbound_many(org, inbound, channel="sms")
