@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pymongo.errors import DuplicateKeyError
 
@@ -135,7 +135,10 @@ class Org:
 
     @property
     def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
+        try:
+            return ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):  # validated when set; a system without that zone since
+            return ZoneInfo("UTC")
 
 
 def _org_from_doc(doc: Doc) -> Org:

@@ -56,7 +56,7 @@ def policy_changes(form: dict[str, str]) -> dict[str, Any]:
     changes["client_idle_seconds"] = _int(form, "client_idle_minutes", "client_idle_minutes") * 60
     changes["sensitive_terms"] = form.get("sensitive_terms", "").splitlines()
     # Added after the rest of the form: a form that predates them (or a script) leaves them as they are.
-    for name in ("agent_scope", "break_glass_minutes", "retention_days"):
+    for name in ("agent_scope", "break_glass_minutes", "retention_days", "link_renewals_per_day"):
         if name in form:
             changes[name] = form[name]
     return changes

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from datetime import UTC, datetime
 
 import pyotp
 
-from gateway.orgs import DetailChanges
+from gateway.orgs import DetailChanges, OrgPolicy
 from gateway.staff import Staff
 from tests.portal.test_staff_auth import re_secret
 from tests.portal.test_staff_support import (
@@ -40,6 +41,36 @@ async def test_admin_updates_the_org_policy(gw):
     assert p.sensitive_terms == ("oncology", "biopsy") and p.require_totp is True
     entry = (await audit_entries(gw, "org.policy_updated"))[0]
     assert entry["actor"]["id"] == member.id and "lock_threshold" in entry["detail"]["changed"]
+
+
+async def test_admin_sets_every_policy_field_the_cli_can_from_the_form(gw):
+    browser, _ = await signed_in(gw, "admin")
+    async with browser as b:
+        html = await (await b.get("/staff/settings")).text()
+        resp = await b.post("/staff/settings/policy", {
+            **POLICY_FORM, "secure_forced": "1", "pin_required": "1", "provider_redaction": "1",
+            "link_renewals_per_day": "1", "agent_scope": "assigned", "break_glass_minutes": "15",
+            "retention_days": "90", "link_ttl_seconds": "3600"}, csrf=csrf_of(html))
+        assert resp.status == 303
+    p = (await gw.services.orgs.get(gw.org.id)).policy
+    assert (p.secure_forced, p.pin_required, p.provider_redaction, p.link_renewals_per_day) == (True, True, True, 1)
+    assert (p.agent_scope, p.break_glass_minutes, p.retention_days, p.link_ttl_seconds) == ("assigned", 15, 90, 3600)
+    # Every policy field has its control on the page (one only the CLI could set would be out of sight).
+    in_form_units = {"client_idle_seconds": "client_idle_minutes", "staff_idle_seconds": "staff_idle_minutes",
+                     "staff_absolute_seconds": "staff_absolute_hours"}
+    for f in fields(OrgPolicy):
+        assert f'name="{in_form_units.get(f.name, f.name)}"' in html, f.name
+
+
+async def test_a_link_lifetime_set_from_the_cli_is_kept_when_the_form_is_saved(gw):
+    await gw.services.orgs.update_policy(gw.org.id, link_ttl_seconds=2 * 86400)
+    browser, _ = await signed_in(gw, "admin")
+    async with browser as b:
+        html = await (await b.get("/staff/settings")).text()
+        assert '<option value="172800" selected>' in html
+        assert (await b.post("/staff/settings/policy", {**POLICY_FORM, "link_ttl_seconds": "172800"},
+                             csrf=csrf_of(html))).status == 303
+    assert (await gw.services.orgs.get(gw.org.id)).policy.link_ttl_seconds == 2 * 86400
 
 
 async def test_invalid_policy_is_refused_with_the_field_named(gw):
@@ -349,3 +380,9 @@ async def test_the_audit_log_date_filter_uses_the_org_days(gw):
     async with browser as b:
         html = await (await b.get("/staff/audit?from=2026-01-05&to=2026-01-05")).text()
     assert "test.that_morning" in html and "test.evening_before" not in html
+
+
+async def test_a_stored_zone_this_system_does_not_know_shows_utc_rather_than_failing(gw):
+    await gw.store.orgs.update_one({"_id": gw.org.id}, {"$set": {"timezone": "Atlantis/Lost_City"}})
+    org = await gw.services.orgs.stored(gw.org.id)
+    assert org.timezone == "Atlantis/Lost_City" and org.zone.key == "UTC"
