@@ -125,13 +125,8 @@ class Links:
         number of concurrent guesses, over any number of the thread's links, evaluates at most
         `threshold` of them.
         """
-        await self._ensure_guard(link)
         gid = _guard_id(link)
-        claimed = await self._store.link_guards.find_one_and_update(
-            {"_id": gid, "locked_at": None, "failures": {"$lt": threshold}},
-            {"$inc": {"failures": 1}},
-            return_document=ReturnDocument.AFTER,
-        )
+        claimed = await self._claim_attempt(link, threshold)
         if claimed is None:
             raise LinkUnavailable()
         if verify_secret(pin_hash, pin):
@@ -145,8 +140,9 @@ class Links:
                                                      projection={"_id": 1})
             if still is None:
                 raise LinkUnavailable()
-            await self._store.links.update_many({**_thread_links(link), "failures": {"$gt": 0}},
-                                                 {"$set": {"failures": 0}})
+            if int(claimed["failures"]) > 1:  # wrong PINs came before this one: clear their tally on the links
+                await self._store.links.update_many({**_thread_links(link), "failures": {"$gt": 0}},
+                                                     {"$set": {"failures": 0}})
             return
         failures = int(claimed["failures"])
         await self._store.links.update_one({"_id": link["_id"]}, {"$inc": {"failures": 1}})
@@ -156,6 +152,19 @@ class Links:
             await self._lock_thread(link, ip)
             raise LinkUnavailable()
         raise PinRejected(tries_left=threshold - failures)
+
+    async def _claim_attempt(self, link: Doc, threshold: int) -> Doc | None:
+        """Count one attempt on the thread's guard; None when it is locked or at the threshold."""
+        claim = {"_id": _guard_id(link), "locked_at": None, "failures": {"$lt": threshold}}
+        for _ in range(2):
+            claimed = await self._store.link_guards.find_one_and_update(
+                claim, {"$inc": {"failures": 1}}, return_document=ReturnDocument.AFTER)
+            if claimed is not None:
+                return claimed
+            if await self._store.link_guards.find_one({"_id": claim["_id"]}, projection={"_id": 1}):
+                return None  # locked, or as many attempts in flight as are left
+            await self._ensure_guard(link)  # the thread's first attempt: create its guard, then count
+        return None
 
     async def _lock_thread(self, link: Doc, ip: str | None) -> None:
         now = self._clock.now()

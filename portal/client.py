@@ -85,9 +85,7 @@ class ClientPortal:
         """The PIN this link asks for (gateway/rules/pin.py): its own, else the thread's, else the contact's."""
         thread_pin = contact_pin = None
         if not link.get("pin_hash"):
-            thread = await self._s.store.threads.find_one({"_id": link["thread_id"], "org_id": link["org_id"]},
-                                                          projection={"pin_hash": 1})
-            thread_pin = thread.get("pin_hash") if thread else None
+            thread_pin = (await self._s.conversations.get_thread(link["org_id"], link["thread_id"])).get("pin_hash")
             if not thread_pin:
                 contact_pin = (await self._s.contacts.get(link["org_id"], link["contact_id"])).pin_hash
         return pin_for_link(given_pin_hash=link.get("pin_hash"), thread_pin_hash=thread_pin,
