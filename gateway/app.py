@@ -19,6 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway import retention
+from gateway.delivery import Delivery
 from gateway.errors import ConfigError
 from gateway.ports import EmailSender, SmsSender
 from gateway.services import Services
@@ -27,7 +28,7 @@ from inbound.events import InboundEvents
 from inbound.processor import InboundProcessor
 from inbound.sms import SmsReplyHandler
 from inbound.smtp_server import ReplyHandler, make_smtp
-from inbound.twilio_webhooks import TwilioWebhooks, record_delivery_event
+from inbound.twilio_webhooks import TwilioWebhooks
 from outbound.dispatcher import OutboxDispatcher
 from outbound.sandbox import SandboxEmailSender, SandboxSmsSender
 from outbound.smtp_email import DkimSigner, SmtpEmailSender
@@ -59,6 +60,7 @@ class Runtime:
     sandbox_mail: SandboxEmailSender | None
     processor: InboundProcessor
     dispatcher: OutboxDispatcher
+    delivery: Delivery
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wake_dispatcher(self) -> None:
@@ -113,15 +115,17 @@ def build_runtime(services: Services, *, sms: SmsSender | None = None, email: Em
                                    s.audit, s.clock),
     }
     # Intake first: processing and sending wait for a lull in incoming deliveries (InboundEvents.lull).
-    dispatcher = OutboxDispatcher(s, sms, email, owner=owner, before_work=events.lull)
+    delivery = Delivery(s.store, s.contacts, s.audit, s.clock)
+    dispatcher = OutboxDispatcher(s, sms, email, owner=owner, before_work=events.lull, delivery=delivery)
     processor = InboundProcessor(s.store, s.clock, handlers, owner=owner,  # type: ignore[arg-type]
-                                 poll_seconds=s.config.outbox.poll_seconds, before_work=events.lull)
+                                 poll_seconds=s.config.outbox.poll_seconds, before_work=events.lull,
+                                 keep_done_days=s.config.outbox.keep_done_days)
     events.listeners.append(processor.worker.notify)
     if sandbox is not None:
         async def sandbox_status(sid: str, status: str) -> None:
-            await record_delivery_event(s, sid, status, None)
+            await delivery.record(sid, status, None)
         sandbox.on_status = sandbox_status
-    return Runtime(s, events, sms, email, sandbox, sandbox_mail, processor, dispatcher)
+    return Runtime(s, events, sms, email, sandbox, sandbox_mail, processor, dispatcher, delivery)
 
 
 def create_app(rt: Runtime, *, role: str = "all", workers: bool = True) -> web.Application:
@@ -131,7 +135,7 @@ def create_app(rt: Runtime, *, role: str = "all", workers: bool = True) -> web.A
         middlewares=[security_headers(s.config.server.is_https), error_mapping(error_page), readable_forms(error_page)],
     )
     if role in ("all", "web"):
-        TwilioWebhooks(s, rt.events).add_routes(app)
+        TwilioWebhooks(s, rt.events, rt.delivery).add_routes(app)
         ApiV1(s, rt.wake_dispatcher).add_routes(app)
         ClientPortal(s, rt.wake_dispatcher).add_routes(app)
         # Staff portal (issue 3): a sub-app with its own default-deny policy middleware.

@@ -115,6 +115,8 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True, slots=True)
+    # Finished jobs and processed inbound events are removed this long after they finish (TTL).
+    keep_done_days: int = 30
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -312,3 +314,6 @@ def _validate(config: Config) -> None:
         raise ConfigError("outbox.concurrency", "must be between 1 and 256")
     if ob.sms_per_second <= 0:
         raise ConfigError("outbox.sms_per_second", "must be positive")
+    if not 2 <= ob.keep_done_days <= 3650:
+        # Under two days a provider's late retry or status callback could outlive its record.
+        raise ConfigError("outbox.keep_done_days", "must be between 2 and 3650")

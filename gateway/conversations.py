@@ -33,12 +33,7 @@ MAX_BODY = 5000
 TXN_ATTEMPTS = 8  # transient transaction errors (write conflicts) before giving up
 CHANNELS = ("sms", "email")
 
-# Delivery states, in the order a message moves through them. Status only moves forward;
-# the terminal failures rank below "delivered" so a late "delivered" still wins.
-STATUS_RANK = {
-    "received": 0, "queued": 1, "accepted": 2, "scheduled": 2, "sending": 3, "sent": 4,
-    "undelivered": 5, "failed": 5, "delivered": 6, "read": 7,
-}
+# Delivery states and the status rules live in gateway/delivery.py.
 
 NEUTRAL_PREVIEW = {"inbound": "New reply", "outbound": "Message sent"}
 
@@ -641,38 +636,6 @@ class Conversations:
         for d in docs:
             d["text"] = await self.open_body_or_erased(d)
         return docs
-
-    # -- delivery status ----------------------------------------------------------------
-    async def apply_status(
-        self, message_id: str, status: str, at: datetime, error_code: str | None = None
-    ) -> bool:
-        """Record a provider status: history once per status, current status only forward."""
-        if status not in STATUS_RANK:
-            return False
-        entry: Doc = {"status": status, "at": at}
-        if error_code:
-            entry["error_code"] = error_code
-        await self._store.messages.update_one(
-            {"_id": message_id, "status_history.status": {"$ne": status}}, {"$push": {"status_history": entry}}
-        )
-        lower = [s for s, r in STATUS_RANK.items() if r < STATUS_RANK[status]]
-        update: Doc = {"$set": {"status": status}}
-        if error_code:
-            update["$set"]["error_code"] = error_code
-        res = await self._store.messages.update_one({"_id": message_id, "status": {"$in": lower}}, update)
-        return res.modified_count == 1
-
-    async def apply_status_many(self, message_ids: list[str], status: str, at: datetime) -> None:
-        """apply_status for several messages reaching the same status at once: two writes."""
-        if not message_ids or status not in STATUS_RANK:
-            return
-        ids = list(dict.fromkeys(message_ids))
-        await self._store.messages.update_many(
-            {"_id": {"$in": ids}, "status_history.status": {"$ne": status}},
-            {"$push": {"status_history": {"status": status, "at": at}}})
-        lower = [s for s, r in STATUS_RANK.items() if r < STATUS_RANK[status]]
-        await self._store.messages.update_many({"_id": {"$in": ids}, "status": {"$in": lower}},
-                                               {"$set": {"status": status}})
 
     def _reply_token(self, org_id: str, thread_id: str, contact_id: str, channel: str) -> tuple[Doc | None, str | None]:
         """A fresh reply address token for an outgoing mail (none for SMS)."""

@@ -8,6 +8,7 @@ out and another takes the job.
 Work found in this process (a webhook just stored an event, a send just queued a job) is handed
 over by id on an in-memory queue — a hint that saves a collection scan, never needed for
 correctness: a periodic sweep finds everything due, including other processes' work and retries.
+The queue is kept only while the worker's loops run in this process (not in `--role web`).
 
 With a batch handler, a loop that finds more work queued behind the id it took claims it all at
 once: one conditional update_many by `_id $in` that stamps a lease token unique to the batch, so
@@ -96,7 +97,13 @@ class LeaseWorker:
         With `doc` (as just inserted) the claim needs no read: a successful conditional update
         proves the stored document is still the pending one that was handed over. A `doc` inserted
         with lease_on_insert() needs no claim at all.
+
+        Only while this worker's loops run: a process that does not run them (`--role web` or
+        `smtp`) would otherwise queue ids that nobody takes, without bound. Its documents are
+        found by the sweep of whichever process runs the worker.
         """
+        if self._stop is None or self._stop.is_set():
+            return
         if doc is not None:
             if doc.get("lease_owner") == self._owner and doc.get("lease_until") is not None:
                 if len(self._owned) < HANDOVER_MAX:

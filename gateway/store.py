@@ -76,16 +76,22 @@ INDEXES: dict[str, list[IndexModel]] = {
         # A thread's links, and its newest ones by _id windows (staff thread page).
         IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING), ("_id", ASCENDING)]),
     ],
+    # Finished jobs and processed events carry `expire_at` ([outbox] keep_done_days) and are removed
+    # then (TTL); pending ones have none and stay. The window must exceed every provider's retry
+    # horizon (Twilio: hours): the unique provider id recognises a repeated webhook, and a status
+    # callback finds its job, only while they are kept.
     "inbound_events": [
         IndexModel([("provider", ASCENDING), ("provider_id", ASCENDING)], unique=True),
         IndexModel([("state", ASCENDING), ("next_attempt_at", ASCENDING)]),
         # One sender's events in arrival order: "is an earlier one still pending?" (inbound/processor.py).
         IndexModel([("sender", ASCENDING), ("state", ASCENDING)]),
+        IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0),
     ],
     "outbox": [
         IndexModel([("state", ASCENDING), ("next_attempt_at", ASCENDING)]),
         IndexModel([("message_id", ASCENDING)]),
         IndexModel([("provider_id", ASCENDING)]),
+        IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0),
     ],
     "delivery_events": [
         IndexModel([("provider_id", ASCENDING), ("status", ASCENDING)], unique=True),

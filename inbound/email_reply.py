@@ -15,6 +15,7 @@ from gateway.audit import Actor, AuditLog, Pending
 from gateway.classifier import find_sensitive
 from gateway.contacts import OPTED_OUT, Contacts
 from gateway.conversations import Conversations, Inbound, Notice
+from gateway.delivery import Delivery
 from gateway.keywords import is_email_opt_out
 from gateway.orgs import Org, OrgPolicy, Orgs
 from gateway.ports import Clock
@@ -108,6 +109,7 @@ class EmailReplyHandler:
         self._reply_tokens = reply_tokens
         self._audit = audit
         self._clock = clock
+        self._delivery = Delivery(store, contacts, audit, clock)
 
     async def __call__(self, event: Doc) -> str:
         eid = event["_id"]
@@ -266,15 +268,7 @@ class EmailReplyHandler:
         original = _bare(bounce.original_message_id) if bounce else ""
         if not original:
             return "bounce_unmatched"
-        # Scoped to the contact the reply address belongs to, like any reply: a report on one
-        # contact's address cannot fail a message sent to someone else.
-        message = await self._store.messages.find_one(
-            {"org_id": org_id, "contact_id": contact_id, "email_message_id": {"$in": [original, f"<{original}>"]}}
-        )
-        if message is None:
-            return "bounce_unmatched"
         code = (bounce.status if bounce else None) or "bounce"
-        await self._conversations.apply_status(message["_id"], "failed", self._clock.now(), code)
-        await self._audit.append(org_id, "message.bounced", Actor("provider", "smtp"), message_id=message["_id"],
-                                 thread_id=message["thread_id"], outcome="failed", detail={"status": code})
-        return "bounce"
+        # The mail fails and its thread is marked with the reason (gateway/delivery.py).
+        found = await self._delivery.bounced(org_id, contact_id, original, code)
+        return "bounce" if found else "bounce_unmatched"

@@ -39,6 +39,11 @@ BatchHandler = Callable[[list[Doc]], Awaitable[tuple[list[object], list[Doc]]]]
 
 MAX_ATTEMPTS = 10
 LEASE_SECONDS = 60
+# Processed events are removed this long after (config [outbox] keep_done_days; TTL, gateway/store.py),
+# except those kept for review: events no org could be found for. Events that failed for good
+# (state "failed") are never processed and stay too.
+KEEP_DONE_DAYS = 30
+KEPT_STATES = frozenset({"unroutable"})
 MAX_WAITING = 10_000  # deferred events remembered for a prompt hand-over (else the sweep finds them)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -50,9 +55,11 @@ def arrival(event: Doc) -> tuple[datetime, str]:
 
 class InboundProcessor:
     def __init__(self, store: Store, clock: Clock, handlers: dict[str, Handler], *, owner: str,
-                 poll_seconds: float = 1.0, before_work: Callable[[], Awaitable[None]] | None = None) -> None:
+                 poll_seconds: float = 1.0, before_work: Callable[[], Awaitable[None]] | None = None,
+                 keep_done_days: int = KEEP_DONE_DAYS) -> None:
         self._store = store
         self._clock = clock
+        self._keep_done = timedelta(days=keep_done_days)
         self._handlers = handlers
         self._batch_handlers: dict[str, BatchHandler] = {
             kind: batch for kind, h in handlers.items() if (batch := getattr(h, "batch", None)) is not None}
@@ -93,9 +100,12 @@ class InboundProcessor:
             return False
         # Done: drop the raw sealed payload (one less copy of client content to protect). Events
         # that could not be routed keep it, sealed, for review.
-        update: Doc = {"$set": {"state": state, "processed_at": self._clock.now()}}
+        now = self._clock.now()
+        update: Doc = {"$set": {"state": state, "processed_at": now}}
         if state == "done":
             update["$unset"] = {"payload": "", "raw": ""}
+        if state not in KEPT_STATES:
+            update["$set"]["expire_at"] = now + self._keep_done  # removed then (TTL, gateway/store.py)
         await self._store.inbound_events.update_one({"_id": event["_id"]}, update)
         return True
 
@@ -123,9 +133,10 @@ class InboundProcessor:
                                extra={"fields": {"kind": kind, "events": len(group), "error": type(err).__name__}})
                 done, rest = [], group
             if done:
+                now = self._clock.now()
                 await self._store.inbound_events.update_many(
                     {"_id": {"$in": done}},
-                    {"$set": {"state": "done", "processed_at": self._clock.now()},
+                    {"$set": {"state": "done", "processed_at": now, "expire_at": now + self._keep_done},
                      "$unset": {"payload": "", "raw": ""}},
                 )
         stalled: set[str] = set()  # senders whose earlier event in this batch failed

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime
 
 from aiohttp import web
 from multidict import MultiDictProxy
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import PyMongoError
 from twilio.request_validator import RequestValidator
 
-from gateway.audit import Actor
-from gateway.contacts import OPTED_OUT
-from gateway.conversations import STATUS_RANK
+from gateway.delivery import STATUS_RANK, Delivery
 from gateway.errors import StoreUnavailable, ValidationError
-from gateway.ids import new_id
 from gateway.phone import normalize_e164
 from gateway.services import Services
 from inbound.events import InboundEvents
@@ -43,9 +39,10 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class TwilioWebhooks:
-    def __init__(self, services: Services, events: InboundEvents) -> None:
+    def __init__(self, services: Services, events: InboundEvents, delivery: Delivery) -> None:
         self._s = services
         self._events = events
+        self._delivery = delivery
         token = services.config.twilio.auth_token
         self._validator = RequestValidator(token) if token else None
 
@@ -125,45 +122,8 @@ class TwilioWebhooks:
             return _error(400, "MessageSid or MessageStatus missing or malformed")
         error_code = params.get("ErrorCode") or None
         try:
-            await record_delivery_event(self._s, sid, status, error_code)
+            await self._delivery.record(sid, status, error_code)
         except PyMongoError:
             return _error(503, "temporarily unavailable, retry")
         return _twiml()
 
-
-async def record_delivery_event(s: Services, provider_id: str, status: str, error_code: str | None) -> None:
-    """Store a status once per (message, status), then move the message forward if it is known.
-
-    A callback can beat the dispatcher's write of the provider id; the dispatcher replays stored
-    events for an id once it records it (outbound/dispatcher.py).
-    """
-    now = s.clock.now()
-    try:
-        await s.store.delivery_events.insert_one({
-            "_id": new_id(), "provider_id": provider_id, "status": status,
-            "error_code": error_code, "at": now,
-        })
-    except DuplicateKeyError:
-        # Twilio repeats callbacks; the first one counted. Applying is idempotent, so apply
-        # again: the first delivery may have been stored and then failed (503) before applying.
-        first = await s.store.delivery_events.find_one({"provider_id": provider_id, "status": status})
-        if first is not None:
-            now, error_code = first["at"], first.get("error_code")
-    await apply_delivery_event(s, provider_id, status, error_code, now)
-
-
-async def apply_delivery_event(
-    s: Services, provider_id: str, status: str, error_code: str | None, at: datetime | None = None
-) -> None:
-    at = at or s.clock.now()
-    job = await s.store.outbox.find_one({"provider_id": provider_id})
-    message_id = job.get("message_id") if job else None
-    if job is not None and message_id:
-        moved = await s.conversations.apply_status(message_id, status, at, error_code)
-        if moved:
-            await s.audit.append(job["org_id"], "message.status", Actor("provider", "twilio"),
-                                 message_id=message_id, detail={"status": status, "error_code": error_code})
-    if job is not None and error_code == "21610" and job.get("contact_id"):
-        if await s.contacts.set_consent(job["org_id"], job["contact_id"], "sms", OPTED_OUT, "twilio:21610"):
-            await s.audit.append(job["org_id"], "consent.opt_out", Actor("provider", "twilio"),
-                                 contact_id=job["contact_id"], detail={"channel": "sms", "source": "21610"})

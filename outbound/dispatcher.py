@@ -29,7 +29,8 @@ from pymongo import UpdateOne
 
 from gateway.alerts import STAFF_ALERT
 from gateway.audit import Actor, Pending
-from gateway.contacts import OPTED_OUT, Contact
+from gateway.contacts import Contact
+from gateway.delivery import Delivery
 from gateway.errors import IntegrityError, NotFound, ProviderPermanent, ProviderTransient
 from gateway.leases import LeaseWorker
 from gateway.orgs import Org
@@ -38,7 +39,6 @@ from gateway.ports import EmailSender, OutgoingEmail, SmsSender
 from gateway.services import Services
 from gateway.staff import StaffMember
 from gateway.store import Doc
-from inbound.twilio_webhooks import apply_delivery_event
 from outbound.compose import LINK_TEMPLATES, sms_text
 from outbound.compose_email import (
     CONTENT_TEMPLATES,
@@ -88,14 +88,21 @@ class OutboxDispatcher:
     def __init__(
         self, services: Services, sms: SmsSender, email: EmailSender | None = None, *,
         owner: str, rng: random.Random | None = None, before_work: Callable[[], Awaitable[None]] | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
         self._s = services
+        # Status rules and the thread's failure mark (gateway/delivery.py).
+        self._delivery = delivery or Delivery(services.store, services.contacts, services.audit, services.clock)
         self._sms = sms
         self._email = email
         self._owner = owner
         self._rng = rng or random.Random()
         self._cfg = services.config.outbox
         self._pacer = Pacer(self._cfg.sms_per_second)
+        # Finished jobs are removed this long after (TTL on expire_at, gateway/store.py). Nothing
+        # needs them later but a provider's late status callback (hours), which finds its job by
+        # provider id; deterministic job ids guard re-runs of an event only while it is processed.
+        self._keep_done = timedelta(days=self._cfg.keep_done_days)
         self.worker = LeaseWorker(services.store.outbox, services.clock, owner=owner,
                                   lease_seconds=self._cfg.lease_seconds, poll_seconds=self._cfg.poll_seconds,
                                   handle=self.deliver, name="outbox dispatcher",
@@ -210,7 +217,10 @@ class OutboxDispatcher:
                 recorded = list(sent)
                 await self._mark_sent_many(recorded)
                 del sent[:len(recorded)]  # (others only append meanwhile)
-                for lost in await self.worker.extend(list(waiting.values())):
+                # Still held: the jobs waiting, and those that went out while the others were being
+                # recorded (not recorded yet, so still pending: their lease must not run out either).
+                held = [*waiting.values(), *(job for job, _ in sent)]
+                for lost in await self.worker.extend(held):
                     waiting.pop(lost, None)
                 renew_at = self._s.clock.now() + half_lease
 
@@ -223,6 +233,9 @@ class OutboxDispatcher:
                 waiting.pop(job["_id"], None)
                 if provider_id is not None:
                     sent.append((job, provider_id))
+                # Also after each send, not only before: when every send has started early (all
+                # slots busy with slow sends), the leases of those still in flight must not run out.
+                await keep_leases()
 
         # Every outcome is waited for: one job's unexpected error (the database going away while
         # recording a failure) must not keep the others that did go out from being marked sent.
@@ -376,7 +389,8 @@ class OutboxDispatcher:
         await s.store.outbox.bulk_write([UpdateOne(
             {"_id": job["_id"]},
             {"$set": {"state": SENT, "provider_id": provider_id, "sent_at": now, "updated_at": now,
-                      "last_error": None}, "$unset": {"link_token": "", "reply_token": ""}},
+                      "last_error": None, "expire_at": now + self._keep_done},
+             "$unset": {"link_token": "", "reply_token": ""}},
         ) for job, provider_id in sent], ordered=False)
         tracked = [(job, pid) for job, pid in sent if job.get("message_id") and job["kind"] in ("sms", "email")]
         if tracked:
@@ -385,10 +399,6 @@ class OutboxDispatcher:
                 # Bounces name the original Message-ID.
                 **({"email_message_id": pid} if job["kind"] == "email" else {}),
             }}) for job, pid in tracked], ordered=False)
-            await s.conversations.apply_status_many([job["message_id"] for job, _ in tracked], "accepted", now)
-            # The relay took it; mail has no delivery callbacks.
-            await s.conversations.apply_status_many(
-                [job["message_id"] for job, _ in tracked if job["kind"] == "email"], "sent", now)
             by_org: dict[str, list[Pending]] = {}
             for job, _ in tracked:
                 by_org.setdefault(job["org_id"], []).append(Pending(
@@ -396,10 +406,11 @@ class OutboxDispatcher:
                     detail={"channel": job["kind"]}))
             for org_id, entries in by_org.items():
                 await s.audit.append_many(org_id, entries)
+        # Messages accepted; mail sent as far as we will learn (the relay took it), which clears
+        # its thread's failure mark.
+        await self._delivery.accepted([job for job, _ in sent], now)
         # Status callbacks that arrived before we knew these provider ids: apply them now.
-        async for ev in s.store.delivery_events.find(
-                {"provider_id": {"$in": [pid for _, pid in sent]}}).sort("_id", 1):
-            await apply_delivery_event(s, ev["provider_id"], ev["status"], ev.get("error_code"), ev["at"])
+        await self._delivery.replay([pid for _, pid in sent])
         after_send = getattr(self._sms, "after_send", None)
         if after_send is not None:
             for job, provider_id in sent:
@@ -427,20 +438,9 @@ class OutboxDispatcher:
         logger.warning("outbox job failed", extra={"fields": {"job_id": job["_id"], "state": state, "code": code}})
         await s.store.outbox.update_one(
             {"_id": job["_id"]},
-            {"$set": {"state": state, "updated_at": now, "lease_until": now,
+            {"$set": {"state": state, "updated_at": now, "lease_until": now, "expire_at": now + self._keep_done,
                       "last_error": {"code": code, "message": message[:300], "at": now}},
              "$unset": {"link_token": "", "reply_token": ""}},
         )
-        if job.get("message_id") and job["kind"] in ("sms", "email"):
-            await s.conversations.apply_status(job["message_id"], "failed", now, code)
-            await s.audit.append(job["org_id"], "message.failed", Actor("system"), message_id=job["message_id"],
-                                 job_id=job["_id"], outcome="failed", detail={"code": code, "state": state})
-        if job.get("contact_id"):
-            if code == "21610":
-                if await s.contacts.set_consent(job["org_id"], job["contact_id"], "sms", OPTED_OUT, "twilio:21610"):
-                    await s.audit.append(job["org_id"], "consent.opt_out", Actor("provider", "twilio"),
-                                         contact_id=job["contact_id"], detail={"channel": "sms", "source": "21610"})
-            thread = await s.store.threads.find_one({"org_id": job["org_id"], "contact_id": job["contact_id"]})
-            if thread is not None:
-                await s.store.threads.update_one({"_id": thread["_id"]},
-                                                 {"$set": {"attention": "delivery_failed"}})
+        # The message fails, the thread is marked with the reason (and a 21610 is the opt-out it is).
+        await self._delivery.job_failed(job, code, now, state)

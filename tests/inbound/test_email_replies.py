@@ -813,5 +813,5 @@ async def test_permanent_relay_refusal_fails_the_message_visibly(gw):
     job = await gw.store.outbox.find_one({"message_id": data["id"]})
     assert job["state"] == "failed" and "link_token" not in job and "reply_token" not in job
     thread = await gw.store.threads.find_one({"_id": data["thread_id"]})
-    assert thread["attention"] == "delivery_failed"
+    assert thread["delivery_problem"]["reason_code"] == "bounced"
     await assert_not_in_clear(gw, [CLIENT_EMAIL], "outbox", "messages", "audit")

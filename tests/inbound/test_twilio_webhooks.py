@@ -14,7 +14,7 @@ from gateway.api_keys import ApiKeys
 from gateway.app import build_runtime, create_app
 from gateway.clock import FrozenClock
 from gateway.config import Config
-from gateway.conversations import STATUS_RANK
+from gateway.delivery import STATUS_RANK
 from gateway.crypto import Keyring
 from gateway.ids import new_id
 from gateway.ports import SentSms

@@ -178,7 +178,8 @@ async def test_always_500_goes_dead_after_max_attempts_and_alerts_staff(gw):
     m = await api_message(gw, sent["id"])
     assert m["status"] == "failed"
     thread = await gw.store.threads.find_one({"_id": sent["thread_id"]})
-    assert thread["attention"] == "delivery_failed"
+    assert thread["delivery_problem"]["reason_code"] == "undeliverable"
+    assert thread["delivery_problem"]["message_id"] == sent["id"]
     assert "message.failed" in await gw.audit_actions()
     assert gw.twilio.messages == []
 
@@ -199,7 +200,7 @@ async def test_invalid_number_fails_at_once_with_its_code(gw):
     assert m["status"] == "failed" and m["error_code"] == "21211"
     assert m["status_history"][-1]["status"] == "failed"
     thread = await gw.store.threads.find_one({"_id": sent["thread_id"]})
-    assert thread["attention"] == "delivery_failed"
+    assert thread["delivery_problem"]["reason_code"] == "cannot_receive_sms"
 
 
 async def test_provider_opt_out_21610_records_consent_and_blocks_later_sends(gw):
