@@ -23,11 +23,7 @@ COMPOSITION_ROOT = frozenset({"gateway/app.py", "gateway/cli.py"})
 TRANSPORTS = ("aiohttp", "aiosmtpd", "twilio")
 
 # (importing file, imported module) pairs still to be fixed. Remove an entry when it is fixed.
-KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset({
-    # The dispatcher applies Twilio's error 21610 and replays early status callbacks through the
-    # delivery-status rules, which still live in the webhook module; they are moving to the core.
-    ("outbound/dispatcher.py", "inbound.twilio_webhooks"),
-})
+KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset()
 
 
 def imported_modules(path: Path) -> set[str]:
