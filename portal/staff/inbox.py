@@ -1,7 +1,9 @@
 """The staff inbox (/staff/): threads newest first, neutral previews, filters, search, cursor paging.
 
 Lists never show message content, secure or not: a row says who, whether the thread is secure,
-its status, assignee, unread count and a neutral preview ("New reply", "Message sent"). Under the
+its status, assignee, unread count and a neutral preview ("New reply", "Message sent"), and when the
+thread's last send failed, why, in plain words (gateway/delivery.py; staff dismiss the mark from the
+thread page, POST /threads/<id>/delivery-problem/dismiss, here). Under the
 org policy agent_scope "assigned", an agent's inbox (search included) lists only the threads
 assigned to them or to nobody (gateway/access.py).
 
@@ -20,14 +22,15 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway.access import thread_assignees
+from gateway.access import in_scope, thread_assignees
 from gateway.conversations import NEUTRAL_PREVIEW, AssigneeFilter
-from gateway.errors import ValidationError
+from gateway.delivery import Delivery, problem_of
+from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
 from gateway.phone import normalize_e164
 from gateway.store import Doc
 from portal.render import local_time
-from portal.staff.common import STAFF, Deps
+from portal.staff.common import STAFF, Deps, redirect
 from portal.staff.policy import ANY_STAFF, policy
 
 PAGE = 50
@@ -69,9 +72,29 @@ class Inbox:
     def __init__(self, deps: Deps) -> None:
         self.d = deps
         self.s = deps.s
+        self.delivery = Delivery(deps.s.store, deps.s.contacts, deps.s.audit, deps.s.clock)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self.inbox)
+        # The inbox marks threads whose last send failed; staff dismiss the mark from the thread page.
+        app.router.add_post("/threads/{id}/delivery-problem/dismiss", self.dismiss_delivery_problem)
+
+    @policy(*ANY_STAFF)
+    async def dismiss_delivery_problem(self, request: web.Request) -> web.Response:
+        """Staff saw why the last send failed: clear the thread's mark (audited; CSRF by the guard)."""
+        ctx = request[STAFF]
+        tid = request.match_info["id"]
+        try:
+            thread = await self.s.conversations.get_thread(ctx.org.id, tid)
+        except NotFound:
+            raise await self.d.deny(request, "thread", tid) from None
+        # As every thread route: another member's thread under agent_scope "assigned" opens only
+        # under a break-glass grant (gateway/access.py); otherwise an audited denial.
+        if not in_scope(ctx.org.policy, ctx.member, thread) and \
+                await self.s.break_glass.active(ctx.org.id, ctx.member.id, thread["_id"]) is None:
+            raise await self.d.deny(request, "thread", tid)
+        await self.delivery.dismiss(ctx.org.id, thread["_id"], ctx.actor, ip=self.d.ip(request))
+        return redirect(f"/staff/threads/{thread['_id']}")
 
     async def _search_contacts(self, org_id: str, q: str) -> list[str] | None:
         """Contact ids for an exact phone/email search; None when q is a name (or empty)."""
@@ -178,6 +201,7 @@ class Inbox:
             "secure": bool(t.get("secure")), "status": t.get("status", "open"),
             "assignee": staff.get(t.get("assignee") or "", None), "unread": int(t.get("unread_staff", 0)),
             "preview": neutral(t.get("preview")), "attention": t.get("attention"),
+            "delivery_problem": (problem_of(t) or {}).get("reason"),
             "at": fmt_time(t.get("last_activity_at"), zone),
             "at_iso": t["last_activity_at"].isoformat(timespec="seconds") if t.get("last_activity_at") else "",
         }

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from gateway.access import REASON_MAX, in_scope
 from gateway.contacts import Contact
+from gateway.delivery import problem_of, reason_code, reason_text
 from gateway.errors import NotFound, OptedOut, PinRequired, SensitiveContent, ValidationError
 from gateway.ids import is_id
 from gateway.recent import FLOOR_MARGIN, oid_at, oid_time
@@ -51,7 +52,8 @@ STATUS_LABELS = {
     "read": "Read", "received": "Received",
 }
 AUDIT_LABELS = {
-    "link.issued": "New link sent", "link.reissued": "Link re-issued by staff", "link.opened": "Link opened",
+    "link.issued": "New link issued", "link.undelivered": "New link not delivered",
+    "link.reissued": "Link re-issued by staff", "link.opened": "Link opened",
     "link.pin_failed": "Wrong PIN entered", "link.locked": "Link locked (too many wrong PINs)",
     "link.unlocked": "Link unlocked by staff", "link.revoked": "Link revoked",
     "link.renewal_requested": "Client asked for a new link", "message.viewed": "Viewed by the client",
@@ -62,6 +64,7 @@ THREAD_LABELS = {
     "thread.viewed": "Client opened the conversation", "contact.pin_set": "PIN set",
     "contact.pin_cleared": "PIN cleared",
     "consent.opt_out": "Opted out", "consent.opt_in": "Opted in",
+    "thread.delivery_problem_dismissed": "Delivery problem dismissed",
 }
 # The break-glass grant this request opens its thread under (set by ThreadPages._thread), if any.
 EMERGENCY = web.RequestKey("break_glass_grant", dict)
@@ -236,6 +239,8 @@ class ThreadPages:
             "expires": fmt_time(lk["expires_at"], org.zone), "opened": fmt_time(lk.get("opened_at"), org.zone),
             "failures": int(lk.get("failures", 0)), "channel": lk.get("channel", "sms"),
             "pin": bool(lk.get("pin_hash")),
+            # A link whose notice never reached the client is not shown as sent (gateway/delivery.py).
+            "undelivered": reason_text(lk["undelivered"].get("reason_code")) if lk.get("undelivered") else None,
         } for lk in links]
         # What the reply box starts at, by the same rule the send will apply (gateway/rules/secure.py).
         secure_now = decide_outbound(org.policy, message=draft_secure, thread_secure=bool(thread.get("secure")))
@@ -251,6 +256,7 @@ class ThreadPages:
             last_id=docs[-1]["_id"] if docs else "",
             earlier_url=f"/staff/threads/{thread['_id']}?before={earlier}" if earlier else None,
             emergency_until=fmt_time(grant["expires_at"], org.zone) if grant else None,
+            delivery_problem=problem_of(thread),
         )
 
     async def _links(self, org_id: str, thread_id: str) -> list[Doc]:
@@ -294,6 +300,8 @@ class ThreadPages:
                 label = STATUS_LABELS.get(h["status"], h["status"])
                 if h.get("error_code"):
                     label += f" (error {h['error_code']})"
+                    if h["status"] in ("failed", "undelivered"):  # and what it means (gateway/delivery.py)
+                        label += f" — {reason_text(reason_code(h['error_code']))}"
                 by_message[d["_id"]].append({"at": h["at"], "label": label,
                                              "bad": h["status"] in ("failed", "undelivered")})
         for e in sorted(entries.values(), key=lambda x: x["seq"]):
@@ -303,8 +311,10 @@ class ThreadPages:
                 label = AUDIT_LABELS[action]
                 if action == "link.pin_failed" and e.get("detail", {}).get("failures"):
                     label += f" ({e['detail']['failures']})"
-                by_message[mid].append({"at": e["at"], "label": label,
-                                        "bad": action in ("link.pin_failed", "link.locked", "message.bounced")})
+                if action == "link.undelivered":
+                    label += f" ({reason_text(e.get('detail', {}).get('reason'))})"
+                by_message[mid].append({"at": e["at"], "label": label, "bad": action in (
+                    "link.pin_failed", "link.locked", "message.bounced", "link.undelivered")})
             elif action in THREAD_LABELS and not mid:
                 who = e["actor"].get("kind")
                 if who == "staff":
