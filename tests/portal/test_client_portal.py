@@ -337,7 +337,7 @@ async def test_concurrent_wrong_pins_never_count_past_the_threshold(gw):
 
 # -- unusable links all look the same ------------------------------------------------------
 async def test_the_lock_counts_consecutive_wrong_pins_the_right_one_starts_again(gw):
-    """SECURITY.md B2 / NIST 800-63B §5.2.2: N *consecutive* failures lock the link."""
+    """NIST 800-63B §5.2.2: N *consecutive* failures lock the link."""
     data, token = await send_secure(gw)
     csrf = csrf_of(await (await gw.client.get(f"/s/{token}")).text())
     for _ in range(4):
@@ -442,7 +442,7 @@ async def test_renewal_of_unknown_revoked_or_locked_links_sends_nothing_and_look
     expired_msg, expired = await send_secure(gw, pin=None)
     revoked_msg, revoked = await send_secure(gw, pin=None)
     # Another client's thread: wrong PINs lock every link of a thread, the expired one above included.
-    locked_msg, locked = await send_secure(gw, pin=PIN, to={"phone": "+15551239998"})
+    locked_msg, _ = await send_secure(gw, pin=PIN, to={"phone": "+15551239998"})
     locked = gw.last_link_token("+15551239998")
     locked_csrf = csrf_of(await (await gw.client.get(f"/s/{locked}")).text())
     await gw.services.links.revoke(gw.org.id, (await link_doc(gw, revoked_msg["id"]))["_id"],

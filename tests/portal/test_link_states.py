@@ -1,7 +1,8 @@
-"""The link lifecycle as a state machine (SECURITY.md K3): whatever the order of wrong PINs, right
-PINs, new links to the same thread, time passing, revocation, unlocking and a client over the
-per-address limit, an expired, revoked or locked link never gives the conversation, and a usable
-one with the right PIN always does (unless the client is throttled, which then learns nothing).
+"""The link lifecycle as a state machine (docs/security-model.md, Links and PINs): whatever the
+order of wrong PINs, right PINs, new links to the same thread, time passing, revocation, unlocking
+and a client over the per-address limit, an expired, revoked or locked link never gives the
+conversation, and a usable one with the right PIN always does (unless the client is throttled,
+which then learns nothing).
 
 Wrong PINs count per thread and contact, over all of its links (a fresh link brings no fresh
 guesses); the right PIN starts the count again (NIST 800-63B §5.2.2); a throttled attempt is
