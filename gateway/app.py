@@ -160,7 +160,7 @@ def _smtp_listener(rt: Runtime):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         s = rt.services
         cfg = s.config.inbound_smtp
-        handler = ReplyHandler(cfg, s.orgs, s.reply_tokens, rt.events, s.store)
+        handler = ReplyHandler(cfg, s.orgs, s.reply_tokens, rt.events, s.store, s.clock)
         hostname = cfg.reply_domain or socket.getfqdn()
         loop = asyncio.get_running_loop()
         try:

@@ -101,6 +101,9 @@ class InboundSmtpConfig:
     require_starttls: bool = False
     max_message_bytes: int = 10_000_000
     messages_per_minute_per_peer: int = 60
+    # Per conversation (reply thread) per UTC day: over either, mail to it is deferred (452 4.2.2).
+    thread_messages_per_day: int = 200
+    thread_bytes_per_day: int = 20_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +115,11 @@ class OutboxConfig:
     poll_seconds: float = 1.0
     sms_per_second: float = 10.0
     concurrency: int = 8
+    # Finished jobs and processed inbound events are removed this long after they finish (TTL).
+    keep_done_days: int = 30
 
 
 @dataclass(frozen=True, slots=True)
-    # Finished jobs and processed inbound events are removed this long after they finish (TTL).
-    keep_done_days: int = 30
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -305,6 +308,11 @@ def _validate(config: Config) -> None:
         raise ConfigError("inbound_smtp.messages_per_minute_per_peer", "must be at least 1")
     if ib.max_message_bytes < 10_000:
         raise ConfigError("inbound_smtp.max_message_bytes", "must be at least 10000")
+    if ib.thread_messages_per_day < 1:
+        raise ConfigError("inbound_smtp.thread_messages_per_day", "must be at least 1")
+    if ib.thread_bytes_per_day < ib.max_message_bytes:
+        # Else a message the listener accepts by size could never fit into a conversation's day.
+        raise ConfigError("inbound_smtp.thread_bytes_per_day", "must be at least max_message_bytes")
     ob = config.outbox
     if ob.max_attempts < 1:
         raise ConfigError("outbox.max_attempts", "must be at least 1")

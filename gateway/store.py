@@ -119,6 +119,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING)]),
     ],
     "attachments": [IndexModel([("org_id", ASCENDING), ("message_id", ASCENDING)])],
+    # Inbound mail per thread and day (gateway/mail_quota.py): gone once the day is over.
+    "mail_quota": [IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0)],
     # Break-glass grants (gateway.access): the check on every request to a thread outside the
     # member's scope (time last: a range on it follows the equality prefix), and the admins' list.
     # No TTL: an expired grant, with its sealed reason, is the record admins review.

@@ -1,9 +1,11 @@
 """The SMTP listener for email replies (aiosmtpd), on the gateway's event loop or alone (--role smtp).
 
 Reply codes are the contract (RFC 5321): RCPT accepts only reply+<token>@<reply domain> for a
-known token (550 5.1.1 otherwise, so nothing is stored for unknown addresses); DATA answers 250
+known token (550 5.1.1 otherwise, so nothing is stored for unknown addresses; the fifth unknown
+recipient of a session ends it with 421, against address harvesting); DATA answers 250
 only after the sealed raw message is durably stored, 451 4.3.0 when the store is unavailable;
-aiosmtpd answers 552 above the size limit; a peer sending too fast gets 451 4.7.0.
+aiosmtpd answers 552 above the size limit; a peer sending too fast gets 451 4.7.0; a conversation
+over its daily quota of messages or bytes gets 452 4.2.2 (gateway/mail_quota.py).
 
 Routing is by the reply token first and by In-Reply-To/References second: a token past its
 lifetime (never a revoked one) still routes a reply whose In-Reply-To or References names a mail
@@ -13,6 +15,7 @@ reference the recipient is refused at DATA (550 5.1.1), and nothing is stored.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -28,8 +31,10 @@ from pymongo.errors import PyMongoError
 
 from gateway.config import InboundSmtpConfig
 from gateway.errors import StoreUnavailable
+from gateway.mail_quota import ThreadMailQuota
 from gateway.orgs import Orgs
 from gateway.phone import mask_email
+from gateway.ports import Clock
 from gateway.ratelimit import RateLimiter
 from gateway.reply_address import parse_reply_address
 from gateway.reply_tokens import ReplyTokens
@@ -50,6 +55,15 @@ def _no_debug(record: logging.LogRecord) -> bool:
 logging.getLogger("mail.log").addFilter(_no_debug)
 
 MAX_RECIPIENTS = 10
+# Unknown recipients a session may try: the last one is answered 421 and the connection closed
+# (a client guessing reply addresses learns nothing more from this session).
+MAX_UNKNOWN_RECIPIENTS = 5
+# A conversation over its daily quota: 452 4.2.2, "mailbox full" (RFC 3463 X.2.2: over a
+# per-mailbox administrative quota), transient (RFC 5321 4.2.5: 4yz, the sender retries) because
+# the quota is per day and frees itself: a client's real reply is delivered later, not bounced,
+# while a flood is held back. (552 5.2.2 would bounce it for good; 552 stays for a message over
+# max_message_bytes, which can never fit.)
+OVER_QUOTA = "452 4.2.2 Mailbox over its daily quota, try again later"
 MAX_REFERENCES = 50
 _MSG_ID = re.compile(r"<[^<>\s]{1,250}>")
 
@@ -58,13 +72,16 @@ class ReplyHandler:
     """aiosmtpd handler: recipients must be live reply addresses; DATA is stored before 250."""
 
     def __init__(self, config: InboundSmtpConfig, orgs: Orgs, reply_tokens: ReplyTokens, events: InboundEvents,
-                 store: Store) -> None:
+                 store: Store, clock: Clock) -> None:
         self._store = store
         self._config = config
         self._orgs = orgs
         self._reply_tokens = reply_tokens
         self._events = events
         self._rate = RateLimiter(config.messages_per_minute_per_peer, 60)
+        self._quota = ThreadMailQuota(store, clock, messages_per_day=config.thread_messages_per_day,
+                                      bytes_per_day=config.thread_bytes_per_day)
+        self._unknown: WeakKeyDictionary[Session, int] = WeakKeyDictionary()  # unknown recipients per session
         # The token documents found at RCPT, for DATA (saves a second lookup per recipient).
         self._scopes: WeakKeyDictionary[Envelope, dict[str, Doc]] = WeakKeyDictionary()
 
@@ -92,12 +109,23 @@ class ReplyHandler:
         token = parse_reply_address(address, domain) if domain else None
         try:
             known = await self._reply_tokens.find_known(token) if token and await self._domains(domain) else None
+            over = await self._quota.over([known["thread_id"]]) if known else []
         except PyMongoError:  # the database is down: say so, the sender will retry
             logger.warning("smtp: cannot check recipient, database unavailable")
             return "451 4.3.0 Temporarily unable to check the recipient"
         if not known:
-            logger.info("smtp: unknown recipient refused", extra={"fields": {"rcpt": mask_email(address)}})
+            unknown = self._unknown[session] = self._unknown.get(session, 0) + 1
+            logger.info("smtp: unknown recipient refused",
+                        extra={"fields": {"rcpt": mask_email(address), "unknown": unknown}})
+            if unknown >= MAX_UNKNOWN_RECIPIENTS:
+                # Closed once this answer is written (aiosmtpd writes it right after we return).
+                if server.transport is not None:
+                    asyncio.get_running_loop().call_soon(server.transport.close)
+                return "421 4.7.0 Too many unknown recipients, closing connection"
             return "550 5.1.1 No such recipient"
+        if over:
+            logger.info("smtp: conversation over its daily quota", extra={"fields": {"thread_id": over[0]}})
+            return OVER_QUOTA
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         self._scopes.setdefault(envelope, {})[address] = known
@@ -124,9 +152,8 @@ class ReplyHandler:
         except Exception:  # noqa: BLE001 - a malformed header must not lose the mail
             message_id = ""
         message_key = message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
-        threads: set[str] = set()
         scopes = self._scopes.pop(envelope, {})
-        stored = 0
+        live: dict[str, tuple[Doc, str]] = {}  # thread id -> (token document, token hash)
         try:
             for rcpt in envelope.rcpt_tos:
                 token = parse_reply_address(rcpt, rcpt.rpartition("@")[2])
@@ -139,23 +166,28 @@ class ReplyHandler:
                     logger.info("smtp: expired reply address without a reference to our mail",
                                 extra={"fields": {"rcpt": mask_email(rcpt)}})
                     continue
-                stored += 1
-                if doc["thread_id"] in threads:
-                    continue
-                threads.add(doc["thread_id"])
+                live.setdefault(doc["thread_id"], (doc, digest))
+            # All or nothing: one conversation over its quota defers the whole message (SMTP has
+            # one answer to DATA); the others' copies, if stored already, are recognised on retry.
+            if live and (over := await self._quota.over(list(live), len(raw))):
+                logger.info("smtp: conversation over its daily quota", extra={"fields": {"thread_id": over[0]}})
+                return OVER_QUOTA
+            for thread_id, (doc, digest) in live.items():
                 # Once per (Message-ID, conversation): a resent mail, or one sent to two reply
                 # addresses of the same conversation (reply-all), is stored once.
-                await self._events.accept(
-                    provider="smtp", provider_id=f"{message_key}|{doc['thread_id']}", org_id=doc["org_id"],
+                _, new = await self._events.accept(
+                    provider="smtp", provider_id=f"{message_key}|{thread_id}", org_id=doc["org_id"],
                     kind="email", raw=raw, payload={"mail_from": envelope.mail_from or "", "token_hash": digest},
                     meta={"size": len(raw)}, sender=f"contact:{doc['contact_id']}",
                 )
+                if new:
+                    await self._quota.count(thread_id, len(raw))
         except (StoreUnavailable, PyMongoError):
             # Never a 5xx here: aiosmtpd would answer an unhandled error with 500 and the
             # sender would bounce the mail instead of retrying it.
             logger.warning("smtp: message not stored, database unavailable")
             return "451 4.3.0 Temporarily unable to store the message, try again later"
-        if not stored:
+        if not live:
             return "550 5.1.1 No such recipient (the reply address has expired)"
         return "250 2.0.0 Message accepted"
 

@@ -124,7 +124,7 @@ class Gateway:
 
         s = self.services
         cfg = replace(s.config.inbound_smtp, reply_domain=REPLY_DOMAIN, **overrides)
-        handler = ReplyHandler(cfg, s.orgs, s.reply_tokens, self.runtime.events, s.store)
+        handler = ReplyHandler(cfg, s.orgs, s.reply_tokens, self.runtime.events, s.store, s.clock)
         loop = asyncio.get_running_loop()
         self.smtp_server = await loop.create_server(lambda: make_smtp(handler, cfg, REPLY_DOMAIN), "127.0.0.1", 0)
         return int(self.smtp_server.sockets[0].getsockname()[1])
