@@ -327,7 +327,8 @@ class ClientPortal:
             org, contact, link["thread_id"], channel=channel, template="link_renewal",
             message_id=link.get("message_id"))
         await self._s.audit.append(org.id, "link.renewal_requested", Actor("client", contact.id), ip=ip,
-                                   thread_id=link["thread_id"], link_id=link["_id"], contact_id=contact.id)
+                                   thread_id=link["thread_id"], link_id=link["_id"], contact_id=contact.id,
+                                   detail={"sent": new_link_id is not None})  # not sent: consent or policy refused it
         if new_link_id is not None:
             # The new link replaces this one: the old token stops working and its sessions end.
             await self._s.links.replace(link, new_link_id, Actor("client", contact.id))

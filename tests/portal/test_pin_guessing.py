@@ -203,7 +203,7 @@ async def test_the_fourth_renewal_in_a_day_sends_nothing_and_looks_the_same(gw):
     refused = await audit_entries(gw, "link.renewal_refused")
     assert [(e["outcome"], e["detail"]["reason"], e["thread_id"]) for e in refused] == [
         ("denied", "daily_limit", data["thread_id"])]
-    assert (await gw.audit_actions()).count("link.renewal_requested") == 3
+    assert [e["detail"] for e in await audit_entries(gw, "link.renewal_requested")] == [{"sent": True}] * 3
 
     # A day after the first renewal, the thread may renew again.
     gw.clock.set(first_renewal + timedelta(hours=24, seconds=1))
@@ -272,3 +272,14 @@ async def test_an_org_requiring_a_pin_never_opens_a_link_without_one(gw):
     assert (await post_open(gw, token, csrf, pin="135790")).status == 303
     status, html = await thread_page(gw)
     assert status == 200 and BODY in html
+
+
+async def test_under_pin_required_a_renewal_sends_no_link_without_a_pin(gw):
+    _, token = await send_secure(gw, pin=None)
+    await gw.services.orgs.update_policy(gw.org.id, pin_required=True)
+    gw.clock.advance(seconds=86400 + 1)
+    before = len(gw.sms_to())
+    status, html = await renew(gw, token)
+    assert status == 200 and len(gw.sms_to()) == before  # the same page, and nothing sent
+    assert [e["detail"] for e in await audit_entries(gw, "link.renewal_requested")] == [{"sent": False}]
+    assert "link.revoked" not in await gw.audit_actions()
