@@ -39,7 +39,7 @@ class EventIntake(Protocol):
     async def accept(
         self, *, provider: str, provider_id: str, org_id: str | None, kind: str,
         payload: dict[str, Any] | None = None, raw: bytes | None = None, state: str = "pending",
-        meta: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None, sender: str | None = None,
     ) -> tuple[str, bool]: ...
 
 
@@ -91,6 +91,8 @@ class SandboxPortal:
             provider="sandbox", provider_id=sid, org_id=org.id if org else None, kind="sms",
             payload={"MessageSid": sid, "From": frm, "To": to, "Body": body, "NumMedia": "0"},
             state="pending" if org else "unroutable",
+            # One sender's texts are processed in arrival order (inbound/processor.py), as real ones.
+            sender=self._s.contacts.phone_index(org.id, frm) if org else None,
         )
         raise web.HTTPSeeOther("/sandbox")
 
@@ -115,5 +117,6 @@ class SandboxPortal:
         await self._events.accept(
             provider="sandbox-mail", provider_id=mail["Message-ID"], org_id=scope["org_id"], kind="email",
             raw=bytes(mail), payload={"mail_from": mail["From"], "token_hash": token_hash(token or "")},
+            sender=f"contact:{scope['contact_id']}",
         )
         raise web.HTTPSeeOther("/sandbox")

@@ -7,9 +7,14 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+from gateway.clock import FrozenClock
 from gateway.contacts import OPTED_IN, OPTED_OUT
+from gateway.crypto import Keyring
+from gateway.store import Store
+from tests.conftest import make_config
 from tests.inbound.test_batching import until
-from tests.support.harness import Gateway
+from tests.portal.test_sandbox_gating import client_for, inject_reply
+from tests.support.harness import ORG_NUMBER, Gateway
 
 # Each new number sends these two texts, the second once the first's webhook got its 200.
 SEQUENCES = [("YES", "STOP"), ("START", "STOP"), ("STOP", "START")]
@@ -103,3 +108,15 @@ async def test_an_opt_in_from_an_earlier_message_does_not_undo_a_later_opt_out(g
     assert await contacts.set_consent(gw.org.id, contact.id, "sms", OPTED_IN, "staff")
     log = [e["state"] for e in (await gw.store.contacts.find_one({"_id": contact.id}))["consent_log"]]
     assert log == [OPTED_OUT, OPTED_IN]
+
+
+async def test_sandbox_replies_carry_their_sender_as_webhooks_do(
+        store: Store, keyring: Keyring, clock: FrozenClock, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    # The quick start's sandbox answers as a phone through the same intake: its texts are ordered
+    # by sender like Twilio's (the key is the contacts' blind index of the number).
+    async with client_for(make_config(None), store, keyring, clock, aiohttp_client) as (client, services):
+        assert await inject_reply(client, services) == 303
+        event = await store.inbound_events.find_one({"provider": "sandbox"})
+        assert event is not None
+        org = await services.orgs.by_recipient(ORG_NUMBER, None)
+        assert event["sender"] == services.contacts.phone_index(org.id, "+15551230001")
