@@ -23,6 +23,7 @@ from gateway.delivery import Delivery
 from gateway.errors import ConfigError
 from gateway.ports import EmailSender, SmsSender
 from gateway.services import Services
+from gateway.unsubscribe import Unsubscribe
 from inbound.email_reply import EmailReplyHandler
 from inbound.events import InboundEvents
 from inbound.processor import InboundProcessor
@@ -40,6 +41,7 @@ from portal.render import error_page
 from portal.sandbox import SandboxPortal
 from portal.staff import PREFIX as STAFF_PREFIX
 from portal.staff import staff_app
+from portal.unsubscribe import UnsubscribePage
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +140,9 @@ def create_app(rt: Runtime, *, role: str = "all", workers: bool = True) -> web.A
         TwilioWebhooks(s, rt.events, rt.delivery).add_routes(app)
         ApiV1(s, rt.wake_dispatcher).add_routes(app)
         ClientPortal(s, rt.wake_dispatcher).add_routes(app)
+        # One-click email opt-out from the link in every mail to a client (RFC 8058).
+        UnsubscribePage(Unsubscribe(s.store, s.contacts, s.audit), s.orgs,
+                        s.config.server.trusted_proxies).add_routes(app)
         # Staff portal (issue 3): a sub-app with its own default-deny policy middleware.
         app.add_subapp(STAFF_PREFIX, staff_app(s, rt.wake_dispatcher))
         if rt.sandbox_enabled:
@@ -175,7 +180,7 @@ def _smtp_listener(rt: Runtime):  # type: ignore[no-untyped-def]
 
 
 async def robots(request: web.Request) -> web.Response:
-    return web.Response(text="User-agent: *\nDisallow: /s/\nDisallow: /staff/\nDisallow: /api/\n")
+    return web.Response(text="User-agent: *\nDisallow: /s/\nDisallow: /u/\nDisallow: /staff/\nDisallow: /api/\n")
 
 
 async def healthz(request: web.Request) -> web.Response:

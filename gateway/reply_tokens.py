@@ -16,6 +16,7 @@ from gateway.ids import new_id
 from gateway.ports import Clock
 from gateway.store import Doc, Store
 from gateway.tokens import looks_like_token, new_token, token_hash
+from gateway.unsubscribe import unsubscribe_hash
 
 REPLY_TOKEN_DAYS = 400
 
@@ -32,6 +33,8 @@ class ReplyTokens:
         now = self._clock.now()
         doc: Doc = {"_id": new_id(), "org_id": org_id, "thread_id": thread_id, "contact_id": contact_id,
                     "token_hash": token_hash(token), "created_at": now,
+                    # The mail's one-click unsubscribe link is derived from this token (gateway/unsubscribe.py).
+                    "unsubscribe_hash": unsubscribe_hash(token),
                     "expires_at": now + timedelta(days=REPLY_TOKEN_DAYS), "revoked_at": None}
         return doc, token
 

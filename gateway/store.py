@@ -117,6 +117,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     "reply_tokens": [
         IndexModel([("token_hash", ASCENDING)], unique=True),
         IndexModel([("org_id", ASCENDING), ("thread_id", ASCENDING)]),
+        # The one-click unsubscribe link of a mail (gateway/unsubscribe.py): its token's SHA-256.
+        IndexModel([("unsubscribe_hash", ASCENDING)]),
     ],
     "attachments": [IndexModel([("org_id", ASCENDING), ("message_id", ASCENDING)])],
     # Inbound mail per thread and day (gateway/mail_quota.py): gone once the day is over.

@@ -39,6 +39,7 @@ from gateway.ports import EmailSender, OutgoingEmail, SmsSender
 from gateway.services import Services
 from gateway.staff import StaffMember
 from gateway.store import Doc
+from gateway.unsubscribe import unsubscribe_token
 from outbound.compose import LINK_TEMPLATES, sms_text
 from outbound.compose_email import (
     CONTENT_TEMPLATES,
@@ -327,12 +328,18 @@ class OutboxDispatcher:
         subject, text, html = render_email(template, org_name=org.name, url=url, body=body)
         from_address = self._from_address(org)
         reply_domain = org.reply_domain or s.config.inbound_smtp.reply_domain
-        reply_to = None
-        if job.get("reply_token") and reply_domain:
+        reply_token = None
+        if job.get("reply_token"):
             reply_token = await s.vault.open(org.id, "outbox", job["_id"], "reply_token", job["reply_token"])
-            reply_to = reply_address(reply_token, reply_domain)
+        reply_to = reply_address(reply_token, reply_domain) if reply_token and reply_domain else None
         message_id = await self._message_id(job, from_address)
         headers: list[tuple[str, str]] = []
+        if reply_token:
+            # Every mail to a client can be unsubscribed from in one click (RFC 8058; RFC 2369): a
+            # POST to this URL opts the contact out of email (portal/unsubscribe.py). Staff alerts
+            # (_send_staff_alert) go to staff and carry none.
+            url = f"{s.public_url}/u/{unsubscribe_token(reply_token)}"
+            headers += [("List-Unsubscribe", f"<{url}>"), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
         if template == "inbound_ack":
             headers.append(("Auto-Submitted", "auto-replied"))
         if job.get("in_reply_to"):

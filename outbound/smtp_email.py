@@ -117,13 +117,15 @@ class DkimSigner:
     def sign(self, message: bytes) -> bytes:
         """Return `message` with a DKIM-Signature header prepended."""
         assert _dkim is not None  # checked in __init__
-        signature: bytes = _dkim.sign(
-            message,
+        signer = _dkim.DKIM(message, linesep=b"\r\n")
+        # RFC 8058 section 4: the one-click unsubscribe headers must be covered by the signature
+        # (dkimpy signs List-Unsubscribe by default, not List-Unsubscribe-Post).
+        signer.should_sign.add(b"list-unsubscribe-post")
+        signature: bytes = signer.sign(
             self.selector.encode("ascii"),
             self.domain.encode("ascii"),
             self._key,
             canonicalize=(b"relaxed", b"relaxed"),
-            linesep=b"\r\n",
         )
         return signature + message
 

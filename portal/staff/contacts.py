@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from gateway.access import REASON_MAX, in_scope, thread_assignees
+from gateway.consent import NOTE_MAX, REASONS, StaffConsent
 from gateway.contacts import Contact
 from gateway.errors import LegalHold, NotFound, ValidationError
 from gateway.ids import is_id
@@ -188,10 +189,12 @@ class ContactPages:
     def __init__(self, deps: Deps) -> None:
         self.d = deps
         self.s = deps.s
+        self.consent = StaffConsent(deps.s.store, deps.s.vault, deps.s.contacts, deps.s.audit, deps.s.clock)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/contacts", self.list)
         app.router.add_get("/contacts/{id}", self.detail)
+        app.router.add_post("/contacts/{id}/consent", self.change_consent)
         app.router.add_post("/contacts/{id}/pin", self.pin)
         app.router.add_post("/contacts/{id}/erase", self.erase)
         app.router.add_post("/contacts/{id}/export", self.export)
@@ -264,11 +267,24 @@ class ContactPages:
         history = [{"channel": e.get("channel"), "state": e.get("state"), "at": fmt_time(e.get("at"), zone),
                     "source": e.get("source")} for e in reversed(doc.get("consent_log", []))]
         hold = doc.get("legal_hold")
+        notes = [{**n, "at": fmt_time(n["at"], zone)} for n in await self.consent.notes(contact)]  # type: ignore[arg-type]
         return await self.d.page(request, "staff/contact.html", contact=contact, info=info, thread=thread,
                                  consent=consent, history=history, generated_pin=generated_pin,
+                                 consent_reasons=REASONS, consent_notes=notes, note_max=NOTE_MAX,
                                  legal_hold=fmt_time(hold["at"], zone) if hold else None,
                                  created=fmt_time(contact.created_at, zone),
                                  emergency_until=fmt_time(grant["expires_at"], zone) if grant else None)
+
+    @policy(*ANY_STAFF)
+    async def change_consent(self, request: web.Request) -> web.Response:
+        """Opt the contact in or out of a channel by hand, with a reason (gateway/consent.py; audited)."""
+        ctx = request[STAFF]
+        contact, _ = await load_scoped_contact(self.d, request, request.match_info["id"])
+        form = await form_fields(request)
+        await self.consent.change(contact, channel=form.get("channel", ""), state=form.get("state", ""),
+                                  reason=form.get("reason", ""), note=form.get("note", ""), actor=ctx.actor,
+                                  ip=self.d.ip(request))
+        return redirect(f"/staff/contacts/{contact.id}#consent-h")
 
     @policy(*ANY_STAFF)
     async def pin(self, request: web.Request) -> web.Response:

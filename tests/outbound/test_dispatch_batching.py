@@ -21,6 +21,7 @@ from tests.support.twilio_standin import TwilioStandIn
 
 PHONES = [f"+1555888{i:04d}" for i in range(8)]
 EMAILS = ["pat@client.test", "lee@client.test"]
+STANDARD_PHONE = "+15558887777"
 
 
 async def claim_all(gw: Gateway) -> list[Doc]:
@@ -36,7 +37,8 @@ async def message(gw: Gateway, mid: str) -> Doc:
 
 async def test_a_batch_of_jobs_is_delivered_and_recorded_like_one_at_a_time(gw: Gateway) -> None:
     sms = [await gw.api_send(to={"phone": p}, body=f"Secure note {i}", secure=True) for i, p in enumerate(PHONES)]
-    standard = await gw.api_send(to={"phone": PHONES[0]}, body="See you Tuesday.", secure=False)
+    # (To a contact of its own: a standard send into a secure thread would be secure too.)
+    standard = await gw.api_send(to={"phone": STANDARD_PHONE}, body="See you Tuesday.", secure=False)
     mail = [await gw.api_send(channel="email", to={"email": e}, body="Your forms", secure=True) for e in EMAILS]
     refused = await gw.api_send(to={"phone": "+15558889999"}, body="Secure note", secure=True)
     contact = await gw.services.contacts.by_phone(gw.org.id, "+15558889999")
@@ -47,7 +49,7 @@ async def test_a_batch_of_jobs_is_delivered_and_recorded_like_one_at_a_time(gw: 
     await gw.runtime.dispatcher.deliver_batch(jobs)
 
     # Every sendable job went out once, to its own contact, and is recorded as sent.
-    assert sorted(m["to"] for m in gw.twilio.messages) == sorted([*PHONES, PHONES[0]])
+    assert sorted(m["to"] for m in gw.twilio.messages) == sorted([*PHONES, STANDARD_PHONE])
     assert sorted(str(m["message"]["To"]) for m in gw.mail.messages) == sorted(EMAILS)
     by_sid = {m["sid"]: m for m in gw.twilio.messages}
     for sent in [*sms, standard]:
@@ -55,7 +57,7 @@ async def test_a_batch_of_jobs_is_delivered_and_recorded_like_one_at_a_time(gw: 
         assert stored["status"] == "accepted" and [h["status"] for h in stored["status_history"]][-1] == "accepted"
         assert stored["provider_id"] in by_sid
     standard_sms = by_sid[(await message(gw, standard["id"]))["provider_id"]]
-    assert standard_sms["body"].endswith("See you Tuesday.") and standard_sms["to"] == PHONES[0]
+    assert standard_sms["body"].endswith("See you Tuesday.") and standard_sms["to"] == STANDARD_PHONE
     for sent in mail:
         stored = await message(gw, sent["id"])
         assert stored["status"] == "sent"

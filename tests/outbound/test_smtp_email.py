@@ -488,6 +488,27 @@ async def test_dkim_signature_verifies_and_breaks_on_tampering(
     assert dkim.verify(tampered, dnsfunc=dnsfunc) is False
 
 
+async def test_dkim_signature_covers_the_one_click_unsubscribe_headers(
+    sink: SmtpSink, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """RFC 8058 section 4: List-Unsubscribe and List-Unsubscribe-Post must be signed, or receivers
+    ignore the one-click header (and a relay could change where it points)."""
+    pem = rsa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    url = "<https://gw.example/u/" + new_token() + ">"
+    mail = notice(headers=(("List-Unsubscribe", url), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")))
+    await plain_sender(sink, dkim=DkimSigner("hl2025", "acme.example", pem)).send_email(mail)
+    data: bytes = sink.messages[0]["data"]
+    signed = re.search(rb"\bh=([^;]+);", data.split(b"\r\n\r\n")[0].replace(b"\r\n", b""))
+    assert signed is not None
+    names = [n.strip().lower() for n in signed.group(1).split(b":")]
+    assert b"list-unsubscribe" in names and b"list-unsubscribe-post" in names
+    dnsfunc = dns_for(rsa_key, b"hl2025._domainkey.acme.example.")
+    assert dkim.verify(data, dnsfunc=dnsfunc) is True
+    moved = data.replace(b"https://gw.example/u/", b"https://evil.example/u/")
+    assert dkim.verify(moved, dnsfunc=dnsfunc) is False
+
+
 def test_dkim_signer_refuses_a_bad_key_without_echoing_it() -> None:
     with pytest.raises(ConfigError) as caught:
         DkimSigner("sel", "acme.example", "-----BEGIN PRIVATE KEY-----\nnot-a-key\n-----END")
