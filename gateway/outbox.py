@@ -3,6 +3,9 @@
 A job names what to send (template, message, contact) but carries no content, address or token
 in the clear: the dispatcher (outbound/) resolves the address and composes the text at send
 time; a link token the text needs is sealed into the job and removed once sent.
+
+A job that finished (sent, failed, dead) gets `expire_at` from the dispatcher and is removed
+[outbox] keep_done_days later by a TTL index (gateway/store.py); a pending job never expires.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class Outbox:
         self.listeners: list[Callable[[str], None]] = []
 
     def announce(self, job_id: str) -> None:
+        """Tell the local dispatcher a job is due. Where its loops do not run (`--role web`) this
+        keeps nothing: the job waits in the database for the sweep of a worker process
+        (gateway/leases.py)."""
         for listener in self.listeners:
             listener(job_id)
 
