@@ -1,7 +1,8 @@
 """Email texts for every outbox template, and the addresses and ids a mail carries.
 
 Link notices (secure_notice, inbound_ack, link_renewal) carry the org name and the link,
-nothing else: the subject is neutral and no message content can reach them (SECURITY.md A11).
+nothing else: the subject is neutral and no message content can reach them (docs/security-model.md,
+'Notifications carry no content').
 Only the "message" template (a standard send) carries a body. Staff alerts (render_staff_alert)
 go to the org's admins, not to contacts: they name the org and the staff portal page to review,
 never a client, a thread, a reason typed by staff or any content. Templates live in

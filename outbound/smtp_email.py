@@ -2,7 +2,8 @@
 
 Headers are built from OutgoingEmail's fields through the email package's header registry,
 never by joining strings: an address or a display name holding CR or LF is refused before
-any connection is made, and extra headers must be on a short allow-list (SECURITY.md E7).
+any connection is made, and extra headers must be on a short allow-list (docs/security-model.md,
+'Notifications carry no content').
 Every mail says it was sent by a machine (RFC 3834 Auto-Submitted, and Microsoft's
 X-Auto-Response-Suppress) so vacation responders do not answer into a thread.
 

@@ -1,4 +1,4 @@
-"""Break-glass alerts mailed to the org's admins through the outbox (SECURITY.md C10).
+"""Break-glass alerts mailed to the org's admins through the outbox (docs/security-model.md, 'Staff access').
 
 Every alert is also one "staff_alert" outbox job per enabled admin: the mail is neutral (the org
 and where to review, no client, thread or reason), goes to the admin's account address read at
