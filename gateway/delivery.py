@@ -187,7 +187,7 @@ class Delivery:
         """Apply one provider status to the send it names (nothing if the send is not known yet)."""
         at = at or self._clock.now()
         job = await self._store.outbox.find_one({"provider_id": provider_id})
-        if job is None:
+        if job is None or job["kind"] not in ("sms", "email"):  # (e.g. a redaction names an inbound SMS)
             return
         send = Send.of_job(job)
         if send.message_id and await self.apply([send.message_id], status, at, error_code):
