@@ -83,8 +83,6 @@ INDEXES: dict[str, list[IndexModel]] = {
     "inbound_events": [
         IndexModel([("provider", ASCENDING), ("provider_id", ASCENDING)], unique=True),
         IndexModel([("state", ASCENDING), ("next_attempt_at", ASCENDING)]),
-        # One sender's events in arrival order: "is an earlier one still pending?" (inbound/processor.py).
-        IndexModel([("sender", ASCENDING), ("state", ASCENDING)]),
         IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0),
     ],
     "outbox": [

@@ -66,9 +66,13 @@ class InboundProcessor:
         self.worker = LeaseWorker(store.inbound_events, clock, owner=owner, lease_seconds=LEASE_SECONDS,
                                   poll_seconds=poll_seconds, handle=self.process, name="inbound processor",
                                   handle_batch=self.process_batch, before_work=before_work)
+        self._owner = owner
         # Events given back because an earlier one of their sender was pending, by sender: handed
         # over again as soon as this process finishes one of that sender's events.
         self._waiting: dict[str, set[object]] = {}
+        # Claimed events whose sender's earlier event is leased to this process too (queued or in
+        # hand): kept, lease and all, and run right after it, instead of given back and claimed again.
+        self._parked: dict[str, list[Doc]] = {}
 
     async def claim(self) -> Doc | None:
         return await self.worker.claim()
@@ -116,11 +120,15 @@ class InboundProcessor:
         by_kind: dict[str, list[Doc]] = {}
         for event in ready:
             by_kind.setdefault(event.get("kind", ""), []).append(event)
+        senders = {e["sender"] for e in ready if e.get("sender")}
         try:
             for kind, group in by_kind.items():
                 await self._process_kind(kind, group)
         finally:
-            self._wake_waiting({e["sender"] for e in ready if e.get("sender")})
+            self._wake_waiting(senders)
+        followers = [doc for sender in senders for doc in self._parked.pop(sender, [])]
+        if followers:
+            await self.process_batch(followers)
 
     async def _process_kind(self, kind: str, group: list[Doc]) -> None:
         batch = self._batch_handlers.get(kind)
@@ -150,23 +158,35 @@ class InboundProcessor:
     async def _in_turn(self, events: list[Doc]) -> list[Doc]:
         """The events whose sender has no earlier event pending outside `events`; the others are
         given back (one read for the whole batch)."""
-        senders = list({e["sender"] for e in events if e.get("sender")})
+        senders = {e["sender"] for e in events if e.get("sender")}
         if not senders:
             return events
+        # Every pending event that arrived by the batch's last, filtered here: the batch is taken
+        # from the oldest queued, so that is the batch itself plus the few held elsewhere or
+        # waiting for a retry. (A `sender $in [...]` query instead costs ~50x more on SecantusDB.)
+        ours = {e["_id"] for e in events}
         earlier: dict[str, list[Doc]] = {}
         async for doc in self._store.inbound_events.find(
-                {"sender": {"$in": senders}, "state": "pending", "_id": {"$nin": [e["_id"] for e in events]},
-                 "received_at": {"$lte": max(arrival(e)[0] for e in events)}},
-                projection={"sender": 1, "received_at": 1, "next_attempt_at": 1}):
-            earlier.setdefault(doc["sender"], []).append(doc)
+                {"state": "pending", "received_at": {"$lte": max(arrival(e)[0] for e in events)}},
+                projection={"sender": 1, "received_at": 1, "next_attempt_at": 1, "lease_owner": 1, "lease_until": 1}):
+            if doc.get("sender") in senders and doc["_id"] not in ours:
+                earlier.setdefault(doc["sender"], []).append(doc)
+        now = self._clock.now()
         ready: list[Doc] = []
         for event in events:
             blockers = [d for d in earlier.get(event.get("sender") or "", []) if arrival(d) < arrival(event)]
-            if blockers:
-                await self._give_back(event, not_before=max(d["next_attempt_at"] for d in blockers))
-            else:
+            if not blockers:
                 ready.append(event)
+            elif all(self._leased_here(d, now) for d in blockers) and len(self._parked) < MAX_WAITING:
+                self._parked.setdefault(event["sender"], []).append(event)
+            else:
+                await self._give_back(event, not_before=max(d["next_attempt_at"] for d in blockers))
         return ready
+
+    def _leased_here(self, event: Doc, now: datetime) -> bool:
+        """Is the event leased to this process (so it runs here, and wakes its followers)?"""
+        owner = str(event.get("lease_owner") or "")
+        return (owner == self._owner or owner.startswith(self._owner + "#")) and event["lease_until"] > now
 
     async def _give_back(self, event: Doc, not_before: datetime | None = None) -> None:
         """Release a claimed event unhandled, without counting the attempt: it is due again when
@@ -178,6 +198,8 @@ class InboundProcessor:
             {"_id": event["_id"], "state": "pending", "lease_owner": event.get("lease_owner")}, update)
         if len(self._waiting) < MAX_WAITING:
             self._waiting.setdefault(event["sender"], set()).add(event["_id"])
+        for follower in self._parked.pop(event["sender"], []):  # they would wait for it anyway
+            await self._give_back(follower, not_before)
 
     def _wake_waiting(self, senders: set[str]) -> None:
         """Hand over again the events given back for these senders (their turn may have come)."""

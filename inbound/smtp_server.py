@@ -181,7 +181,7 @@ class ReplyHandler:
                     meta={"size": len(raw)}, sender=f"contact:{doc['contact_id']}",
                 )
                 if new:
-                    await self._quota.count(thread_id, len(raw))
+                    self._quota.count(thread_id, len(raw))
         except (StoreUnavailable, PyMongoError):
             # Never a 5xx here: aiosmtpd would answer an unhandled error with 500 and the
             # sender would bounce the mail instead of retrying it.
