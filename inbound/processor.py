@@ -13,7 +13,8 @@ ObjectIds, which one process makes in increasing order), whichever worker claims
 then "STOP" must end opted out (CTIA and TCPA: an opt-out is never undone by an earlier message).
 An event whose sender (a blind index stored with it at intake) has an earlier event still pending
 elsewhere (being handled, or waiting for a retry) is given back unhandled, not counted as an
-attempt, and taken again once that one is finished; inside a batch, a sender's events run in
+attempt, and taken again once that one is finished (when that one is leased to this process, it
+is simply kept and run right after it); inside a batch, a sender's events run in
 order and stop at the first that fails. A sender's later messages therefore wait while an earlier
 one is retried (at most MAX_ATTEMPTS times, ~15 minutes). Consent changes are also ordered on
 their own (gateway/contacts.py record_consent), for events stored without a sender.
