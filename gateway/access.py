@@ -3,7 +3,7 @@
 With the org policy `agent_scope = "assigned"` an agent opens only the threads assigned to them or
 to nobody (HIPAA minimum necessary, 164.502(b)); admins, and every agent under "all", open
 every thread of the org. An agent who must open another's thread in an emergency asks for
-break-glass access (SECURITY.md C10, HIPAA 164.312(a)(2)(ii)): a written reason, granting that
+break-glass access (docs/security-model.md, 'Staff access'; HIPAA 164.312(a)(2)(ii)): a written reason, granting that
 one member that one thread for the org's `break_glass_minutes`, then nothing more.
 
 Every grant is a high-severity `breakglass.grant` audit entry and an alert to the org's admins,

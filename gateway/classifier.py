@@ -1,6 +1,7 @@
 """Sensitive-content classifier: does a text carry identifiers that must not go out in the clear.
 
-Kinds reported (DESIGN.md §7): "ssn", "card", "date_of_birth", "record_number", "term". The
+Kinds reported (docs/security-model.md, 'Notifications carry no content'): "ssn", "card",
+"date_of_birth", "record_number", "term". The
 classifier only ever makes a standard send safer (it forces the secure path or a warning), so
 where a rule is ambiguous it leans towards flagging.
 

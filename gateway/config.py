@@ -274,7 +274,7 @@ def _validate(config: Config) -> None:
         raise ConfigError("database.uri", "must start with mongodb:// or mongodb+srv://")
     if db.uri and not _database_tls_or_local(db.uri):
         raise ConfigError("database.uri", "must use TLS (tls=true) for a database server that is not on this "
-                                          "machine (SECURITY.md F5)")
+                                          "machine (HIPAA 164.312(e)(1))")
     if not db.name or any(c in db.name for c in '/\\. "$'):
         raise ConfigError("database.name", "must be a non-empty name without / \\ . space \" $")
     if db.timeout_seconds <= 0:

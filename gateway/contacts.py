@@ -303,7 +303,8 @@ class Contacts:
             raise NotFound("contact")
 
     async def erase(self, org_id: str, contact_id: str) -> bool:
-        """Right to erasure by crypto-shredding (SECURITY.md J2); True if this call erased the contact.
+        """Right to erasure by crypto-shredding (GDPR Art. 17; docs/security-model.md, 'Erasure and legal hold');
+        True if this call erased the contact.
 
         Destroys the contact's data key (nothing it sealed, fields or messages, opens again), drops
         what identifies the person outside the seal (sealed fields, hints, blind indexes, PIN hash),
@@ -331,8 +332,9 @@ class Contacts:
         return res.modified_count == 1
 
     async def set_legal_hold(self, org_id: str, contact_id: str, held: bool, by: str) -> bool:
-        """Place (or release) a legal hold: while held, erase() refuses (GDPR Art. 17(3), SECURITY.md
-        J3). True if this call changed it; an erased contact has nothing left to hold."""
+        """Place (or release) a legal hold: while held, erase() refuses (GDPR Art. 17(3);
+        docs/security-model.md, 'Erasure and legal hold'). True if this call changed it; an erased
+        contact has nothing left to hold."""
         if held:
             res = await self._store.contacts.update_one(
                 {"_id": contact_id, "org_id": org_id, "erased_at": None, "legal_hold": None},

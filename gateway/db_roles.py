@@ -1,4 +1,5 @@
-"""Least privilege in the database (SECURITY.md D4): the role the gateway's own database user has.
+"""Least privilege in the database (docs/security-model.md, 'Database and transport'): the role
+the gateway's own database user has.
 
 `hushlink admin create-db-user`, run with an administrator's `database.uri`, creates the role
 `hushlinkApp_<database>` and a user that holds only it (both in `admin`; connect as that user with

@@ -2,7 +2,8 @@
 
 The filter sits on the root handler, not on loggers: a handler filter sees every record that
 propagates to it, including aiohttp.access lines whose request line carries "/s/<token>"
-(SECURITY.md A8: tokens and PINs never appear in app or access logs).
+(tokens and PINs never appear in app or access logs: docs/security-model.md, 'Logs and redaction';
+OWASP ASVS 5.0 16.2.5).
 
 What is masked, wherever it appears (message, args, `extra` values, traceback text):
     +14155550123 / +1 (415) 555-0123   → +1********23      (gateway.phone.mask_phone)

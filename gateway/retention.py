@@ -1,5 +1,5 @@
 """Retention: message content older than an org's `retention_days` is removed for good (GDPR
-storage limitation; SECURITY.md J4).
+storage limitation, Art. 5(1)(e); docs/security-model.md, 'Retention').
 
 What goes: each message's sealed body and the attachments stored with it. What stays: the
 message's record (ids, direction, channel, times, delivery history), the links' records and the

@@ -57,7 +57,7 @@ def build_services(config: Config, store: Store, keyring: Keyring, clock: Clock,
         await audit.append(org_id, "integrity.fail", SYSTEM, outcome="failed",
                            detail={"collection": collection, "document": doc_id, "field": field})
 
-    vault.on_tamper = integrity_failure  # SECURITY.md F2: a tampered field is an audit event
+    vault.on_tamper = integrity_failure  # a tampered field is an audit event (docs/security-model.md, 'Sealed fields')
     contacts = Contacts(store, vault, sealer, clock)
     links = Links(store, audit, clock)
     outbox = Outbox(store, vault, clock)

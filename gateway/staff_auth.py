@@ -1,9 +1,11 @@
 """Staff sign-in rules: login throttling, single-use TOTP, and the first-run setup token.
 
-Everything here lives in MongoDB (DESIGN.md §3: no in-memory state needed for correctness), so
+Everything here lives in MongoDB (no in-memory state needed for correctness: docs/architecture.md,
+'Processes and roles'), so
 the limits hold across any number of web processes.
 
-Throttling (SECURITY.md C3; ASVS 5.0 6.1.1/6.3.1; NIST 800-63B §5.2.2) counts *failures* in fixed
+Throttling (docs/security-model.md, 'Staff authentication'; ASVS 5.0 6.1.1/6.3.1; NIST 800-63B
+§5.2.2) counts *failures* in fixed
 windows under three keys, and refuses an attempt (even with the right password) while any key is
 at its limit:
 
@@ -15,7 +17,7 @@ The low limit sits on the (account, IP) pair, so an attacker elsewhere has to sp
 hour to lock the real user out, and is itself stopped at 5; the real user's own success clears
 its pair counter. Counter ids are SHA-256 of the key, so no email or IP is stored in the clear.
 
-TOTP (RFC 6238, SECURITY.md C4): a code is accepted within one 30 s step either side, and only if
+TOTP (RFC 6238; NIST 800-63B §5.1.4.2): a code is accepted within one 30 s step either side, and only if
 its step is newer than the last step used by that account (a conditional update), so a code can
 never be replayed — not even concurrently.
 """

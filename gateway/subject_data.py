@@ -1,5 +1,6 @@
 """A data subject's own data: the complete export (right of access and portability, GDPR Art. 15
-and 20; SECURITY.md J1) and the legal hold that stops erasure (Art. 17(3); J3).
+and 20; docs/security-model.md, 'Subject export') and the legal hold that stops erasure (Art. 17(3);
+docs/security-model.md, 'Erasure and legal hold').
 
 The export is one JSON document with everything stored about one contact of one org, opened:
 the contact (name, addresses, consent and its history, PIN set or not), their conversation

@@ -306,7 +306,7 @@ class StaffAuth:
         await self.s.audit.append(ctx.org.id, "auth.totp_enabled", ctx.actor, ip=self.d.ip(request),
                                   staff_id=ctx.member.id)
         doc = await self.d.staff.doc(ctx.org.id, ctx.member.id)
-        # A new factor is a privilege change: a new session id (SECURITY.md C5).
+        # A new factor is a privilege change: a new session id (OWASP ASVS 5.0 7.2.4).
         return await self._start(request, doc, ctx.org, target="/staff/account", mfa=True, reason="totp")
 
     @policy(*ANY_STAFF)

@@ -297,7 +297,7 @@ class ContactPages:
 
     @policy("admin")
     async def erase(self, request: web.Request) -> web.Response:
-        """Erase the contact for good (crypto-shredding, SECURITY.md J2): type ERASE to confirm."""
+        """Erase the contact for good (crypto-shredding, GDPR Art. 17): type ERASE to confirm."""
         ctx = request[STAFF]
         contact, _ = await load_scoped_contact(self.d, request, request.match_info["id"])
         form = await form_fields(request)
@@ -317,8 +317,8 @@ class ContactPages:
 
     @policy("admin")
     async def export(self, request: web.Request) -> web.Response:
-        """Everything stored about the contact, opened, as one JSON file (right of access, SECURITY.md
-        J1). A POST: a link or prefetch cannot start it, and the CSRF token is checked."""
+        """Everything stored about the contact, opened, as one JSON file (right of access, GDPR
+        Art. 15). A POST: a link or prefetch cannot start it, and the CSRF token is checked."""
         ctx = request[STAFF]
         contact, _ = await load_scoped_contact(self.d, request, request.match_info["id"])
         data = await export_contact(self.s, ctx.org.id, contact.id)
@@ -329,7 +329,7 @@ class ContactPages:
 
     @policy("admin")
     async def hold(self, request: web.Request) -> web.Response:
-        """Place or release a legal hold: while held, the contact cannot be erased (SECURITY.md J3)."""
+        """Place or release a legal hold: while held, the contact cannot be erased (GDPR Art. 17(3))."""
         ctx = request[STAFF]
         contact, _ = await load_scoped_contact(self.d, request, request.match_info["id"])
         action = (await form_fields(request)).get("action", "")

@@ -7,7 +7,8 @@
 The guard middleware refuses (403) any staff route whose handler carries no policy, signs the
 request's staff member in from the session cookie, checks the role, and checks every state
 change (anything but GET/HEAD) for the synchronizer CSRF token *and* a same-site Sec-Fetch-Site /
-Origin (SECURITY.md D2, E5). Authorization fails closed: an exception is a 5xx with no
+Origin (OWASP ASVS 5.0 8.2.1, 3.5.1; docs/security-model.md, 'Staff access'). Authorization fails
+closed: an exception is a 5xx with no
 page data.
 """
 

@@ -170,7 +170,7 @@ class ThreadPages:
     # -- break-glass ----------------------------------------------------------------------------
     @policy(*ANY_STAFF)
     async def break_glass(self, request: web.Request) -> web.Response:
-        """Open a thread outside the member's scope for the org's break_glass_minutes (SECURITY.md C10)."""
+        """Open a thread outside the member's scope for the org's break_glass_minutes (HIPAA 164.312(a)(2)(ii))."""
         ctx = request[STAFF]
         thread = await self._lookup(request)
         url = f"/staff/threads/{thread['_id']}"

@@ -1,5 +1,6 @@
 """Coverage-guided fuzzing (Atheris, libFuzzer) of the code that reads what strangers send
-(SECURITY.md K2): mail parsing and reply extraction, HTML to text, the sensitive-content
+(docs/architecture.md, 'Testing'; OWASP ASVS 5.0 1.3.12 on ReDoS): mail parsing and reply
+extraction, HTML to text, the sensitive-content
 classifier, keywords and phone numbers. Nothing may raise an undeclared exception, and no input
 may take longer than libFuzzer's `-timeout` (a regular expression with catastrophic backtracking
 would).

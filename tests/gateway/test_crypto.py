@@ -146,7 +146,7 @@ async def test_tampered_outbox_field_fails_the_job_instead_of_the_dispatcher(gw)
     assert (await gw.store.messages.find_one({"_id": bad["id"]}))["status"] == "failed"
     assert (await gw.store.messages.find_one({"_id": good["id"]}))["status"] == "accepted"
     assert len(gw.twilio.messages) == 1
-    # The tampering is an audit event (SECURITY.md F2), naming where, never what.
+    # The tampering is an audit event (docs/security-model.md, 'Sealed fields'), naming where, never what.
     [failure] = [e async for e in gw.store.audit.find({"org_id": gw.org.id, "action": "integrity.fail"})]
     assert failure["outcome"] == "failed"
     assert failure["detail"] == {"collection": "outbox", "document": job["_id"], "field": "link_token"}

@@ -1,4 +1,5 @@
-"""Least privilege in the database (SECURITY.md D4): with its own database user the gateway works,
+"""Least privilege in the database (docs/security-model.md, 'Database and transport'): with its
+own database user the gateway works,
 but cannot change or delete audit entries, drop collections or databases, or manage users.
 
 A SecantusDB server with access control (`--auth`) of its own: users are created before access

@@ -1,4 +1,5 @@
-"""Agent scope on the Contacts pages and Compose (HIPAA minimum necessary, SECURITY.md C10).
+"""Agent scope on the Contacts pages and Compose (HIPAA minimum necessary, 164.502(b);
+docs/security-model.md, 'Staff access').
 
 With agent_scope "assigned" an agent sees only the contacts of conversations assigned to them or to
 nobody, and contacts with no conversation yet. The contact of a colleague's conversation is, on its

@@ -1,4 +1,4 @@
-"""The API against its own OpenAPI document, with generated requests (SECURITY.md K1).
+"""The API against its own OpenAPI document, with generated requests (docs/architecture.md, 'Testing').
 
 Schemathesis generates requests for every operation in /api/v1/openapi.json (valid ones and,
 from the schema's edges, many that are not) and sends them to the running test gateway with a

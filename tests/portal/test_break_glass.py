@@ -1,4 +1,4 @@
-"""Agent scope and break-glass emergency access (SECURITY.md C10, HIPAA 164.312(a)(2)(ii)).
+"""Agent scope and break-glass emergency access (HIPAA 164.312(a)(2)(ii); docs/security-model.md, 'Staff access').
 
 With agent_scope "assigned" an agent opens only their own and unassigned threads; another's is a
 403 offering break-glass: a reason opens it for the org's break_glass_minutes, with a high-severity

@@ -1,4 +1,5 @@
-"""Right to erasure by crypto-shredding (SECURITY.md J2): an admin erases a contact for good."""
+"""Right to erasure by crypto-shredding (docs/security-model.md, 'Erasure and legal hold'): an admin
+erases a contact for good."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Every route answers with the baseline security headers, whatever the status (SECURITY.md E)."""
+"""Every route answers with the baseline security headers, whatever the status
+(docs/security-model.md, 'Browser hardening')."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Retention (SECURITY.md J4): message content older than the org's retention_days is removed for
+"""Retention (docs/security-model.md, 'Retention'): message content older than the org's retention_days is removed for
 good; the records that messages were sent and received, and the audit chain, stay; a contact
 under a legal hold keeps everything."""
 

@@ -1,4 +1,5 @@
-"""Staff sign-in, sessions and sign-out (issue 3; SECURITY.md C2-C9), over HTTP on a whole gateway."""
+"""Staff sign-in, sessions and sign-out (issue 3; docs/security-model.md, 'Staff authentication'),
+over HTTP on a whole gateway."""
 
 from __future__ import annotations
 
@@ -189,7 +190,8 @@ async def test_org_requiring_totp_sends_members_without_one_to_enrolment_first(g
 
 
 async def test_turning_off_the_authenticator_needs_the_password(gw):
-    # SECURITY.md C11: a wrong or missing password leaves the authenticator on.
+    # Re-authentication before changing an authenticator (OWASP ASVS 5.0 7.5.1): a wrong or missing
+    # password leaves the authenticator on.
     member = await make_staff(gw)
     secret = await enable_totp(gw, member)
     async with Browser(gw) as b:

@@ -1,4 +1,5 @@
-"""Default-deny route policy, roles, org scoping and CSRF on the staff portal (SECURITY.md D1, D2, E5)."""
+"""Default-deny route policy, roles, org scoping and CSRF on the staff portal (docs/security-model.md,
+'Staff access' and 'Browser hardening')."""
 
 from __future__ import annotations
 

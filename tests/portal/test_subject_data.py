@@ -1,5 +1,5 @@
-"""A data subject's data: the complete export (SECURITY.md J1) and the legal hold that stops
-erasure (J3)."""
+"""A data subject's data: the complete export (GDPR Art. 15, 20) and the legal hold that stops
+erasure (Art. 17(3)); docs/security-model.md, 'Subject export'."""
 
 from __future__ import annotations
 
