@@ -107,7 +107,7 @@ class Gateway:
         return json.loads(out.stdout)  # type: ignore[no-any-return]
 
     def database_uri(self) -> str:
-        from gateway.embedded import EmbeddedDatabase
+        from gateway.runtime.embedded import EmbeddedDatabase
 
         uri = EmbeddedDatabase(self.data_dir).state_uri()  # with the credentials serve made (--auth)
         if uri is None:

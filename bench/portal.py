@@ -78,7 +78,7 @@ class Seeder:
     """Bulk-writes the documents the app writes, sealed with the app's own keyring."""
 
     def __init__(self, services: Any, rng: random.Random, now: datetime) -> None:
-        from gateway.crypto import aad
+        from gateway.security.crypto import aad
 
         self.s = services
         self.sealer = services.sealer
@@ -95,7 +95,7 @@ class Seeder:
         return Binary(self.sealer.seal(dek_id, dek, value, self.aad(org_id, coll, doc_id, field)))
 
     def contact(self, org_id: str, phone: str, name: str, created: datetime) -> tuple[str, str, bytes]:
-        from gateway.phone import mask_phone
+        from gateway.messaging.phone import mask_phone
 
         cid = oid_at(created)
         dek_id = f"contact:{cid}"
@@ -173,7 +173,7 @@ class Seeder:
             "detail": detail, **{k: v for k, v in ids.items() if v is not None}})
 
     async def flush(self) -> None:
-        from gateway.audit import _canonical
+        from gateway.security.audit import _canonical
 
         for org_id, entries in self.audit.items():  # one valid hash chain per org, in time order
             entries.sort(key=lambda e: e["at"])
@@ -205,8 +205,8 @@ class OrgSpec:
 
 
 async def seed(env: dict[str, str], orgs: dict[str, str], specs: list[OrgSpec]) -> dict[str, Any]:
-    from gateway.cli import open_services
-    from gateway.config import load_config
+    from gateway.runtime.cli import open_services
+    from gateway.runtime.config import load_config
 
     rng = random.Random(7)
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)

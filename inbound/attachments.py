@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from bson import Binary
 
-from gateway.store import Store
-from gateway.vault import Vault
+from gateway.security.vault import Vault
+from gateway.storage.store import Store
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,18 +11,18 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.audit import Actor, AuditLog, Pending
-from gateway.classifier import find_sensitive
-from gateway.contacts import OPTED_OUT, Contacts
-from gateway.conversations import Conversations, Inbound, Notice
-from gateway.delivery import Delivery
-from gateway.keywords import is_email_opt_out
-from gateway.orgs import Org, OrgPolicy, Orgs
+from gateway.messaging.contacts import OPTED_OUT, Contacts
+from gateway.messaging.conversations import Conversations, Inbound, Notice
+from gateway.messaging.delivery import Delivery
+from gateway.messaging.reply_tokens import ReplyTokens
 from gateway.ports import Clock
-from gateway.reply_tokens import ReplyTokens
+from gateway.rules.classifier import find_sensitive
+from gateway.rules.keywords import is_email_opt_out
 from gateway.rules.secure import SecureSource, decide_inbound
-from gateway.store import Doc, Store
-from gateway.vault import Vault
+from gateway.security.audit import Actor, AuditLog, Pending
+from gateway.security.vault import Vault
+from gateway.storage.store import Doc, Store
+from gateway.tenancy.orgs import Org, OrgPolicy, Orgs
 from inbound.attachments import IncomingFile, seal_attachments
 from inbound.events import InboundEvents
 from inbound.mail.parse import ParsedMail, parse_message
@@ -49,7 +49,7 @@ class Reply:
     auto_reply: bool
     provider_id: str | None  # the mail's own Message-ID, bare
     in_reply_to: str | None  # for the link-only answer
-    opt_out: bool = False  # the text begins with STOP or UNSUBSCRIBE (gateway/keywords.py)
+    opt_out: bool = False  # the text begins with STOP or UNSUBSCRIBE (gateway/rules/keywords.py)
 
     @property
     def answer(self) -> bool:
@@ -152,7 +152,7 @@ class EmailReplyHandler:
         return "done"
 
     async def _opt_out(self, org_id: str, contact_id: str, event: Doc) -> None:
-        """Opt the contact out of email, as of the reply's arrival (gateway/contacts.py record_consent).
+        """Opt the contact out of email, as of the reply's arrival (gateway/messaging/contacts.py record_consent).
 
         No confirmation mail: the client asked for no more mail, the reply itself stands in the
         conversation for staff, and RFC 8058 and CAN-SPAM ask for nothing further from the person
@@ -269,6 +269,6 @@ class EmailReplyHandler:
         if not original:
             return "bounce_unmatched"
         code = (bounce.status if bounce else None) or "bounce"
-        # The mail fails and its thread is marked with the reason (gateway/delivery.py).
+        # The mail fails and its thread is marked with the reason (gateway/messaging/delivery.py).
         found = await self._delivery.bounced(org_id, contact_id, original, code)
         return "bounce" if found else "bounce_unmatched"

@@ -21,8 +21,8 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from gateway.errors import StoreUnavailable
 from gateway.ids import new_id
 from gateway.ports import Clock
-from gateway.store import Doc, Store
-from gateway.vault import Vault
+from gateway.security.vault import Vault
+from gateway.storage.store import Doc, Store
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class InboundEvents:
         return eid, True
 
     def _lease_on_insert(self) -> Doc | None:
-        """A local worker's lease for the event (its insert is then the claim): gateway/leases.py."""
+        """A local worker's lease for the event (its insert is then the claim): gateway/storage/leases.py."""
         for listener in self.listeners:
             offer = getattr(listener, "lease_on_insert", None)
             if offer is not None and (lease := offer()) is not None:
@@ -217,7 +217,7 @@ class InboundEvents:
         none has begun or ended for `lull_seconds` (senders wait for our answer before sending
         more), but not past `burst_seconds` after the burst began.
 
-        Background work calls this before each unit of work (gateway/leases.py `before_work`), so
+        Background work calls this before each unit of work (gateway/storage/leases.py `before_work`), so
         that a burst of webhooks or mail is stored and acknowledged at full speed: the provider
         waits on every acknowledgement (and retries, adding load, when it is slow); nobody waits on
         the processing, which the burst's backlog then feeds with full batches. With no burst the

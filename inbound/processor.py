@@ -1,6 +1,6 @@
 """The inbound processor: claims stored provider events by lease and hands each to its handler.
 
-Leases live in MongoDB (gateway/leases.py), so any number of worker processes can run this. A
+Leases live in MongoDB (gateway/storage/leases.py), so any number of worker processes can run this. A
 handler must be idempotent: a crash after any step re-runs the whole event safely.
 
 Under backlog the worker hands over whole batches. A handler with a `batch` method processes the
@@ -17,7 +17,7 @@ attempt, and taken again once that one is finished (when that one is leased to t
 is simply kept and run right after it); inside a batch, a sender's events run in
 order and stop at the first that fails. A sender's later messages therefore wait while an earlier
 one is retried (at most MAX_ATTEMPTS times, ~15 minutes). Consent changes are also ordered on
-their own (gateway/contacts.py record_consent), for events stored without a sender.
+their own (gateway/messaging/contacts.py record_consent), for events stored without a sender.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from gateway.leases import LeaseWorker
 from gateway.ports import Clock
-from gateway.store import Doc, Store
+from gateway.storage.leases import LeaseWorker
+from gateway.storage.store import Doc, Store
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ BatchHandler = Callable[[list[Doc]], Awaitable[tuple[list[object], list[Doc]]]]
 
 MAX_ATTEMPTS = 10
 LEASE_SECONDS = 60
-# Processed events are removed this long after (config [outbox] keep_done_days; TTL, gateway/store.py),
+# Processed events are removed this long after (config [outbox] keep_done_days; TTL, gateway/storage/store.py),
 # except those kept for review: events no org could be found for. Events that failed for good
 # (state "failed") are never processed and stay too.
 KEEP_DONE_DAYS = 30
@@ -110,7 +110,7 @@ class InboundProcessor:
         if state == "done":
             update["$unset"] = {"payload": "", "raw": ""}
         if state not in KEPT_STATES:
-            update["$set"]["expire_at"] = now + self._keep_done  # removed then (TTL, gateway/store.py)
+            update["$set"]["expire_at"] = now + self._keep_done  # removed then (TTL, gateway/storage/store.py)
         await self._store.inbound_events.update_one({"_id": event["_id"]}, update)
         return True
 

@@ -21,19 +21,19 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from gateway.audit import Actor, AuditLog, Pending
-from gateway.classifier import find_sensitive
-from gateway.contacts import OPTED_IN, OPTED_OUT, Contact, Contacts
-from gateway.conversations import Conversations, Inbound, Notice
 from gateway.errors import ProviderPermanent, ProviderTransient, ValidationError
-from gateway.keywords import Keyword, parse_keyword
-from gateway.orgs import Org, Orgs
-from gateway.outbox import Outbox
-from gateway.phone import normalize_e164
+from gateway.messaging.contacts import OPTED_IN, OPTED_OUT, Contact, Contacts
+from gateway.messaging.conversations import Conversations, Inbound, Notice
+from gateway.messaging.outbox import Outbox
+from gateway.messaging.phone import normalize_e164
 from gateway.ports import SmsSender
+from gateway.rules.classifier import find_sensitive
+from gateway.rules.keywords import Keyword, parse_keyword
 from gateway.rules.secure import decide_inbound
-from gateway.store import Doc, Store, insert_new
-from gateway.vault import Vault
+from gateway.security.audit import Actor, AuditLog, Pending
+from gateway.security.vault import Vault
+from gateway.storage.store import Doc, Store, insert_new
+from gateway.tenancy.orgs import Org, Orgs
 from inbound.attachments import IncomingFile, seal_attachments
 from inbound.events import InboundEvents
 from inbound.processor import MAX_ATTEMPTS
@@ -111,7 +111,7 @@ class SmsReplyHandler:
         if unavailable:
             flags.append(f"media_unavailable:{unavailable}")
         if files:
-            assert self._vault is not None  # given with the media source (gateway/app.py)
+            assert self._vault is not None  # given with the media source (gateway/runtime/app.py)
             await seal_attachments(self._store, self._vault, org_id=org.id, dek_id=contact.dek_id, message_id=eid,
                                    thread_id=thread["_id"], contact_id=contact.id, files=files)
         message, thread, new = await self._conversations.record_inbound(
@@ -126,7 +126,7 @@ class SmsReplyHandler:
                                      detail={"channel": "sms", "secure": secure,
                                              "keyword": keyword.name if keyword else None})
         # Consent changes carry the message's arrival: one from an earlier message never undoes a
-        # later one, whatever order they are processed in (gateway/contacts.py record_consent).
+        # later one, whatever order they are processed in (gateway/messaging/contacts.py record_consent).
         arrived = event.get("received_at")
         if keyword is Keyword.STOP:
             if await self._contacts.set_consent(org.id, contact.id, "sms", OPTED_OUT, "sms:keyword",

@@ -5,7 +5,7 @@ known token (550 5.1.1 otherwise, so nothing is stored for unknown addresses; th
 recipient of a session ends it with 421, against address harvesting); DATA answers 250
 only after the sealed raw message is durably stored, 451 4.3.0 when the store is unavailable;
 aiosmtpd answers 552 above the size limit; a peer sending too fast gets 451 4.7.0; a conversation
-over its daily quota of messages or bytes gets 452 4.2.2 (gateway/mail_quota.py).
+over its daily quota of messages or bytes gets 452 4.2.2 (gateway/storage/mail_quota.py).
 
 Routing is by the reply token first and by In-Reply-To/References second: a token past its
 lifetime (never a revoked one) still routes a reply whose In-Reply-To or References names a mail
@@ -29,17 +29,17 @@ from weakref import WeakKeyDictionary
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from pymongo.errors import PyMongoError
 
-from gateway.config import InboundSmtpConfig
 from gateway.errors import StoreUnavailable
-from gateway.mail_quota import ThreadMailQuota
-from gateway.orgs import Orgs
-from gateway.phone import mask_email
+from gateway.messaging.phone import mask_email
+from gateway.messaging.reply_address import parse_reply_address
+from gateway.messaging.reply_tokens import ReplyTokens
 from gateway.ports import Clock
-from gateway.ratelimit import RateLimiter
-from gateway.reply_address import parse_reply_address
-from gateway.reply_tokens import ReplyTokens
-from gateway.store import Doc, Store
-from gateway.tokens import token_hash
+from gateway.runtime.config import InboundSmtpConfig
+from gateway.security.ratelimit import RateLimiter
+from gateway.security.tokens import token_hash
+from gateway.storage.mail_quota import ThreadMailQuota
+from gateway.storage.store import Doc, Store
+from gateway.tenancy.orgs import Orgs
 from inbound.events import InboundEvents
 
 logger = logging.getLogger(__name__)

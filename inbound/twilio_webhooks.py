@@ -15,10 +15,10 @@ from multidict import MultiDictProxy
 from pymongo.errors import PyMongoError
 from twilio.request_validator import RequestValidator
 
-from gateway.delivery import STATUS_RANK, Delivery
 from gateway.errors import StoreUnavailable, ValidationError
-from gateway.phone import normalize_e164
-from gateway.services import Services
+from gateway.messaging.delivery import STATUS_RANK, Delivery
+from gateway.messaging.phone import normalize_e164
+from gateway.runtime.services import Services
 from inbound.events import InboundEvents
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from gateway.gsm7 import is_gsm7
+from gateway.messaging.gsm7 import is_gsm7
 
 SEGMENT = 160
 

@@ -20,9 +20,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 # The reply-address format lives in the core (the SMTP listener parses it too); reply_address and
 # parse_reply_address stay importable from here for the senders.
-from gateway.reply_address import check_domain
-from gateway.reply_address import parse_reply_address as parse_reply_address
-from gateway.reply_address import reply_address as reply_address
+from gateway.messaging.reply_address import check_domain
+from gateway.messaging.reply_address import parse_reply_address as parse_reply_address
+from gateway.messaging.reply_address import reply_address as reply_address
 
 SUBJECTS = {
     "secure_notice": "New secure message from {org}",
@@ -31,7 +31,7 @@ SUBJECTS = {
     "message": "Message from {org}",
 }
 
-# Staff alerts (gateway/alerts.py), by alert kind: subject, template, and the staff portal page
+# Staff alerts (gateway/messaging/alerts.py), by alert kind: subject, template, and the staff portal page
 # where an admin reviews it (reached through sign-in, so the mail itself is no capability).
 STAFF_ALERTS = {
     "breakglass.grant": ("Security alert: emergency access used in {org}", "breakglass_alert",

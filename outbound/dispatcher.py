@@ -4,12 +4,12 @@ Transient failures (429, 5xx, timeouts, network) retry with capped exponential b
 jitter; permanent ones (invalid number, opted out) fail at once and show on the message. A job
 is "sent" only with a provider id. Leases live in MongoDB, so several workers can run this.
 
-Under backlog the lease worker hands over whole batches (gateway/leases.py): the recipients of a
+Under backlog the lease worker hands over whole batches (gateway/storage/leases.py): the recipients of a
 batch are read with one query per org, the sends go out concurrently (bounded), and the jobs
 that went out are marked sent with O(1) writes. Anything that fails takes the one-job path for
 its outcome (retry, failure), exactly as it would alone.
 
-Besides contacts, the outbox mails staff: a "staff_alert" job (gateway/alerts.py) names a staff
+Besides contacts, the outbox mails staff: a "staff_alert" job (gateway/messaging/alerts.py) names a staff
 member, not a contact. Its address is the member's account email, read at send time (the batch
 reads a group's members with one query per org); an account that was disabled, deleted or is no
 longer an admin fails the job at once (codes staff_disabled, staff_deleted, staff_not_admin).
@@ -27,19 +27,19 @@ from typing import NamedTuple
 
 from pymongo import UpdateOne
 
-from gateway.alerts import STAFF_ALERT
-from gateway.audit import Actor, Pending
-from gateway.contacts import Contact
-from gateway.delivery import Delivery
 from gateway.errors import IntegrityError, NotFound, ProviderPermanent, ProviderTransient
-from gateway.leases import LeaseWorker
-from gateway.orgs import Org
-from gateway.outbox import DEAD, FAILED, SENT
+from gateway.messaging.alerts import STAFF_ALERT
+from gateway.messaging.contacts import Contact
+from gateway.messaging.delivery import Delivery
+from gateway.messaging.outbox import DEAD, FAILED, SENT
+from gateway.messaging.unsubscribe import unsubscribe_token
 from gateway.ports import EmailSender, OutgoingEmail, SmsSender
-from gateway.services import Services
-from gateway.staff import StaffMember
-from gateway.store import Doc
-from gateway.unsubscribe import unsubscribe_token
+from gateway.runtime.services import Services
+from gateway.security.audit import Actor, Pending
+from gateway.storage.leases import LeaseWorker
+from gateway.storage.store import Doc
+from gateway.tenancy.orgs import Org
+from gateway.tenancy.staff import StaffMember
 from outbound.compose import LINK_TEMPLATES, sms_text
 from outbound.compose_email import (
     CONTENT_TEMPLATES,
@@ -92,7 +92,7 @@ class OutboxDispatcher:
         delivery: Delivery | None = None,
     ) -> None:
         self._s = services
-        # Status rules and the thread's failure mark (gateway/delivery.py).
+        # Status rules and the thread's failure mark (gateway/messaging/delivery.py).
         self._delivery = delivery or Delivery(services.store, services.contacts, services.audit, services.clock)
         self._sms = sms
         self._email = email
@@ -100,7 +100,7 @@ class OutboxDispatcher:
         self._rng = rng or random.Random()
         self._cfg = services.config.outbox
         self._pacer = Pacer(self._cfg.sms_per_second)
-        # Finished jobs are removed this long after (TTL on expire_at, gateway/store.py). Nothing
+        # Finished jobs are removed this long after (TTL on expire_at, gateway/storage/store.py). Nothing
         # needs them later but a provider's late status callback (hours), which finds its job by
         # provider id; deterministic job ids guard re-runs of an event only while it is processed.
         self._keep_done = timedelta(days=self._cfg.keep_done_days)
@@ -127,7 +127,7 @@ class OutboxDispatcher:
         return await self.worker.run_once()
 
     async def run(self, stop: asyncio.Event, concurrency: int = 1) -> None:
-        """Claim and deliver jobs until stopped (gateway/leases.py: concurrent loops + sweeper)."""
+        """Claim and deliver jobs until stopped (gateway/storage/leases.py: concurrent loops + sweeper)."""
         await self.worker.run(stop, concurrency)
 
     # -- one job --------------------------------------------------------------------------

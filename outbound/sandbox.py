@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 
 from gateway.errors import ProviderPermanent
 from gateway.ports import Clock, Media, OutgoingEmail, SentSms
-from gateway.store import Store
-from gateway.vault import Vault
+from gateway.security.vault import Vault
+from gateway.storage.store import Store
 
 StatusHook = Callable[[str, str], Awaitable[None]]
 

@@ -49,7 +49,7 @@ from types import ModuleType
 import aiosmtplib
 
 from gateway.errors import ConfigError, ProviderPermanent, ProviderTransient, ValidationError
-from gateway.phone import mask_email
+from gateway.messaging.phone import mask_email
 from gateway.ports import Clock, OutgoingEmail
 
 try:

@@ -9,13 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.audit import Actor
 from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
-from gateway.orgs import Org
-from gateway.services import Services
-from gateway.store import Doc
-from gateway.tokens import token_hash
+from gateway.runtime.services import Services
+from gateway.security.audit import Actor
+from gateway.security.tokens import token_hash
+from gateway.storage.store import Doc
+from gateway.tenancy.orgs import Org
 from portal.http import client_ip, parse_json
 from portal.openapi import OPENAPI
 

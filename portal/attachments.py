@@ -18,8 +18,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from gateway.errors import IntegrityError
-from gateway.services import Services
-from gateway.store import Doc
+from gateway.runtime.services import Services
+from gateway.storage.store import Doc
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Unknown, expired, revoked and locked links all get the same page and status.
 
 The per-IP failure limiter answers first: a client over it gets 429 before its PIN is looked
 at, so a throttled guess is neither counted nor able to succeed, and tells nothing. Wrong PINs
-are counted per thread (gateway/links.py), so a fresh link does not bring fresh guesses.
+are counted per thread (gateway/security/links.py), so a fresh link does not bring fresh guesses.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from typing import Any
 from aiohttp import web
 from pymongo import ReturnDocument
 
-from gateway.audit import Actor
-from gateway.conversations import validate_body
 from gateway.errors import LinkUnavailable, PinRejected, ValidationError
 from gateway.ids import is_id, new_id
-from gateway.ratelimit import RateLimiter
+from gateway.messaging.conversations import validate_body
 from gateway.rules.pin import PinDecision, pin_for_link
 from gateway.rules.reply_route import reply_route
-from gateway.services import Services
-from gateway.store import Doc
-from gateway.tokens import csrf_ok, csrf_token, looks_like_token, token_hash
+from gateway.runtime.services import Services
+from gateway.security.audit import Actor
+from gateway.security.ratelimit import RateLimiter
+from gateway.security.tokens import csrf_ok, csrf_token, looks_like_token, token_hash
+from gateway.storage.store import Doc
 from portal import attachments
 from portal.http import client_ip, same_origin
 from portal.render import local_time, render

@@ -1,5 +1,5 @@
 """HTTP plumbing shared by every surface: security headers, error mapping, client IP (the rate
-limiter is gateway/ratelimit.py, shared with the SMTP listener)."""
+limiter is gateway/security/ratelimit.py, shared with the SMTP listener)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
-# What the API accepts, as patterns (gateway/phone.py, gateway/orgs.py validate_email, gateway/pins.py).
+# What the API accepts, as patterns (gateway/messaging/phone.py, gateway/tenancy/orgs.py validate_email,
+# gateway/security/pins.py).
 E164 = r"^\+[1-9][0-9]{7,14}$"
 EMAIL = r"^[A-Za-z0-9_%+-]{1,20}(\.[A-Za-z0-9_%+-]{1,20}){0,2}@([A-Za-z0-9-]{1,63}\.){1,4}[A-Za-z]{2,63}$"
 PIN = r"^([0-9]{6,64}|[^\x00-\x1f]{8,64})$"

@@ -15,15 +15,15 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from gateway.errors import ValidationError
-from gateway.phone import normalize_e164
-from gateway.reply_address import parse_reply_address
-from gateway.services import Services
-from gateway.tokens import csrf_ok, csrf_token, token_hash
+from gateway.messaging.phone import normalize_e164
+from gateway.messaging.reply_address import parse_reply_address
+from gateway.runtime.services import Services
+from gateway.security.tokens import csrf_ok, csrf_token, token_hash
 from portal.http import same_origin
 from portal.render import render
 
 
-# What the page needs from its collaborators, which the composition root (gateway/app.py) hands
+# What the page needs from its collaborators, which the composition root (gateway/runtime/app.py) hands
 # it: the sandbox providers (outbound/sandbox.py) and the durable intake (inbound/events.py). Named
 # here as roles so that portal/ imports neither package (docs/architecture.md, layers).
 class SandboxPhone(Protocol):

@@ -4,16 +4,16 @@ POST with the body `List-Unsubscribe=One-Click` opts the token's contact out of 
 and no CSRF token (RFC 8058 section 3.1: the mail provider POSTs the link as it is, without
 cookies), and an answer that names nobody. GET only shows a page with a button that makes that
 POST: it changes nothing, since mail scanners and link previews follow every link in a mail.
-The token rules live in gateway/unsubscribe.py.
+The token rules live in gateway/messaging/unsubscribe.py.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.orgs import Orgs
-from gateway.tokens import looks_like_token
-from gateway.unsubscribe import Unsubscribe
+from gateway.messaging.unsubscribe import Unsubscribe
+from gateway.security.tokens import looks_like_token
+from gateway.tenancy.orgs import Orgs
 from portal.http import client_ip
 from portal.render import render
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from gateway.app import build_runtime, create_app
 from gateway.clock import FrozenClock
-from gateway.config import Config, ServerConfig, TwilioConfig
-from gateway.crypto import Keyring
-from gateway.services import Services, build_services
-from gateway.store import Store, make_client
+from gateway.runtime.app import build_runtime, create_app
+from gateway.runtime.config import Config, ServerConfig, TwilioConfig
+from gateway.runtime.services import Services, build_services
+from gateway.security.crypto import Keyring
+from gateway.storage.store import Store, make_client
 from outbound.smtp_email import SmtpEmailSender
 from outbound.twilio_sms import TwilioSmsSender
 from tests.support.database import SecantusServer, external_uri
@@ -97,7 +97,7 @@ def services(config: Config, store: Store, keyring: Keyring, clock: FrozenClock)
 async def running_gateway(services: Services, twilio: TwilioStandIn, clock: FrozenClock,
                           aiohttp_client) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
     """The whole gateway on `services`: Twilio stand-in, a mail sink, an org and an API key."""
-    from gateway.api_keys import ApiKeys
+    from gateway.security.api_keys import ApiKeys
 
     sender = TwilioSmsSender(twilio.account_sid, twilio.auth_token, api_base=twilio.base_url, timeout=3)
     sink = SmtpSink()

@@ -20,7 +20,7 @@ from typing import Any
 import bson
 import pytest
 
-from gateway.redact import JsonFormatter, RedactingFilter
+from gateway.security.redact import JsonFormatter, RedactingFilter
 from tests.support.harness import CLIENT_PHONE, Gateway
 
 OWN_LOGGERS = ("gateway", "inbound", "outbound", "portal", "hushlink", "tests")

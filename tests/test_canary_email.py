@@ -19,7 +19,7 @@ import uuid
 from email.message import EmailMessage
 from typing import Any
 
-from gateway.phone import mask_email
+from gateway.messaging.phone import mask_email
 from tests.inbound.test_email_replies import (
     deliver,
     reply_address,

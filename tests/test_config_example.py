@@ -3,7 +3,7 @@
 from dataclasses import fields
 from pathlib import Path
 
-from gateway.config import Config, load_config
+from gateway.runtime.config import Config, load_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 

@@ -7,7 +7,7 @@ documents it cites say what exists.
   docs/security-model.md or a public standard instead.
 - Every "docs/<name>.md" a file mentions exists, and so does the section it names, when it names
   one as "docs/<name>.md#<anchor>" or "docs/<name>.md, '<Heading>'".
-- Every repository path the docs name in backticks (`gateway/links.py`) exists, and every link
+- Every repository path the docs name in backticks (`gateway/security/links.py`) exists, and every link
   between the docs resolves, so the docs cannot drift from the tree unnoticed.
 """
 
@@ -29,7 +29,7 @@ OUTSIDE = re.compile(r"\b(?:" + "|".join(("SECURITY", "DESIGN", "PRODUCT", "STYL
 DOCS_REF = re.compile(
     r"(?<![\w/.-])docs/([\w.-]+\.md)(?:#([\w-]+)|,\s*['\"\u2018\u201c]([^'\"\u2019\u201d\n]{1,80})['\"\u2019\u201d])?"
 )
-# A repository path in backticks in the docs: `gateway/links.py`, `tests/support/`.
+# A repository path in backticks in the docs: `gateway/security/links.py`, `tests/support/`.
 REPO_PATH = re.compile(r"`((?:gateway|inbound|outbound|portal|tests|bench|docs|scripts)/[\w./-]*)`")
 # A markdown link to another doc or to a section: [text](security-model.md#keys), [text](#keys).
 MD_LINK = re.compile(r"\]\(([\w.-]*\.md)?(?:#([\w-]+))?\)")

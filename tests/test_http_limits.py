@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.app import create_app
+from gateway.runtime.app import create_app
 from portal.listener import start_http
 from tests.support.harness import Gateway
 
@@ -113,7 +113,7 @@ async def test_a_slow_head_after_an_idle_spell_is_timed_from_its_first_byte(gw):
 
 
 def test_the_default_limits_are_30_and_75_seconds():
-    from gateway.config import ServerConfig
+    from gateway.runtime.config import ServerConfig
 
     assert (ServerConfig().header_timeout_seconds, ServerConfig().keepalive_timeout_seconds) == (30.0, 75.0)
 
@@ -175,8 +175,8 @@ METRICS_TOKEN = "m" * 16 + "0123456789abcdef"
 
 @contextlib.asynccontextmanager
 async def metrics_gateway(twilio, store, keyring, clock, aiohttp_client, **server):  # type: ignore[no-untyped-def]
-    from gateway.app import build_runtime, metrics_app
-    from gateway.services import build_services
+    from gateway.runtime.app import build_runtime, metrics_app
+    from gateway.runtime.services import build_services
     from tests.conftest import make_config
 
     services = build_services(make_config(twilio, **server), store, keyring, clock)
@@ -240,7 +240,7 @@ async def test_metrics_read_indexed_counts_per_state_not_the_collections(twilio,
 
     from pymongo import AsyncMongoClient
 
-    from gateway.store import Store
+    from gateway.storage.store import Store
     from tests.portal.test_page_scaling import Capture, reads, route
 
     capture = Capture()

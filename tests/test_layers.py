@@ -3,7 +3,7 @@ other, and the core (gateway/) imports none of them nor the transport libraries,
 composition root, which wires everything together (docs/architecture.md).
 
 What two edges share belongs in the core (for example the reply-address format,
-gateway/reply_address.py, and the rate limiter, gateway/ratelimit.py). Every import counts,
+gateway/messaging/reply_address.py, and the rate limiter, gateway/security/ratelimit.py). Every import counts,
 including imports inside functions and under `if TYPE_CHECKING:`: a type-only import is still a
 dependency on the other layer. Known violations are listed in KNOWN_VIOLATIONS; the test fails
 on any new one, and on a listed one that is gone (so the list only shrinks).
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EDGES = ("inbound", "outbound", "portal")
 CORE = "gateway"
 # The composition root: builds the services and hands each edge its collaborators.
-COMPOSITION_ROOT = frozenset({"gateway/app.py", "gateway/cli.py"})
+COMPOSITION_ROOT = frozenset({"gateway/runtime/app.py", "gateway/runtime/cli.py"})
 # Transport libraries belong to the edges; the core sees providers through gateway/ports.py.
 TRANSPORTS = ("aiohttp", "aiosmtpd", "twilio")
 

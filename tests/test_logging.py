@@ -1,6 +1,6 @@
 """What reaches the log (issue 9): structured fields do, personal data never does.
 
-Through the handler `hushlink` installs (gateway.redact.configure_logging), JSON lines and plain
+Through the handler `hushlink` installs (gateway.security.redact.configure_logging), JSON lines and plain
 text: fields passed as `extra=` are written (redacted), and the access log of serve's listener
 writes no query values.
 """
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from gateway.app import create_app
-from gateway.redact import configure_logging
-from gateway.tokens import new_token
+from gateway.runtime.app import create_app
+from gateway.security.redact import configure_logging
+from gateway.security.tokens import new_token
 from inbound.mail.parse import parse_message
 from outbound.twilio_sms import TwilioSmsSender
 from portal.listener import start_http

@@ -25,7 +25,7 @@ async def test_secure_email_carries_only_a_link_and_a_reply_address(gw):
 
 
 async def test_metrics_count_queued_work_without_ids_or_content(gw, aiohttp_client):
-    from gateway.app import metrics_app
+    from gateway.runtime.app import metrics_app
 
     internal = await aiohttp_client(metrics_app(gw.services))  # [server] metrics_port's listener
     await gw.api_send(body="Canary-metrics-5521")

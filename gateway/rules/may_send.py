@@ -23,7 +23,7 @@ OPTED_IN = "opted_in"
 
 
 class ConsentContact(Protocol):
-    """What the rule reads of a contact (gateway.contacts.Contact has it)."""
+    """What the rule reads of a contact (gateway.messaging.contacts.Contact has it)."""
 
     @property
     def consent(self) -> dict[str, Any]: ...

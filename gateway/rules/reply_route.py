@@ -26,7 +26,7 @@ RouteSource = Literal["thread", "last_used", "fallback"]
 
 
 class RouteContact(Protocol):
-    """What the rule reads of a contact (gateway.contacts.Contact has it)."""
+    """What the rule reads of a contact (gateway.messaging.contacts.Contact has it)."""
 
     @property
     def has_phone(self) -> bool: ...

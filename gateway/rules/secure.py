@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from gateway.classifier import find_sensitive
 from gateway.errors import SensitiveContent
+from gateway.rules.classifier import find_sensitive
 
 SecureSource = Literal["org_default", "org_forced", "template", "campaign_step", "message", "thread",
                        "sensitive_reply"]
@@ -34,7 +34,7 @@ SECURE_SOURCES: tuple[SecureSource, ...] = ("org_default", "org_forced", "templa
 
 
 class SecurePolicy(Protocol):
-    """The org policy fields the decision reads (gateway.orgs.OrgPolicy has them)."""
+    """The org policy fields the decision reads (gateway.tenancy.orgs.OrgPolicy has them)."""
 
     @property
     def secure_default(self) -> bool: ...

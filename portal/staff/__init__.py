@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gateway.services import Services
+from gateway.runtime.services import Services
 from portal.staff.audit_view import AuditView
 from portal.staff.auth import StaffAuth
 from portal.staff.common import Deps

@@ -1,6 +1,6 @@
 """The audit log (admin): filter by actor, action, thread and time; export as JSON lines.
 
-Entries carry ids, never content (gateway.audit), so the view and the export show them as they
+Entries carry ids, never content (gateway.security.audit), so the view and the export show them as they
 are stored, MAC and chain links included, so an exported file can be checked against the chain.
 Every export is itself audited.
 """
@@ -18,7 +18,7 @@ from bson import ObjectId
 
 from gateway.errors import ValidationError
 from gateway.ids import is_id
-from gateway.store import Doc
+from gateway.storage.store import Doc
 from portal.staff.common import STAFF, Deps
 from portal.staff.inbox import fmt_time
 from portal.staff.policy import policy

@@ -1,6 +1,6 @@
 """Staff sign-in and sessions: login (password, throttling, TOTP), logout, account, first-run setup.
 
-Sessions are server-side (gateway.sessions, kind "staff"): the cookie holds a 256-bit id whose
+Sessions are server-side (gateway.security.sessions, kind "staff"): the cookie holds a 256-bit id whose
 SHA-256 is the session's key. A new id is issued at every sign-in and privilege change (the
 pre-login cookie, which only binds the login form's CSRF token, is never promoted). Idle and
 absolute limits come from the org policy (staff_idle_seconds, staff_absolute_seconds). When a
@@ -15,15 +15,15 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.audit import Actor
 from gateway.errors import NotFound, ValidationError
-from gateway.orgs import Org, validate_email, validate_name
-from gateway.phone import normalize_e164
-from gateway.pins import hash_secret, verify_secret
-from gateway.staff import validate_password
-from gateway.staff_auth import totp_uri
-from gateway.store import Doc
-from gateway.tokens import csrf_token, new_token
+from gateway.messaging.phone import normalize_e164
+from gateway.security.audit import Actor
+from gateway.security.pins import hash_secret, verify_secret
+from gateway.security.staff_auth import totp_uri
+from gateway.security.tokens import csrf_token, new_token
+from gateway.storage.store import Doc
+from gateway.tenancy.orgs import Org, validate_email, validate_name
+from gateway.tenancy.staff import validate_password
 from portal.qr import qr_svg
 from portal.render import render
 from portal.staff.common import STAFF, Deps, StaffContext, form_fields, redirect, safe_next

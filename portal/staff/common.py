@@ -9,17 +9,17 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.access import thread_assignees
-from gateway.alerts import StoredStaffAlerts
-from gateway.api_keys import ApiKeys
-from gateway.audit import Actor
 from gateway.errors import IntegrityError, NotFound
 from gateway.ids import is_id
-from gateway.orgs import Org
-from gateway.services import Services
-from gateway.staff import StaffMember
-from gateway.staff_auth import LoginThrottle, SetupTokens, Totp
-from gateway.store import Doc
+from gateway.messaging.alerts import StoredStaffAlerts
+from gateway.runtime.services import Services
+from gateway.security.access import thread_assignees
+from gateway.security.api_keys import ApiKeys
+from gateway.security.audit import Actor
+from gateway.security.staff_auth import LoginThrottle, SetupTokens, Totp
+from gateway.storage.store import Doc
+from gateway.tenancy.orgs import Org
+from gateway.tenancy.staff import StaffMember
 from portal.http import client_ip
 from portal.render import render
 

@@ -22,12 +22,12 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.access import thread_assignees
-from gateway.contacts import Contact
 from gateway.errors import OptedOut, PinRequired, SensitiveContent, ValidationError
-from gateway.orgs import validate_email
-from gateway.phone import normalize_e164
+from gateway.messaging.contacts import Contact
+from gateway.messaging.phone import normalize_e164
 from gateway.rules.secure import decide_outbound
+from gateway.security.access import thread_assignees
+from gateway.tenancy.orgs import validate_email
 from portal.staff.common import STAFF, Deps, form_fields, redirect
 from portal.staff.contacts import check_scope, load_scoped_contact
 from portal.staff.policy import ANY_STAFF, policy

@@ -1,10 +1,10 @@
 """Contacts (/staff/contacts): list, detail with consent per channel, opt-out history, PIN status.
 
 Names and addresses are sealed: the list opens the names of the page's rows only; search is an
-exact phone or email match through the blind indexes (gateway.contacts).
+exact phone or email match through the blind indexes (gateway.messaging.contacts).
 
 Under the org policy agent_scope "assigned" an agent sees only the contacts whose conversation is
-in their scope (assigned to them or to nobody) and those with no conversation yet (gateway/access.py).
+in their scope (assigned to them or to nobody) and those with no conversation yet (gateway/security/access.py).
 The contact of another's conversation is, on its detail page and every contact action, the same
 audited 403 as the conversation: the break-glass page, which opens the conversation, and with it
 the contact, for the org's break_glass_minutes.
@@ -18,17 +18,17 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway.access import REASON_MAX, in_scope, thread_assignees
-from gateway.consent import NOTE_MAX, REASONS, StaffConsent
-from gateway.contacts import Contact
+from gateway.compliance.subject_data import export_contact
 from gateway.errors import LegalHold, NotFound, ValidationError
 from gateway.ids import is_id
-from gateway.phone import normalize_e164
-from gateway.pins import generate_pin
-from gateway.recent import FLOOR_MARGIN, oid_at, oid_time
-from gateway.services import Services
-from gateway.store import Doc, Store
-from gateway.subject_data import export_contact
+from gateway.messaging.consent import NOTE_MAX, REASONS, StaffConsent
+from gateway.messaging.contacts import Contact
+from gateway.messaging.phone import normalize_e164
+from gateway.runtime.services import Services
+from gateway.security.access import REASON_MAX, in_scope, thread_assignees
+from gateway.security.pins import generate_pin
+from gateway.storage.recent import FLOOR_MARGIN, oid_at, oid_time
+from gateway.storage.store import Doc, Store
 from portal.staff.common import STAFF, Deps, form_fields, redirect
 from portal.staff.inbox import fmt_time
 from portal.staff.policy import ANY_STAFF, policy
@@ -143,7 +143,7 @@ async def newest_contacts(s: Services, org_id: str, before: str | None, limit: i
     """The org's newest `limit` contacts (not erased) older than the contact id `before`.
 
     Contact ids are ObjectId hex, so they sort by creation: the read is one window of
-    (org_id, _id) at a time (gateway/recent.py), and a page costs the same with 50 contacts or
+    (org_id, _id) at a time (gateway/storage/recent.py), and a page costs the same with 50 contacts or
     50,000 (a plain sorted, limited query reads them all on SecantusDB).
     """
     now = datetime.now(UTC)  # ids carry the real time, not the service clock
@@ -277,7 +277,7 @@ class ContactPages:
 
     @policy(*ANY_STAFF)
     async def change_consent(self, request: web.Request) -> web.Response:
-        """Opt the contact in or out of a channel by hand, with a reason (gateway/consent.py; audited)."""
+        """Opt the contact in or out of a channel by hand, with a reason (gateway/messaging/consent.py; audited)."""
         ctx = request[STAFF]
         contact, _ = await load_scoped_contact(self.d, request, request.match_info["id"])
         form = await form_fields(request)

@@ -2,10 +2,10 @@
 
 Lists never show message content, secure or not: a row says who, whether the thread is secure,
 its status, assignee, unread count and a neutral preview ("New reply", "Message sent"), and when the
-thread's last send failed, why, in plain words (gateway/delivery.py; staff dismiss the mark from the
+thread's last send failed, why, in plain words (gateway/messaging/delivery.py; staff dismiss the mark from the
 thread page, POST /threads/<id>/delivery-problem/dismiss, here). Under the
 org policy agent_scope "assigned", an agent's inbox (search included) lists only the threads
-assigned to them or to nobody (gateway/access.py).
+assigned to them or to nobody (gateway/security/access.py).
 
 Search: a phone number (E.164) or an email address is matched exactly through the contact's blind
 index, across all threads. Names are sealed, so a name is matched by opening the names of the
@@ -22,13 +22,13 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway.access import in_scope, thread_assignees
-from gateway.conversations import NEUTRAL_PREVIEW, AssigneeFilter
-from gateway.delivery import Delivery, problem_of
 from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
-from gateway.phone import normalize_e164
-from gateway.store import Doc
+from gateway.messaging.conversations import NEUTRAL_PREVIEW, AssigneeFilter
+from gateway.messaging.delivery import Delivery, problem_of
+from gateway.messaging.phone import normalize_e164
+from gateway.security.access import in_scope, thread_assignees
+from gateway.storage.store import Doc
 from portal.render import local_time
 from portal.staff.common import STAFF, Deps, redirect
 from portal.staff.policy import ANY_STAFF, policy
@@ -89,7 +89,7 @@ class Inbox:
         except NotFound:
             raise await self.d.deny(request, "thread", tid) from None
         # As every thread route: another member's thread under agent_scope "assigned" opens only
-        # under a break-glass grant (gateway/access.py); otherwise an audited denial.
+        # under a break-glass grant (gateway/security/access.py); otherwise an audited denial.
         if not in_scope(ctx.org.policy, ctx.member, thread) and \
                 await self.s.break_glass.active(ctx.org.id, ctx.member.id, thread["_id"]) is None:
             raise await self.d.deny(request, "thread", tid)

@@ -5,7 +5,7 @@ assignment touches its thread); where change streams are unavailable (a standalo
 stream polls threads by last_activity_at instead. Events carry ids and counters, never content:
 the page fetches itself again to show what changed. An agent who sees only their own and
 unassigned threads (agent_scope "assigned") gets events for those, and for a thread they hold an
-unexpired break-glass grant for, not for their colleagues' threads (gateway/access.py).
+unexpired break-glass grant for, not for their colleagues' threads (gateway/security/access.py).
 
 A stream never extends the session's idle timeout (its policy has touch=False): the session is
 re-checked at every heartbeat and the stream ends with `event: signed_out` once it is gone. Each
@@ -27,8 +27,8 @@ from typing import Any
 from aiohttp import web
 from pymongo.errors import OperationFailure, PyMongoError
 
-from gateway.access import in_scope
-from gateway.store import Doc
+from gateway.security.access import in_scope
+from gateway.storage.store import Doc
 from portal.staff.common import STAFF, Deps
 from portal.staff.policy import ANY_STAFF, policy
 

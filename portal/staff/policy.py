@@ -22,8 +22,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from gateway.staff import ROLES
-from gateway.tokens import csrf_ok
+from gateway.security.tokens import csrf_ok
+from gateway.tenancy.staff import ROLES
 from portal.http import Handler, same_origin
 from portal.render import render
 from portal.staff.common import STAFF, Deps, StaffContext, form_fields

@@ -9,8 +9,8 @@ Staff authentication).
 
 The emergency access page lists the org's break-glass grants with their reasons (opened here,
 escaped by the template; reading them is audited) and closes the open alerts that put the banner
-on every admin's pages: those the page showed, never one raised since (gateway/access.py,
-gateway/alerts.py).
+on every admin's pages: those the page showed, never one raised since (gateway/security/access.py,
+gateway/messaging/alerts.py).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from aiohttp import web
 
 from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
-from gateway.org_settings import OrgSettings
-from gateway.orgs import LINK_TTL_CHOICES, DetailChanges, zone_names
-from gateway.staff import ROLES, StaffMember
+from gateway.tenancy.org_settings import OrgSettings
+from gateway.tenancy.orgs import LINK_TTL_CHOICES, DetailChanges, zone_names
+from gateway.tenancy.staff import ROLES, StaffMember
 from portal.staff.common import STAFF, Deps, form_fields, redirect
 from portal.staff.inbox import fmt_time
 from portal.staff.policy import policy

@@ -13,7 +13,7 @@ audited denial.
 
 Under the org policy agent_scope "assigned", a thread assigned to another staff member is, for an
 agent, an audited 403 on every one of these routes: a page that offers break-glass emergency
-access (a reason, then the thread for the org's break_glass_minutes; gateway/access.py). Under a
+access (a reason, then the thread for the org's break_glass_minutes; gateway/security/access.py). Under a
 grant every route opens but assign: the agent can't assign the thread (to themselves or to nobody it
 would stay open to them after the grant ends); an admin must reassign it.
 """
@@ -26,16 +26,16 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.access import REASON_MAX, in_scope
-from gateway.contacts import Contact
-from gateway.delivery import problem_of, reason_code, reason_text
 from gateway.errors import NotFound, OptedOut, PinRequired, SensitiveContent, ValidationError
 from gateway.ids import is_id
-from gateway.recent import FLOOR_MARGIN, oid_at, oid_time
+from gateway.messaging.contacts import Contact
+from gateway.messaging.delivery import problem_of, reason_code, reason_text
 from gateway.rules.pin import PinDecision
 from gateway.rules.reply_route import reply_route
 from gateway.rules.secure import decide_outbound, describe
-from gateway.store import Doc
+from gateway.security.access import REASON_MAX, in_scope
+from gateway.storage.recent import FLOOR_MARGIN, oid_at, oid_time
+from gateway.storage.store import Doc
 from portal import attachments
 from portal.staff.common import STAFF, Deps, form_fields, redirect
 from portal.staff.contacts import pin_action
@@ -239,7 +239,7 @@ class ThreadPages:
             "expires": fmt_time(lk["expires_at"], org.zone), "opened": fmt_time(lk.get("opened_at"), org.zone),
             "failures": int(lk.get("failures", 0)), "channel": lk.get("channel", "sms"),
             "pin": bool(lk.get("pin_hash")),
-            # A link whose notice never reached the client is not shown as sent (gateway/delivery.py).
+            # A link whose notice never reached the client is not shown as sent (gateway/messaging/delivery.py).
             "undelivered": reason_text(lk["undelivered"].get("reason_code")) if lk.get("undelivered") else None,
         } for lk in links]
         # What the reply box starts at, by the same rule the send will apply (gateway/rules/secure.py).
@@ -300,7 +300,7 @@ class ThreadPages:
                 label = STATUS_LABELS.get(h["status"], h["status"])
                 if h.get("error_code"):
                     label += f" (error {h['error_code']})"
-                    if h["status"] in ("failed", "undelivered"):  # and what it means (gateway/delivery.py)
+                    if h["status"] in ("failed", "undelivered"):  # and what it means (gateway/messaging/delivery.py)
                         label += f" — {reason_text(reason_code(h['error_code']))}"
                 by_message[d["_id"]].append({"at": h["at"], "label": label,
                                              "bad": h["status"] in ("failed", "undelivered")})

@@ -22,13 +22,13 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page
 
-from gateway.api_keys import ApiKeys
-from gateway.app import Runtime, build_runtime, create_app
 from gateway.clock import FrozenClock
-from gateway.crypto import Keyring
-from gateway.orgs import Org
-from gateway.services import Services, build_services
-from gateway.store import Store
+from gateway.runtime.app import Runtime, build_runtime, create_app
+from gateway.runtime.services import Services, build_services
+from gateway.security.api_keys import ApiKeys
+from gateway.security.crypto import Keyring
+from gateway.storage.store import Store
+from gateway.tenancy.orgs import Org
 from outbound.twilio_sms import TwilioSmsSender
 from tests.conftest import make_config
 from tests.support.browser import PageWatch, chromium, chromium_available

@@ -11,7 +11,7 @@ import re
 
 from playwright.async_api import Page, expect
 
-from gateway.staff import Staff
+from gateway.tenancy.staff import Staff
 from portal.strings import STRINGS
 from tests.browser.conftest import LiveGateway, Tab, open_tab
 from tests.support.browser import a11y_report, screenshot

@@ -17,10 +17,10 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from gateway.classifier import find_sensitive
     from gateway.errors import ValidationError
-    from gateway.keywords import parse_keyword
-    from gateway.phone import normalize_e164
+    from gateway.messaging.phone import normalize_e164
+    from gateway.rules.classifier import find_sensitive
+    from gateway.rules.keywords import parse_keyword
     from inbound.mail.html_text import html_to_text
     from inbound.mail.parse import parse_message
     from inbound.mail.reply_text import extract_reply

@@ -10,9 +10,9 @@ from datetime import timedelta
 import bson
 import pytest
 
-from gateway.audit import GENESIS, Actor, AuditLog, _canonical
-from gateway.crypto import Keyring, Sealer
 from gateway.ids import new_id
+from gateway.security.audit import GENESIS, Actor, AuditLog, _canonical
+from gateway.security.crypto import Keyring, Sealer
 
 ORG = "6b00000000000000000000aa"
 OTHER = "6b00000000000000000000bb"
@@ -210,7 +210,7 @@ async def test_appends_that_come_together_share_head_writes(audit, store):
 
 async def test_the_head_is_written_at_most_once_per_interval_unless_flushed(audit, store, monkeypatch):
     """Page views that audit one after another pay for one head write a second, not one each."""
-    monkeypatch.setattr("gateway.audit.HEAD_INTERVAL_SECONDS", 60.0)
+    monkeypatch.setattr("gateway.security.audit.HEAD_INTERVAL_SECONDS", 60.0)
     saves: list[int] = []
     saved = asyncio.Event()
     save = audit._save_head
@@ -234,7 +234,7 @@ async def test_the_head_is_written_at_most_once_per_interval_unless_flushed(audi
 
 
 async def test_a_waiting_head_is_written_when_its_interval_is_over(audit, store, monkeypatch):
-    monkeypatch.setattr("gateway.audit.HEAD_INTERVAL_SECONDS", 0.2)
+    monkeypatch.setattr("gateway.security.audit.HEAD_INTERVAL_SECONDS", 0.2)
     for i in range(4):
         await audit.append(ORG, "test.view", Actor("staff", f"s{i}"))
     for _ in range(200):  # no flush: the writer goes on its own once the interval is over
@@ -282,7 +282,7 @@ async def test_lowering_the_recorded_head_after_cutting_off_the_tail_is_detected
 
 
 async def test_lowering_the_head_with_a_sig_made_without_the_key_is_detected(audit, store, clock, keyring):
-    from gateway.audit import _head_bytes
+    from gateway.security.audit import _head_bytes
 
     made = await fill(audit, clock)
     await audit.flush()

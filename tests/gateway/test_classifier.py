@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.classifier import CLINICAL_TERMS, find_sensitive, is_sensitive
+from gateway.rules.classifier import CLINICAL_TERMS, find_sensitive, is_sensitive
 
 TODAY = date(2026, 1, 5)
 KINDS = {"card", "date_of_birth", "record_number", "ssn", "term"}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Config, load_config
 from gateway.errors import ConfigError
+from gateway.runtime.config import Config, load_config
 
 
 def write(tmp_path: Path, text: str, name: str = "hushlink.toml") -> Path:
@@ -192,7 +192,7 @@ def free_port() -> int:
 
 def hushlink_command() -> list[str]:
     script = Path(sys.executable).parent / "hushlink"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.runtime.cli"]
 
 
 def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -228,8 +228,8 @@ def test_serve_with_bad_config_exits_2_naming_the_key_before_binding(tmp_path):
 
 
 def test_a_remote_smtp_relay_without_starttls_is_refused_naming_the_key():
-    from gateway.config import load_config
     from gateway.errors import ConfigError
+    from gateway.runtime.config import load_config
 
     with pytest.raises(ConfigError) as err:
         load_config(None, {"HUSHLINK_SMTP__HOST": "smtp.example.org", "HUSHLINK_SMTP__STARTTLS": "false"})
@@ -239,8 +239,8 @@ def test_a_remote_smtp_relay_without_starttls_is_refused_naming_the_key():
 
 
 def test_dkim_settings_go_together():
-    from gateway.config import load_config
     from gateway.errors import ConfigError
+    from gateway.runtime.config import load_config
 
     with pytest.raises(ConfigError) as err:
         load_config(None, {"HUSHLINK_SMTP__DKIM_SELECTOR": "s1"})
@@ -248,6 +248,6 @@ def test_dkim_settings_go_together():
 
 
 def test_the_common_password_list_ships_with_the_package():
-    from gateway.staff import common_passwords
+    from gateway.tenancy.staff import common_passwords
 
     assert len(common_passwords()) >= 50 and "password1234" in common_passwords()

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from bson import Binary
 
-from gateway.crypto import Keyring, Sealer, aad, load_or_create_keyring, write_keyring
 from gateway.errors import ConfigError, IntegrityError, ValidationError
 from gateway.ids import new_id
-from gateway.pins import generate_pin, hash_secret, needs_rehash, validate_pin, verify_secret
-from gateway.tokens import looks_like_token, new_token, token_hash
-from gateway.vault import Vault
+from gateway.security.crypto import Keyring, Sealer, aad, load_or_create_keyring, write_keyring
+from gateway.security.pins import generate_pin, hash_secret, needs_rehash, validate_pin, verify_secret
+from gateway.security.tokens import looks_like_token, new_token, token_hash
+from gateway.security.vault import Vault
 
 ORG = "6b0000000000000000000001"
 OTHER_ORG = "6b0000000000000000000002"

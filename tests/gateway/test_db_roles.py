@@ -21,12 +21,12 @@ import pytest
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from gateway.audit import SYSTEM, AuditLog
-from gateway.cli import main
 from gateway.clock import FrozenClock
-from gateway.crypto import Keyring, Sealer
-from gateway.orgs import Orgs
-from gateway.store import Store
+from gateway.runtime.cli import main
+from gateway.security.audit import SYSTEM, AuditLog
+from gateway.security.crypto import Keyring, Sealer
+from gateway.storage.store import Store
+from gateway.tenancy.orgs import Orgs
 from tests.support.database import _free_port
 
 DB = "hushlink"

@@ -1,4 +1,4 @@
-"""Delivery rules (gateway/delivery.py): plain reasons for provider codes, and the thread's failure
+"""Delivery rules (gateway/messaging/delivery.py): plain reasons for provider codes, and the thread's failure
 mark, set by a failed send and cleared by a later one that went out — through the real Twilio
 webhook, the dispatcher and the SMTP listener."""
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.audit import Actor
-from gateway.delivery import Delivery, reason_code, reason_text
+from gateway.messaging.delivery import Delivery, reason_code, reason_text
+from gateway.security.audit import Actor
 from tests.inbound.test_email_replies import deliver, dsn_for, email_thread, reply_address, reply_token_of
 from tests.support.harness import CLIENT_PHONE, Gateway
 

@@ -1,4 +1,4 @@
-"""The embedded database (gateway/embedded.py) runs with access control, and its data directory
+"""The embedded database (gateway/runtime/embedded.py) runs with access control, and its data directory
 is private: credentials made on first start (mode 0600) and reused, directory 0700, files 0600."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
-from gateway.embedded import EmbeddedDatabase, uri_for
+from gateway.runtime.embedded import EmbeddedDatabase, uri_for
 
 UNAUTHORIZED = (13, 18)  # Unauthorized, AuthenticationFailed
 

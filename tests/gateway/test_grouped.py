@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from pymongo.errors import OperationFailure
 
-from gateway.grouped import GroupedLookup
+from gateway.storage.grouped import GroupedLookup
 
 
 class Table:

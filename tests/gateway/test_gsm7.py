@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.gsm7 import gsm7_septets, is_gsm7, sms_segments
-from gateway.tokens import new_token
+from gateway.messaging.gsm7 import gsm7_septets, is_gsm7, sms_segments
+from gateway.security.tokens import new_token
 
 BASIC = (
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"

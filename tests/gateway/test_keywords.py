@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.keywords import Keyword, parse_keyword
+from gateway.rules.keywords import Keyword, parse_keyword
 
 FAMILIES = {
     Keyword.STOP: ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"],

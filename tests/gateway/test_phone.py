@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import ValidationError
-from gateway.phone import mask_email, mask_phone, normalize_e164
+from gateway.messaging.phone import mask_email, mask_phone, normalize_e164
 
 E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 

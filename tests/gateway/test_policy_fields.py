@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway import retention
-from gateway.orgs import OrgPolicy
+from gateway.compliance import retention
+from gateway.tenancy.orgs import OrgPolicy
 from tests.portal.test_break_glass import break_glass, scene
 from tests.portal.test_client_portal import PIN, WRONG, open_session, post_open, renew, send_secure, thread_page
 from tests.portal.test_staff_support import Browser, csrf_of, make_staff, signed_in

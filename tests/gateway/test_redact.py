@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from gateway.errors import ConfigError
 from gateway.ids import new_id
-from gateway.redact import JsonFormatter, RedactingFilter, _is_identifier, configure_logging, redact
-from gateway.tokens import new_token
+from gateway.security.redact import JsonFormatter, RedactingFilter, _is_identifier, configure_logging, redact
+from gateway.security.tokens import new_token
 
 PHONE = "+14155550123"
 EMAIL = "jane.doe@example.com"
@@ -247,10 +247,10 @@ def test_configure_logging_redacts_every_logger_including_aiohttp_access(
     configure_logging("INFO", stream=stream)
     token = new_token()
     logging.getLogger("aiohttp.access").info(f'1.2.3.4 "GET /s/{token} HTTP/1.1" 200')
-    logging.getLogger("gateway.outbox").info("sent", extra={"fields": {"to": PHONE}})
-    logging.getLogger("gateway.outbox").debug("not shown at INFO")
+    logging.getLogger("gateway.messaging.outbox").info("sent", extra={"fields": {"to": PHONE}})
+    logging.getLogger("gateway.messaging.outbox").debug("not shown at INFO")
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [line["logger"] for line in lines] == ["aiohttp.access", "gateway.outbox"]
+    assert [line["logger"] for line in lines] == ["aiohttp.access", "gateway.messaging.outbox"]
     assert token not in stream.getvalue() and PHONE not in stream.getvalue()
     assert lines[1]["to"] == "+1********23"
 

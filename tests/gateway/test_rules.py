@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from gateway.errors import SensitiveContent
-from gateway.orgs import OrgPolicy
 from gateway.rules.may_send import may_send
 from gateway.rules.pin import pin_for_link
 from gateway.rules.reply_route import Route, reply_route
@@ -19,6 +18,7 @@ from gateway.rules.secure import (
     decide_outbound,
     describe,
 )
+from gateway.tenancy.orgs import OrgPolicy
 
 DEFAULT_SECURE = OrgPolicy(secure_default=True)
 DEFAULT_STANDARD = OrgPolicy(secure_default=False)

@@ -1,10 +1,10 @@
 """A process that does not run the workers (`--role web`) keeps no in-memory queue of work for them:
-what it stores is found by the sweep of the process that runs them (gateway/leases.py)."""
+what it stores is found by the sweep of the process that runs them (gateway/storage/leases.py)."""
 
 from __future__ import annotations
 
-from gateway.app import build_runtime, create_app
-from gateway.services import Services
+from gateway.runtime.app import build_runtime, create_app
+from gateway.runtime.services import Services
 from outbound.twilio_sms import TwilioSmsSender
 from tests.support.harness import CLIENT_PHONE, ORG_NUMBER, PUBLIC_URL
 from tests.support.twilio_standin import TwilioStandIn, inbound_sms_params, new_sid, sign
@@ -12,7 +12,7 @@ from tests.support.twilio_standin import TwilioStandIn, inbound_sms_params, new_
 
 async def test_a_web_only_process_queues_nothing_in_memory_however_much_it_takes(
         services: Services, twilio: TwilioStandIn, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
-    from gateway.api_keys import ApiKeys
+    from gateway.security.api_keys import ApiKeys
 
     sender = TwilioSmsSender(twilio.account_sid, twilio.auth_token, api_base=twilio.base_url, timeout=3)
     try:

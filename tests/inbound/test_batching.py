@@ -8,13 +8,13 @@ from typing import Any
 
 from pymongo import AsyncMongoClient, monitoring
 
-from gateway.audit import Actor, AuditLog, Pending
 from gateway.clock import FrozenClock
-from gateway.config import Config
-from gateway.conversations import Inbound, Notice
-from gateway.crypto import Keyring
-from gateway.services import Services, build_services
-from gateway.store import Doc, Store
+from gateway.messaging.conversations import Inbound, Notice
+from gateway.runtime.config import Config
+from gateway.runtime.services import Services, build_services
+from gateway.security.audit import Actor, AuditLog, Pending
+from gateway.security.crypto import Keyring
+from gateway.storage.store import Doc, Store
 from inbound.events import InboundEvents
 from inbound.processor import InboundProcessor
 from inbound.sms import SmsReplyHandler
@@ -461,7 +461,7 @@ async def test_deliveries_sharing_an_insert_during_an_outage_each_get_503(
 
 async def test_a_bug_met_by_one_document_does_not_stop_the_worker(store: Store, clock: FrozenClock) -> None:
     """A handler error that is not the database's is logged; the loop goes on with the next."""
-    from gateway.leases import LeaseWorker
+    from gateway.storage.leases import LeaseWorker
 
     coll = store.db["lease_bug_test"]
     handled: list[str] = []

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections import Counter
 
 from gateway.clock import FrozenClock
-from gateway.config import Config
-from gateway.crypto import Keyring
-from gateway.store import Doc, Store
-from gateway.tokens import token_hash
+from gateway.runtime.config import Config
+from gateway.security.crypto import Keyring
+from gateway.security.tokens import token_hash
+from gateway.storage.store import Doc, Store
 from inbound.email_reply import EmailReplyHandler
 from inbound.processor import InboundProcessor
 from tests.inbound.test_batching import Counted, audit_entries, claim_all

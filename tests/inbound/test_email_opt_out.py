@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.contacts import OPTED_OUT
-from gateway.keywords import is_email_opt_out
+from gateway.messaging.contacts import OPTED_OUT
+from gateway.rules.keywords import is_email_opt_out
 from tests.inbound.test_email_replies import (
     deliver,
     email_thread,

@@ -20,7 +20,7 @@ import aiosmtplib
 import bson
 import pytest
 
-from gateway.tokens import token_hash
+from gateway.security.tokens import token_hash
 from tests.portal.test_staff_support import Browser, audit_entries, make_staff, signed_in
 from tests.support.harness import (
     CLIENT_EMAIL,

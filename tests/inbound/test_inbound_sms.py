@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from gateway.contacts import OPTED_IN, OPTED_OUT, Contact
-from gateway.gsm7 import is_gsm7, sms_segments
-from gateway.store import Doc
+from gateway.messaging.contacts import OPTED_IN, OPTED_OUT, Contact
+from gateway.messaging.gsm7 import is_gsm7, sms_segments
+from gateway.storage.store import Doc
 from inbound.processor import InboundProcessor
 from inbound.sms import SmsReplyHandler
 from tests.support.harness import CLIENT_PHONE, LINK_RE, Gateway

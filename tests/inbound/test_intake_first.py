@@ -11,8 +11,8 @@ import asyncio
 from typing import Any
 
 from gateway.clock import FrozenClock
-from gateway.leases import LeaseWorker
-from gateway.store import Doc, Store
+from gateway.storage.leases import LeaseWorker
+from gateway.storage.store import Doc, Store
 from inbound.events import InboundEvents
 from tests.support.harness import Gateway
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.contacts import OPTED_IN, OPTED_OUT
+from gateway.messaging.contacts import OPTED_IN, OPTED_OUT
 from tests.inbound.test_inbound_sms import (
     contact,
     start_secure_thread,

@@ -8,9 +8,9 @@ from datetime import timedelta
 from typing import Any
 
 from gateway.clock import FrozenClock
-from gateway.contacts import OPTED_IN, OPTED_OUT
-from gateway.crypto import Keyring
-from gateway.store import Store
+from gateway.messaging.contacts import OPTED_IN, OPTED_OUT
+from gateway.security.crypto import Keyring
+from gateway.storage.store import Store
 from tests.conftest import make_config
 from tests.inbound.test_batching import until
 from tests.portal.test_sandbox_gating import client_for, inject_reply

@@ -7,8 +7,8 @@ import asyncio
 import aiosmtplib
 import pytest
 
-from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.runtime.config import load_config
 from tests.inbound.test_email_replies import deliver, email_thread, reply_address, reply_token_of, simple_reply
 from tests.support.harness import CLIENT_EMAIL, REPLY_DOMAIN, Gateway
 

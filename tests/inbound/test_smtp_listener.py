@@ -109,7 +109,7 @@ async def _notice(gw) -> tuple[str, str, str]:
 
 
 async def _expire_reply_tokens(gw) -> None:
-    gw.clock.advance(days=401)  # reply addresses live 400 days (gateway/reply_tokens.py)
+    gw.clock.advance(days=401)  # reply addresses live 400 days (gateway/messaging/reply_tokens.py)
 
 
 async def test_an_expired_reply_address_still_routes_a_reply_to_our_mail(gw):

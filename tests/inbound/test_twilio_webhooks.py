@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from gateway.api_keys import ApiKeys
-from gateway.app import build_runtime, create_app
 from gateway.clock import FrozenClock
-from gateway.config import Config
-from gateway.delivery import STATUS_RANK
-from gateway.crypto import Keyring
 from gateway.ids import new_id
+from gateway.messaging.delivery import STATUS_RANK
 from gateway.ports import SentSms
-from gateway.services import build_services
-from gateway.store import Store
+from gateway.runtime.app import build_runtime, create_app
+from gateway.runtime.config import Config
+from gateway.runtime.services import build_services
+from gateway.security.api_keys import ApiKeys
+from gateway.security.crypto import Keyring
+from gateway.storage.store import Store
 from outbound.dispatcher import OutboxDispatcher
 from outbound.twilio_sms import TwilioSmsSender
 from tests.conftest import make_config

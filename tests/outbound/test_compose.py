@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.gsm7 import is_gsm7, sms_segments
-from gateway.tokens import new_token
+from gateway.messaging.gsm7 import is_gsm7, sms_segments
+from gateway.security.tokens import new_token
 from outbound.compose import LINK_TEMPLATES, TEMPLATES, gsm7_name, sms_text
 
 PUBLIC = "https://messages.riverside-health.example"[:40]

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from gateway.audit import Actor
 from gateway.clock import FrozenClock
-from gateway.config import Config
-from gateway.contacts import OPTED_OUT
-from gateway.crypto import Keyring
-from gateway.store import Doc, Store
+from gateway.messaging.contacts import OPTED_OUT
+from gateway.runtime.config import Config
+from gateway.security.audit import Actor
+from gateway.security.crypto import Keyring
+from gateway.storage.store import Doc, Store
 from outbound.dispatcher import OutboxDispatcher
 from outbound.twilio_sms import TwilioSmsSender
 from tests.inbound.test_batching import Counted

@@ -11,10 +11,10 @@ from typing import Any
 
 import bson
 
-from gateway.contacts import OPTED_OUT
+from gateway.messaging.contacts import OPTED_OUT
 from gateway.ports import SentSms
-from gateway.services import Services
-from gateway.tokens import token_hash
+from gateway.runtime.services import Services
+from gateway.security.tokens import token_hash
 from outbound.dispatcher import OutboxDispatcher
 from outbound.twilio_sms import TwilioSmsSender
 from tests.support.harness import CLIENT_PHONE, PUBLIC_URL
@@ -352,7 +352,7 @@ async def test_status_callback_points_at_public_url(gw):
 
 
 async def test_secure_notice_is_one_gsm7_segment_with_a_working_link(gw):
-    from gateway.gsm7 import is_gsm7, sms_segments
+    from gateway.messaging.gsm7 import is_gsm7, sms_segments
     await gw.services.orgs.update(gw.org.id, name=LONG_NAME)
     await gw.api_send(body=CANARY)
     await gw.drain()

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import ConfigError, ProviderPermanent, ProviderTransient, ValidationError
 from gateway.ports import EmailSender, OutgoingEmail
-from gateway.tokens import new_token
+from gateway.security.tokens import new_token
 from outbound.compose_email import (
     LINK_TEMPLATES,
     clean_org_name,

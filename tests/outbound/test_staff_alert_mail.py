@@ -14,11 +14,11 @@ from typing import Any
 import bson
 import pytest
 
-from gateway.alerts import STAFF_ALERT, staff_alert_job_id
-from gateway.api_keys import ApiKeys
-from gateway.app import build_runtime, create_app
-from gateway.audit import SYSTEM
-from gateway.services import build_services
+from gateway.messaging.alerts import STAFF_ALERT, staff_alert_job_id
+from gateway.runtime.app import build_runtime, create_app
+from gateway.runtime.services import build_services
+from gateway.security.api_keys import ApiKeys
+from gateway.security.audit import SYSTEM
 from outbound.compose_email import render_staff_alert
 from outbound.dispatcher import OutboxDispatcher
 from outbound.sandbox import SandboxEmailSender

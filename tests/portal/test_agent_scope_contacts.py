@@ -15,7 +15,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from gateway.audit import SYSTEM
+from gateway.security.audit import SYSTEM
 from portal.staff.contacts import PAGE, SCAN
 from tests.portal.test_break_glass import CLIENT_NAME, FREE, MINE, MINUTES, THEIRS, Scene, break_glass, scene
 from tests.portal.test_page_scaling import capture, examined, reads

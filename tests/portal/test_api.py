@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.api_keys import ApiKeys
-from gateway.contacts import OPTED_OUT
+from gateway.messaging.contacts import OPTED_OUT
+from gateway.security.api_keys import ApiKeys
 from outbound.compose import sms_text
 from portal.openapi import OPENAPI
 from tests.support.harness import CLIENT_PHONE, PUBLIC_URL

@@ -15,9 +15,9 @@ from typing import Any
 import bson
 import pytest
 
-from gateway.audit import SYSTEM
 from gateway.ids import new_id
-from gateway.services import build_services
+from gateway.runtime.services import build_services
+from gateway.security.audit import SYSTEM
 from tests.portal.test_staff_live import read_event
 from tests.portal.test_staff_settings import POLICY_FORM
 from tests.portal.test_staff_support import Browser, audit_entries, csrf_of, make_staff, signed_in

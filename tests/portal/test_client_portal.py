@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from pymongo.errors import PyMongoError
 
-from gateway.api_keys import ApiKeys
-from gateway.app import build_runtime, create_app
-from gateway.audit import Actor
-from gateway.services import build_services
+from gateway.runtime.app import build_runtime, create_app
+from gateway.runtime.services import build_services
+from gateway.security.api_keys import ApiKeys
+from gateway.security.audit import Actor
 from outbound.twilio_sms import TwilioSmsSender
 from tests.conftest import make_config
 from tests.support.harness import CLIENT_PHONE, ORG_NUMBER, Gateway

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.contacts import NO_VALUE
+from gateway.messaging.contacts import NO_VALUE
 from tests.portal.test_staff_support import audit_entries, signed_in
 from tests.support.harness import CLIENT_PHONE
 

@@ -29,13 +29,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from gateway.app import build_runtime, create_app
-from gateway.audit import Actor
 from gateway.clock import FrozenClock
-from gateway.crypto import Keyring
-from gateway.pins import hash_secret
-from gateway.services import build_services
-from gateway.store import Store, make_client
+from gateway.runtime.app import build_runtime, create_app
+from gateway.runtime.services import build_services
+from gateway.security.audit import Actor
+from gateway.security.crypto import Keyring
+from gateway.security.pins import hash_secret
+from gateway.storage.store import Store, make_client
 from tests.conftest import make_config
 
 SECRET = "canary-k3a9 the biopsy shows nothing to worry about"

@@ -33,8 +33,8 @@ from bson import ObjectId
 from pymongo import AsyncMongoClient, monitoring
 from yarl import URL
 
-from gateway.audit import SYSTEM
-from gateway.store import INDEXES, Doc, Store
+from gateway.security.audit import SYSTEM
+from gateway.storage.store import INDEXES, Doc, Store
 from tests.portal.test_staff_support import Browser, make_staff
 
 PAGE = 50

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from gateway.audit import Actor
-from gateway.tokens import csrf_token, token_hash
+from gateway.security.audit import Actor
+from gateway.security.tokens import csrf_token, token_hash
 from tests.portal.test_client_portal import (
     BODY,
     PIN,

@@ -4,7 +4,7 @@ else the last one they used, else SMS if they have a phone, else email."""
 
 from __future__ import annotations
 
-from gateway.contacts import OPTED_OUT
+from gateway.messaging.contacts import OPTED_OUT
 from tests.portal.test_client_portal import renew
 from tests.portal.test_staff_support import signed_in
 from tests.support.harness import CLIENT_EMAIL, CLIENT_PHONE, LINK_RE

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from gateway import retention
+from gateway.compliance import retention
 from gateway.errors import ValidationError
-from gateway.recent import oid_at
+from gateway.storage.recent import oid_at
 from inbound.attachments import IncomingFile, seal_attachments
 from portal.strings import STRINGS
 from tests.portal.test_staff_settings import POLICY_FORM
@@ -143,7 +143,7 @@ async def test_no_retention_keeps_everything(gw: Gateway) -> None:
 
 
 def test_retention_days_is_zero_or_at_least_a_month() -> None:
-    from gateway.orgs import OrgPolicy
+    from gateway.tenancy.orgs import OrgPolicy
 
     assert OrgPolicy(retention_days=0).validate().retention_days == 0
     assert OrgPolicy(retention_days=30).validate().retention_days == 30

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import build_runtime, create_app
-from gateway.cli import sandbox_warning
 from gateway.clock import FrozenClock
-from gateway.config import Config, SmtpConfig
-from gateway.crypto import Keyring
-from gateway.services import build_services
-from gateway.store import Store
-from gateway.tokens import csrf_token
+from gateway.runtime.app import build_runtime, create_app
+from gateway.runtime.cli import sandbox_warning
+from gateway.runtime.config import Config, SmtpConfig
+from gateway.runtime.services import build_services
+from gateway.security.crypto import Keyring
+from gateway.security.tokens import csrf_token
+from gateway.storage.store import Store
 from tests.conftest import make_config
 from tests.support.database import _free_port
 from tests.support.harness import ORG_NUMBER, PUBLIC_URL

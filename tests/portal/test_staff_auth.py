@@ -8,8 +8,8 @@ from dataclasses import replace
 import pyotp
 from aiohttp import web
 
-from gateway.staff import Staff
-from gateway.staff_auth import DEFAULT_RULES, LoginThrottle
+from gateway.security.staff_auth import DEFAULT_RULES, LoginThrottle
+from gateway.tenancy.staff import Staff
 from portal.staff.common import Deps
 from tests.portal.test_staff_support import (
     COOKIE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.contacts import OPTED_OUT
+from gateway.messaging.contacts import OPTED_OUT
 from tests.portal.test_staff_support import signed_in
 from tests.support.harness import CLIENT_PHONE, LINK_RE
 

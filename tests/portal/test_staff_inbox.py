@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.audit import SYSTEM
+from gateway.security.audit import SYSTEM
 from tests.portal.test_staff_support import signed_in
 
 CANARY = "canary-91c2 your HIV test result is negative"

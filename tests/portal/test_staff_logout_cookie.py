@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from gateway.services import build_services
+from gateway.runtime.services import build_services
 from tests.conftest import make_config, running_gateway
 from tests.portal.test_staff_support import Browser, make_staff, set_cookies
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from gateway.api_keys import ApiKeys
-from gateway.audit import SYSTEM
 from gateway.ids import new_id
+from gateway.security.api_keys import ApiKeys
+from gateway.security.audit import SYSTEM
 from portal.staff import PREFIX
 from portal.staff.common import Deps
 from portal.staff.policy import policy, policy_of, staff_guard, unguarded_routes

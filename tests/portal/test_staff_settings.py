@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pyotp
 
-from gateway.orgs import DetailChanges, OrgPolicy
-from gateway.staff import Staff
+from gateway.tenancy.orgs import DetailChanges, OrgPolicy
+from gateway.tenancy.staff import Staff
 from tests.portal.test_staff_auth import re_secret
 from tests.portal.test_staff_support import (
     PASSWORD,
@@ -369,7 +369,7 @@ async def test_the_client_portal_shows_times_in_the_org_time_zone(gw):
 
 
 async def test_the_audit_log_date_filter_uses_the_org_days(gw):
-    from gateway.audit import SYSTEM
+    from gateway.security.audit import SYSTEM
 
     await gw.services.orgs.update_details(gw.org.id, DetailChanges(timezone="America/New_York"))
     gw.clock.set(datetime(2026, 1, 5, 3, 0, tzinfo=UTC))  # 4 Jan, 22:00 in New York

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from gateway.staff_auth import SETUP_TTL_SECONDS, first_run_url
-from gateway.tokens import token_hash
+from gateway.security.staff_auth import SETUP_TTL_SECONDS, first_run_url
+from gateway.security.tokens import token_hash
 from tests.portal.test_staff_support import PASSWORD, Browser, make_staff
 from tests.support.harness import PUBLIC_URL
 
@@ -75,5 +75,5 @@ async def test_setup_form_needs_csrf(gw):
 
 
 def test_setup_url_is_printed_by_serve():
-    source = open("gateway/cli.py").read()
+    source = open("gateway/runtime/cli.py").read()
     assert re.search(r"first_run_url\(services\.store, services\.clock, url\)", source)

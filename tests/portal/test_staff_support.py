@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.staff import Staff, StaffMember
+from gateway.tenancy.staff import Staff, StaffMember
 from tests.support.harness import Gateway
 
 PASSWORD = "violet-kayak-harbor-1987"
@@ -112,7 +112,7 @@ async def enable_totp(gw: Gateway, member: StaffMember) -> str:
     """Enrol `member` in an authenticator app; return its secret."""
     import pyotp
 
-    from gateway.staff_auth import Totp
+    from gateway.security.staff_auth import Totp
 
     totp = Totp(gw.store, gw.services.vault, gw.clock)
     secret = await totp.begin(gw.org.id, member.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-from gateway.audit import SYSTEM
+from gateway.security.audit import SYSTEM
 from tests.portal.test_staff_support import audit_entries, csrf_of, make_staff, signed_in
 from tests.support.harness import CLIENT_PHONE, LINK_RE
 

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import segno
 
-from gateway.staff_auth import Totp
+from gateway.security.staff_auth import Totp
 from tests.portal.test_staff_auth import re_secret
 from tests.portal.test_staff_support import Browser, csrf_of, make_staff, signed_in
 from tests.support.harness import Gateway

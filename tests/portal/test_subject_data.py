@@ -154,7 +154,7 @@ async def test_a_legal_hold_blocks_erasure_until_it_is_released(gw: Gateway) -> 
 async def test_an_erased_subject_exports_what_is_left_and_nothing_opens(gw: Gateway) -> None:
     ids = await two_subjects(gw)
     assert await gw.services.contacts.erase(gw.org.id, ids["a"])
-    from gateway.subject_data import export_contact
+    from gateway.compliance.subject_data import export_contact
 
     data = await export_contact(gw.services, gw.org.id, ids["a"])
     validate_export(data)

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import bson
 
-from gateway.tokens import token_hash
+from gateway.security.tokens import token_hash
 from tests.inbound.test_email_replies import email_thread
 from tests.portal.test_staff_support import audit_entries, signed_in
 from tests.support.harness import CLIENT_EMAIL, CLIENT_PHONE, PUBLIC_URL, Gateway

@@ -10,10 +10,10 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from gateway.app import Runtime
 from gateway.clock import FrozenClock
-from gateway.orgs import Org
-from gateway.services import Services
+from gateway.runtime.app import Runtime
+from gateway.runtime.services import Services
+from gateway.tenancy.orgs import Org
 from tests.support.twilio_standin import TwilioStandIn, inbound_sms_params, new_sid, sign
 
 PUBLIC_URL = "http://hushlink.test"
@@ -140,8 +140,8 @@ class Gateway:
 
 
 def point_cli_at(gw: Gateway, monkeypatch: Any, mongo_uri: str, tmp_path: Path) -> None:
-    """Make `hushlink admin ...` (gateway.cli.main) use this gateway's database and keyring."""
-    from gateway.crypto import write_keyring
+    """Make `hushlink admin ...` (gateway.runtime.cli.main) use this gateway's database and keyring."""
+    from gateway.security.crypto import write_keyring
 
     keyring = tmp_path / "keyring.json"
     write_keyring(keyring, gw.services.sealer.keyring)
@@ -153,7 +153,7 @@ def point_cli_at(gw: Gateway, monkeypatch: Any, mongo_uri: str, tmp_path: Path) 
 
 
 async def run_cli(argv: list[str]) -> int:
-    """gateway.cli.main in a thread: it runs its own event loop."""
-    from gateway.cli import main
+    """gateway.runtime.cli.main in a thread: it runs its own event loop."""
+    from gateway.runtime.cli import main
 
     return await asyncio.to_thread(main, argv)

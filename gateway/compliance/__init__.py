@@ -1,0 +1,1 @@
+"""Data lifecycle: retention and data-subject exports."""

@@ -1,0 +1,1 @@
+"""Conversations: contacts, threads, messages, the outbox, delivery status, consent, notices."""

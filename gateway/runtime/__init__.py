@@ -1,0 +1,1 @@
+"""The composition root: configuration, the embedded database, the CLI and the app wiring."""

@@ -1,0 +1,250 @@
+"""The composition root: builds the services, providers, workers and HTTP app, and wires them.
+
+This is the only module that knows every package. Each surface (webhooks, API, portals) is a
+small class given exactly the services it uses; background workers run in cleanup contexts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.compliance import retention
+from gateway.errors import ConfigError
+from gateway.messaging.delivery import Delivery
+from gateway.messaging.unsubscribe import Unsubscribe
+from gateway.ports import EmailSender, SmsSender
+from gateway.runtime.services import Services
+from inbound.email_reply import EmailReplyHandler
+from inbound.events import InboundEvents
+from inbound.processor import InboundProcessor
+from inbound.sms import SmsReplyHandler
+from inbound.smtp_server import ReplyHandler, make_smtp
+from inbound.twilio_webhooks import TwilioWebhooks
+from outbound.dispatcher import OutboxDispatcher
+from outbound.sandbox import SandboxEmailSender, SandboxSmsSender
+from outbound.smtp_email import DkimSigner, SmtpEmailSender
+from outbound.twilio_sms import TwilioSmsSender
+from portal.api import ApiV1
+from portal.client import ClientPortal
+from portal.http import error_mapping, readable_forms, security_headers
+from portal.render import error_page
+from portal.sandbox import SandboxPortal
+from portal.staff import PREFIX as STAFF_PREFIX
+from portal.staff import staff_app
+from portal.unsubscribe import UnsubscribePage
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parents[2] / "portal" / "static"
+ROLES = ("all", "web", "worker", "smtp")
+SMTP_SERVER = web.AppKey("smtp_server", asyncio.AbstractServer)
+
+
+@dataclass
+class Runtime:
+    """Everything with a lifecycle, built once per process."""
+
+    services: Services
+    events: InboundEvents
+    sms: SmsSender
+    email: EmailSender
+    sandbox: SandboxSmsSender | None
+    sandbox_mail: SandboxEmailSender | None
+    processor: InboundProcessor
+    dispatcher: OutboxDispatcher
+    delivery: Delivery
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake_dispatcher(self) -> None:
+        self.dispatcher.wake.set()
+
+    @property
+    def sandbox_enabled(self) -> bool:
+        """Does /sandbox exist? Its forms inject inbound messages as if a contact sent them, so
+        only when no real provider is in use (SMS and mail both sandboxes), or when
+        [server] sandbox = true says so (serve then warns in red)."""
+        explicit = self.services.config.server.sandbox
+        return explicit or (self.sandbox is not None and self.sandbox_mail is not None)
+
+    async def close(self) -> None:
+        for sender in (self.sms, self.email):
+            closer = getattr(sender, "close", None)
+            if closer is not None:
+                await closer()
+
+
+def build_runtime(services: Services, *, sms: SmsSender | None = None, email: EmailSender | None = None) -> Runtime:
+    s = services
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    events = InboundEvents(s.store, s.vault, s.clock)
+    sandbox = None
+    if sms is None:
+        tw = s.config.twilio
+        if tw.sandbox:
+            sandbox = SandboxSmsSender(s.store, s.vault, s.clock)
+            sms = sandbox
+        else:
+            sms = TwilioSmsSender(tw.account_sid, tw.auth_token, api_base=tw.api_base or None,
+                                  timeout=tw.timeout_seconds)
+    elif isinstance(sms, SandboxSmsSender):
+        sandbox = sms
+    sandbox_mail = None
+    if email is None:
+        mail = s.config.smtp
+        if mail.sandbox:
+            email = sandbox_mail = SandboxEmailSender(s.store, s.vault, s.clock)
+        else:
+            dkim = DkimSigner(mail.dkim_selector, mail.dkim_domain, mail.dkim_private_key) \
+                if mail.dkim_private_key else None
+            email = SmtpEmailSender(mail.host, mail.port, username=mail.username, password=mail.password,
+                                    starttls=mail.starttls, timeout=mail.timeout_seconds, dkim=dkim)
+    elif isinstance(email, SandboxEmailSender):
+        sandbox_mail = email
+    handlers = {
+        "sms": SmsReplyHandler(s.store, events, s.orgs, s.contacts, s.conversations, s.outbox, s.audit,
+                               media=sms, vault=s.vault),
+        "email": EmailReplyHandler(s.store, s.vault, events, s.orgs, s.contacts, s.conversations, s.reply_tokens,
+                                   s.audit, s.clock),
+    }
+    # Intake first: processing and sending wait for a lull in incoming deliveries (InboundEvents.lull).
+    delivery = Delivery(s.store, s.contacts, s.audit, s.clock)
+    dispatcher = OutboxDispatcher(s, sms, email, owner=owner, before_work=events.lull, delivery=delivery)
+    processor = InboundProcessor(s.store, s.clock, handlers, owner=owner,  # type: ignore[arg-type]
+                                 poll_seconds=s.config.outbox.poll_seconds, before_work=events.lull,
+                                 keep_done_days=s.config.outbox.keep_done_days)
+    events.listeners.append(processor.worker.notify)
+    if sandbox is not None:
+        async def sandbox_status(sid: str, status: str) -> None:
+            await delivery.record(sid, status, None)
+        sandbox.on_status = sandbox_status
+    return Runtime(s, events, sms, email, sandbox, sandbox_mail, processor, dispatcher, delivery)
+
+
+def create_app(rt: Runtime, *, role: str = "all", workers: bool = True) -> web.Application:
+    s = rt.services
+    app = web.Application(
+        client_max_size=s.config.server.max_body_bytes,
+        middlewares=[security_headers(s.config.server.is_https), error_mapping(error_page), readable_forms(error_page)],
+    )
+    if role in ("all", "web"):
+        TwilioWebhooks(s, rt.events, rt.delivery).add_routes(app)
+        ApiV1(s, rt.wake_dispatcher).add_routes(app)
+        ClientPortal(s, rt.wake_dispatcher).add_routes(app)
+        # One-click email opt-out from the link in every mail to a client (RFC 8058).
+        UnsubscribePage(Unsubscribe(s.store, s.contacts, s.audit), s.orgs,
+                        s.config.server.trusted_proxies).add_routes(app)
+        # Staff portal (issue 3): a sub-app with its own default-deny policy middleware.
+        app.add_subapp(STAFF_PREFIX, staff_app(s, rt.wake_dispatcher))
+        if rt.sandbox_enabled:
+            SandboxPortal(s, rt.sandbox, rt.sandbox_mail, rt.events).add_routes(app)
+        app.router.add_static("/static/", STATIC_DIR, append_version=False)
+        app.router.add_get("/robots.txt", robots)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", _readyz(s))
+    if s.config.server.metrics_token:  # else only on the internal listener (metrics_app), if any
+        app.router.add_get("/metrics", _metrics(s, token=s.config.server.metrics_token))
+    if workers and role in ("all", "worker"):
+        app.cleanup_ctx.append(_workers(rt))
+    if workers and role in ("all", "smtp") and s.config.inbound_smtp.enabled:
+        app.cleanup_ctx.append(_smtp_listener(rt))
+    return app
+
+
+def _smtp_listener(rt: Runtime):  # type: ignore[no-untyped-def]
+    """The SMTP listener for email replies, on this event loop (aiosmtpd protocol per connection)."""
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        s = rt.services
+        cfg = s.config.inbound_smtp
+        handler = ReplyHandler(cfg, s.orgs, s.reply_tokens, rt.events, s.store, s.clock)
+        hostname = cfg.reply_domain or socket.getfqdn()
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(lambda: make_smtp(handler, cfg, hostname), cfg.host, cfg.port)
+        except OSError as err:
+            raise ConfigError("inbound_smtp.port", f"cannot listen on {cfg.host}:{cfg.port}: {err.strerror}") from None
+        app[SMTP_SERVER] = server
+        yield
+        server.close()
+        await server.wait_closed()
+    return ctx
+
+
+async def robots(request: web.Request) -> web.Response:
+    return web.Response(text="User-agent: *\nDisallow: /s/\nDisallow: /u/\nDisallow: /staff/\nDisallow: /api/\n")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def _readyz(s: Services):  # type: ignore[no-untyped-def]
+    async def readyz(request: web.Request) -> web.Response:
+        if await s.store.ping():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "database unavailable"}, status=503)
+    return readyz
+
+
+# Every state a job or an event can be in (gateway/messaging/outbox.py; inbound/processor.py and the reply
+# handlers): the metrics count each one through the (state, next_attempt_at) index, a bounded
+# number of index range counts instead of a pass over the whole collection.
+QUEUE_STATES = {
+    "outbox": ("hushlink_outbox_jobs", ("pending", "sent", "failed", "dead")),
+    "inbound_events": ("hushlink_inbound_events",
+                       ("pending", "done", "failed", "unroutable", "bounce", "bounce_unmatched")),
+}
+
+
+def metrics_app(s: Services) -> web.Application:
+    """The internal listener's app ([server] metrics_port): /metrics without a token, nothing else."""
+    app = web.Application()
+    app.router.add_get("/metrics", _metrics(s, token=None))
+    return app
+
+
+def _metrics(s: Services, *, token: str | None):  # type: ignore[no-untyped-def]
+    """Prometheus text: queue depths by state (counts only; no ids, no content)."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    async def metrics(request: web.Request) -> web.Response:
+        if expected is not None and not hmac.compare_digest(
+                request.headers.get("Authorization", "").encode(), expected):
+            return web.Response(status=401, text="bearer token required\n",
+                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        lines = []
+        for collection, (metric, states) in QUEUE_STATES.items():
+            coll = s.store.collection(collection)
+            counts = await asyncio.gather(*(coll.count_documents({"state": state}) for state in states))
+            lines.append(f"# TYPE {metric} gauge")
+            lines.extend(f'{metric}{{state="{state}"}} {n}' for state, n in zip(states, counts, strict=True))
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    return metrics
+
+
+def _workers(rt: Runtime):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        workers = rt.services.config.outbox.concurrency
+        tasks = [
+            asyncio.create_task(rt.processor.run(rt.stop, workers), name="inbound-processor"),
+            asyncio.create_task(rt.dispatcher.run(rt.stop, workers), name="outbox-dispatcher"),
+            asyncio.create_task(retention.run(rt.services, rt.stop), name="retention"),
+        ]
+        yield
+        rt.stop.set()
+        # Drain: the loops finish the job in hand, then return.
+        _, pending = await asyncio.wait(tasks, timeout=30)
+        for t in pending:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+    return ctx

@@ -1,0 +1,1 @@
+"""Sealing, keys, audit chain, links and PINs, staff authentication and sessions, rate limits."""

@@ -1,0 +1,1 @@
+"""MongoDB access: the client, indexes, leases, windowed reads (no domain decisions)."""

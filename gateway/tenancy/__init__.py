@@ -1,0 +1,1 @@
+"""Organizations, their policy and settings, and their staff accounts."""
