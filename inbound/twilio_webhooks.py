@@ -16,9 +16,10 @@ from pymongo.errors import PyMongoError
 from twilio.request_validator import RequestValidator
 
 from gateway.errors import StoreUnavailable, ValidationError
+from gateway.messaging.contacts import Contacts
 from gateway.messaging.delivery import STATUS_RANK, Delivery
 from gateway.messaging.phone import normalize_e164
-from gateway.runtime.services import Services
+from gateway.tenancy.orgs import Orgs
 from inbound.events import InboundEvents
 
 logger = logging.getLogger(__name__)
@@ -39,12 +40,19 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class TwilioWebhooks:
-    def __init__(self, services: Services, events: InboundEvents, delivery: Delivery) -> None:
-        self._s = services
+    """`public_url` is the gateway's URL as Twilio was given it (the signature covers it);
+    `auth_token` checks the signature (none: every request is refused); `account_sid`, when set,
+    must be the request's AccountSid."""
+
+    def __init__(self, events: InboundEvents, delivery: Delivery, orgs: Orgs, contacts: Contacts, *,
+                 public_url: str, auth_token: str, account_sid: str) -> None:
         self._events = events
         self._delivery = delivery
-        token = services.config.twilio.auth_token
-        self._validator = RequestValidator(token) if token else None
+        self._orgs = orgs
+        self._contacts = contacts
+        self._public_url = public_url
+        self._account_sid = account_sid
+        self._validator = RequestValidator(auth_token) if auth_token else None
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/webhooks/twilio/sms", self.inbound_sms)
@@ -58,12 +66,11 @@ class TwilioWebhooks:
             return _error(400, "duplicate form fields")
         params = {k: v for k, v in form.items() if isinstance(v, str)}
         signature = request.headers.get("X-Twilio-Signature", "")
-        url = self._s.public_url + request.path_qs
+        url = self._public_url + request.path_qs
         if self._validator is None or not signature or not self._validator.validate(url, params, signature):
             logger.warning("twilio webhook rejected: bad signature", extra={"fields": {"path": request.path}})
             return _error(403, "invalid X-Twilio-Signature")
-        account = self._s.config.twilio.account_sid
-        if account and params.get("AccountSid") != account:
+        if self._account_sid and params.get("AccountSid") != self._account_sid:
             return _error(403, "AccountSid does not match this gateway")
         if any(len(v) > MAX_FIELD for v in params.values()):
             return _error(413, "field too long")
@@ -85,7 +92,7 @@ class TwilioWebhooks:
         if not 0 <= num_media <= MAX_MEDIA:
             return _error(400, f"NumMedia must be between 0 and {MAX_MEDIA}")
         try:
-            org = await self._s.orgs.by_recipient(params.get("To"), params.get("MessagingServiceSid"))
+            org = await self._orgs.by_recipient(params.get("To"), params.get("MessagingServiceSid"))
             _, new = await self._events.accept(
                 provider="twilio", provider_id=sid, org_id=org.id if org else None, kind="sms",
                 payload=params, state="pending" if org else "unroutable",
@@ -110,7 +117,7 @@ class TwilioWebhooks:
             sender = normalize_e164(sender, field="From")
         except ValidationError:
             sender = sender.strip()  # not a phone number (processing refuses it): still one key per sender
-        return self._s.contacts.phone_index(org_id, sender)
+        return self._contacts.phone_index(org_id, sender)
 
     async def status(self, request: web.Request) -> web.Response:
         params = await self._authenticated_form(request)

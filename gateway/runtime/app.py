@@ -137,7 +137,9 @@ def create_app(rt: Runtime, *, role: str = "all", workers: bool = True) -> web.A
         middlewares=[security_headers(s.config.server.is_https), error_mapping(error_page), readable_forms(error_page)],
     )
     if role in ("all", "web"):
-        TwilioWebhooks(s, rt.events, rt.delivery).add_routes(app)
+        TwilioWebhooks(rt.events, rt.delivery, s.orgs, s.contacts, public_url=s.public_url,
+                       auth_token=s.config.twilio.auth_token, account_sid=s.config.twilio.account_sid,
+                       ).add_routes(app)
         ApiV1(s, rt.wake_dispatcher).add_routes(app)
         ClientPortal(s, rt.wake_dispatcher).add_routes(app)
         # One-click email opt-out from the link in every mail to a client (RFC 8058).
