@@ -22,6 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -29,17 +30,18 @@ from pymongo import UpdateOne
 
 from gateway.errors import IntegrityError, NotFound, ProviderPermanent, ProviderTransient
 from gateway.messaging.alerts import STAFF_ALERT
-from gateway.messaging.contacts import Contact
+from gateway.messaging.contacts import Contact, Contacts
+from gateway.messaging.conversations import Conversations
 from gateway.messaging.delivery import Delivery
-from gateway.messaging.outbox import DEAD, FAILED, SENT
+from gateway.messaging.outbox import DEAD, FAILED, SENT, Outbox
 from gateway.messaging.unsubscribe import unsubscribe_token
-from gateway.ports import EmailSender, OutgoingEmail, SmsSender
-from gateway.runtime.services import Services
-from gateway.security.audit import Actor, Pending
+from gateway.ports import Clock, EmailSender, OutgoingEmail, SmsSender
+from gateway.security.audit import Actor, AuditLog, Pending
+from gateway.security.vault import Vault
 from gateway.storage.leases import LeaseWorker
-from gateway.storage.store import Doc
-from gateway.tenancy.orgs import Org
-from gateway.tenancy.staff import StaffMember
+from gateway.storage.store import Doc, Store
+from gateway.tenancy.orgs import Org, Orgs
+from gateway.tenancy.staff import Staff, StaffMember
 from outbound.compose import LINK_TEMPLATES, sms_text
 from outbound.compose_email import (
     CONTENT_TEMPLATES,
@@ -70,6 +72,23 @@ class StaffRecipient(NamedTuple):
     member: StaffMember  # the staff account a staff_alert job mails
 
 
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    """The config values the dispatcher reads (built by the composition root, gateway/runtime/app.py)."""
+
+    public_url: str  # without a trailing slash: links, status callbacks, unsubscribe URLs
+    from_address: str = ""  # [smtp] from_address; an org's own email_from comes first
+    reply_domain: str = ""  # [inbound_smtp] reply_domain; an org's own reply_domain comes first
+    bounces_to_reply: bool = True  # [smtp] return_path = "reply": the envelope sender is the reply address
+    max_attempts: int = 8
+    base_backoff_seconds: float = 2.0
+    max_backoff_seconds: float = 600.0
+    lease_seconds: float = 60.0
+    poll_seconds: float = 1.0
+    sms_per_second: float = 10.0
+    keep_done_days: int = 30
+
+
 class Pacer:
     """Per-sender spacing of sends in this process (the provider's rate per number)."""
 
@@ -87,33 +106,41 @@ class Pacer:
 
 class OutboxDispatcher:
     def __init__(
-        self, services: Services, sms: SmsSender, email: EmailSender | None = None, *,
+        self, *, outbox: Outbox, store: Store, vault: Vault, orgs: Orgs, contacts: Contacts, staff: Staff,
+        conversations: Conversations, audit: AuditLog, delivery: Delivery, clock: Clock,
+        sms: SmsSender, email: EmailSender | None = None, settings: DispatchSettings,
         owner: str, rng: random.Random | None = None, before_work: Callable[[], Awaitable[None]] | None = None,
-        delivery: Delivery | None = None,
     ) -> None:
-        self._s = services
+        self._store = store
+        self._vault = vault
+        self._orgs = orgs
+        self._contacts = contacts
+        self._staff = staff
+        self._conversations = conversations
+        self._audit = audit
+        self._clock = clock
         # Status rules and the thread's failure mark (gateway/messaging/delivery.py).
-        self._delivery = delivery or Delivery(services.store, services.contacts, services.audit, services.clock)
+        self._delivery = delivery
         self._sms = sms
         self._email = email
         self._owner = owner
         self._rng = rng or random.Random()
-        self._cfg = services.config.outbox
-        self._pacer = Pacer(self._cfg.sms_per_second)
+        self._cfg = settings
+        self._pacer = Pacer(settings.sms_per_second)
         # Finished jobs are removed this long after (TTL on expire_at, gateway/storage/store.py). Nothing
         # needs them later but a provider's late status callback (hours), which finds its job by
         # provider id; deterministic job ids guard re-runs of an event only while it is processed.
-        self._keep_done = timedelta(days=self._cfg.keep_done_days)
-        self.worker = LeaseWorker(services.store.outbox, services.clock, owner=owner,
-                                  lease_seconds=self._cfg.lease_seconds, poll_seconds=self._cfg.poll_seconds,
+        self._keep_done = timedelta(days=settings.keep_done_days)
+        self.worker = LeaseWorker(store.outbox, clock, owner=owner,
+                                  lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                                   handle=self.deliver, name="outbox dispatcher",
                                   handle_batch=self.deliver_batch, before_work=before_work)
         self.wake = self.worker.wake
-        services.outbox.listeners.append(self.worker.notify)
+        outbox.listeners.append(self.worker.notify)
 
     @property
     def status_callback(self) -> str:
-        return self._s.public_url + "/webhooks/twilio/status"
+        return self._cfg.public_url + "/webhooks/twilio/status"
 
     def backoff(self, attempts: int) -> float:
         """Capped exponential backoff with equal jitter: half fixed, half random."""
@@ -165,8 +192,8 @@ class OutboxDispatcher:
     async def _recipient(self, job: Doc, channel: str, known: Recipient | None) -> tuple[Org, str]:
         """The org and the contact's address on file for `channel`; permanent failure if none or opted out."""
         if known is None:  # one job alone; a batch resolved them all at once (_recipients)
-            org = await self._s.orgs.get(job["org_id"])
-            contact, fields = await self._s.contacts.get_revealed(org.id, job["contact_id"], (ADDRESS_FIELD[channel],))
+            org = await self._orgs.get(job["org_id"])
+            contact, fields = await self._contacts.get_revealed(org.id, job["contact_id"], (ADDRESS_FIELD[channel],))
             known = Recipient(org, contact, fields[ADDRESS_FIELD[channel]])
         org, contact, address = known
         if contact.opted_out(channel):
@@ -179,9 +206,9 @@ class OutboxDispatcher:
         """The org and the address of the admin a staff_alert job mails; permanent failure if the
         account is gone, disabled or no longer an admin (such a job never reaches a contact lookup)."""
         if known is None:
-            org = await self._s.orgs.get(job["org_id"])
+            org = await self._orgs.get(job["org_id"])
             try:
-                member = await self._s.staff.get(org.id, job["staff_id"])
+                member = await self._staff.get(org.id, job["staff_id"])
             except NotFound:
                 raise ProviderPermanent("the staff account no longer exists", code="staff_deleted") from None
         else:
@@ -208,12 +235,12 @@ class OutboxDispatcher:
         waiting = {job["_id"]: job for job in jobs}  # not sent yet: still needs its lease
         sent: list[tuple[Doc, str]] = []  # sent, not recorded yet
         half_lease = timedelta(seconds=self._cfg.lease_seconds / 2)
-        renew_at = self._s.clock.now() + half_lease
+        renew_at = self._clock.now() + half_lease
 
         async def keep_leases() -> None:
             nonlocal renew_at
             async with keeping:
-                if self._s.clock.now() < renew_at:
+                if self._clock.now() < renew_at:
                     return
                 recorded = list(sent)
                 await self._mark_sent_many(recorded)
@@ -223,7 +250,7 @@ class OutboxDispatcher:
                 held = [*waiting.values(), *(job for job, _ in sent)]
                 for lost in await self.worker.extend(held):
                     waiting.pop(lost, None)
-                renew_at = self._s.clock.now() + half_lease
+                renew_at = self._clock.now() + half_lease
 
         async def attempt(job: Doc) -> None:
             async with slots:
@@ -260,17 +287,17 @@ class OutboxDispatcher:
         out: dict[object, Recipient | StaffRecipient] = {}
         for org_id, group in staff_by_org.items():
             try:
-                org = await self._s.orgs.get(org_id)
+                org = await self._orgs.get(org_id)
             except NotFound:
                 continue
-            members = await self._s.staff.get_many(org.id, [j["staff_id"] for j in group])
+            members = await self._staff.get_many(org.id, [j["staff_id"] for j in group])
             for job in group:
                 if (member := members.get(job["staff_id"])) is not None:
                     out[job["_id"]] = StaffRecipient(org, member)
         for org_id, group in by_org.items():
             try:
-                org = await self._s.orgs.get(org_id)
-                contacts = await self._s.contacts.get_many_revealed(
+                org = await self._orgs.get(org_id)
+                contacts = await self._contacts.get_many_revealed(
                     org.id, [j["contact_id"] for j in group], tuple({ADDRESS_FIELD[j["kind"]] for j in group}))
             except (NotFound, IntegrityError):  # e.g. an address that no longer opens
                 continue
@@ -286,11 +313,11 @@ class OutboxDispatcher:
         todo: list[UpdateOne] = []
         for job in jobs:
             if not job.get("email_message_id") and not job.get("mail_key"):  # (jobs queued before mail_key)
-                org = await self._s.orgs.get(job["org_id"])
+                org = await self._orgs.get(job["org_id"])
                 job["email_message_id"] = make_message_id(self._from_address(org).rpartition("@")[2])
                 todo.append(UpdateOne({"_id": job["_id"]}, {"$set": {"email_message_id": job["email_message_id"]}}))
         if todo:
-            await self._s.store.outbox.bulk_write(todo, ordered=False)
+            await self._store.outbox.bulk_write(todo, ordered=False)
 
     async def _send_sms(self, job: Doc, recipient: Recipient | None) -> str:
         org, phone = await self._recipient(job, "sms", recipient)
@@ -303,16 +330,15 @@ class OutboxDispatcher:
     async def _text_for(self, job: Doc, org_name: str) -> str:
         template = job["template"]
         if template == "message":
-            message = await self._s.conversations.get_message(job["org_id"], job["message_id"])
-            return await self._s.conversations.open_body(message)
+            message = await self._conversations.get_message(job["org_id"], job["message_id"])
+            return await self._conversations.open_body(message)
         url = None
         if template in LINK_TEMPLATES:
-            token = await self._s.vault.open(job["org_id"], "outbox", job["_id"], "link_token", job["link_token"])
-            url = f"{self._s.public_url}/s/{token}"
+            token = await self._vault.open(job["org_id"], "outbox", job["_id"], "link_token", job["link_token"])
+            url = f"{self._cfg.public_url}/s/{token}"
         return sms_text(template, org_name=org_name, url=url)
 
     async def _send_email(self, job: Doc, recipient: Recipient | None) -> str:
-        s = self._s
         assert self._email is not None
         org, address = await self._recipient(job, "email", recipient)
         template = job["template"]
@@ -320,17 +346,17 @@ class OutboxDispatcher:
             raise ProviderPermanent(f"template {template} has no email form", code="no_template")
         url = body = None
         if template in EMAIL_LINK_TEMPLATES:
-            token = await s.vault.open(org.id, "outbox", job["_id"], "link_token", job["link_token"])
-            url = f"{s.public_url}/s/{token}"
+            token = await self._vault.open(org.id, "outbox", job["_id"], "link_token", job["link_token"])
+            url = f"{self._cfg.public_url}/s/{token}"
         else:
-            message = await s.conversations.get_message(org.id, job["message_id"])
-            body = await s.conversations.open_body(message)
+            message = await self._conversations.get_message(org.id, job["message_id"])
+            body = await self._conversations.open_body(message)
         subject, text, html = render_email(template, org_name=org.name, url=url, body=body)
         from_address = self._from_address(org)
-        reply_domain = org.reply_domain or s.config.inbound_smtp.reply_domain
+        reply_domain = org.reply_domain or self._cfg.reply_domain
         reply_token = None
         if job.get("reply_token"):
-            reply_token = await s.vault.open(org.id, "outbox", job["_id"], "reply_token", job["reply_token"])
+            reply_token = await self._vault.open(org.id, "outbox", job["_id"], "reply_token", job["reply_token"])
         reply_to = reply_address(reply_token, reply_domain) if reply_token and reply_domain else None
         message_id = await self._message_id(job, from_address)
         headers: list[tuple[str, str]] = []
@@ -338,7 +364,7 @@ class OutboxDispatcher:
             # Every mail to a client can be unsubscribed from in one click (RFC 8058; RFC 2369): a
             # POST to this URL opts the contact out of email (portal/unsubscribe.py). Staff alerts
             # (_send_staff_alert) go to staff and carry none.
-            url = f"{s.public_url}/u/{unsubscribe_token(reply_token)}"
+            url = f"{self._cfg.public_url}/u/{unsubscribe_token(reply_token)}"
             headers += [("List-Unsubscribe", f"<{url}>"), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
         if template == "inbound_ack":
             headers.append(("Auto-Submitted", "auto-replied"))
@@ -350,7 +376,7 @@ class OutboxDispatcher:
         mail = OutgoingEmail(from_address=from_address, from_name=org.name, to_address=address, subject=subject,
                              text=text, html=html, message_id=message_id, reply_to=reply_to,
                              headers=tuple(headers),
-                             return_path=reply_to if s.config.smtp.return_path == "reply" else None)
+                             return_path=reply_to if self._cfg.bounces_to_reply else None)
         return await self._email.send_email(mail)
 
     async def _send_staff_alert(self, job: Doc, recipient: StaffRecipient | None) -> str:
@@ -358,7 +384,7 @@ class OutboxDispatcher:
         if job["template"] not in STAFF_ALERTS:
             raise ProviderPermanent(f"alert kind {job['template']} has no email form", code="no_template")
         org, address = await self._staff_recipient(job, recipient)
-        subject, text, html = render_staff_alert(job["template"], org_name=org.name, public_url=self._s.public_url)
+        subject, text, html = render_staff_alert(job["template"], org_name=org.name, public_url=self._cfg.public_url)
         from_address = self._from_address(org)
         # No Reply-To and no reply token: an answer to an alert has nowhere to go but the sender.
         mail = OutgoingEmail(from_address=from_address, from_name=STAFF_FROM_NAME, to_address=address,
@@ -375,14 +401,14 @@ class OutboxDispatcher:
         if not message_id:
             message_id = make_message_id(from_address.rpartition("@")[2])
             job["email_message_id"] = message_id
-            await self._s.store.outbox.update_one({"_id": job["_id"]}, {"$set": {"email_message_id": message_id}})
+            await self._store.outbox.update_one({"_id": job["_id"]}, {"$set": {"email_message_id": message_id}})
         return str(message_id)
 
     def _from_address(self, org: Org) -> str:
-        return org.email_from or self._s.config.smtp.from_address or f"no-reply@{self._mail_domain(org)}"
+        return org.email_from or self._cfg.from_address or f"no-reply@{self._mail_domain(org)}"
 
     def _mail_domain(self, org: Org) -> str:
-        return org.reply_domain or self._s.config.inbound_smtp.reply_domain or "localhost"
+        return org.reply_domain or self._cfg.reply_domain or "localhost"
 
     async def _mark_sent(self, job: Doc, provider_id: str) -> None:
         await self._mark_sent_many([(job, provider_id)])
@@ -391,9 +417,8 @@ class OutboxDispatcher:
         """Record sent jobs: O(1) writes however many (one job is the same code path)."""
         if not sent:
             return
-        s = self._s
-        now = s.clock.now()
-        await s.store.outbox.bulk_write([UpdateOne(
+        now = self._clock.now()
+        await self._store.outbox.bulk_write([UpdateOne(
             {"_id": job["_id"]},
             {"$set": {"state": SENT, "provider_id": provider_id, "sent_at": now, "updated_at": now,
                       "last_error": None, "expire_at": now + self._keep_done},
@@ -401,7 +426,7 @@ class OutboxDispatcher:
         ) for job, provider_id in sent], ordered=False)
         tracked = [(job, pid) for job, pid in sent if job.get("message_id") and job["kind"] in ("sms", "email")]
         if tracked:
-            await s.store.messages.bulk_write([UpdateOne({"_id": job["message_id"]}, {"$set": {
+            await self._store.messages.bulk_write([UpdateOne({"_id": job["message_id"]}, {"$set": {
                 "provider_id": pid,
                 # Bounces name the original Message-ID.
                 **({"email_message_id": pid} if job["kind"] == "email" else {}),
@@ -412,7 +437,7 @@ class OutboxDispatcher:
                     "message.accepted", Actor("system"), ids={"message_id": job["message_id"], "job_id": job["_id"]},
                     detail={"channel": job["kind"]}))
             for org_id, entries in by_org.items():
-                await s.audit.append_many(org_id, entries)
+                await self._audit.append_many(org_id, entries)
         # Messages accepted; mail sent as far as we will learn (the relay took it), which clears
         # its thread's failure mark.
         await self._delivery.accepted([job for job, _ in sent], now)
@@ -430,20 +455,19 @@ class OutboxDispatcher:
             await self._fail(job, DEAD, err.code or "transient", f"gave up after {attempts} attempts: {err}")
             return
         delay = self.backoff(attempts)
-        now = self._s.clock.now()
+        now = self._clock.now()
         logger.info("outbox job will retry", extra={"fields": {
             "job_id": job["_id"], "attempts": attempts, "delay_s": round(delay, 2), "code": err.code}})
-        await self._s.store.outbox.update_one(
+        await self._store.outbox.update_one(
             {"_id": job["_id"]},
             {"$set": {"next_attempt_at": now + timedelta(seconds=delay), "lease_until": now, "updated_at": now,
                       "last_error": {"code": err.code, "message": str(err)[:300], "at": now}}},
         )
 
     async def _fail(self, job: Doc, state: str, code: str, message: str) -> None:
-        s = self._s
-        now = s.clock.now()
+        now = self._clock.now()
         logger.warning("outbox job failed", extra={"fields": {"job_id": job["_id"], "state": state, "code": code}})
-        await s.store.outbox.update_one(
+        await self._store.outbox.update_one(
             {"_id": job["_id"]},
             {"$set": {"state": state, "updated_at": now, "lease_until": now, "expire_at": now + self._keep_done,
                       "last_error": {"code": code, "message": message[:300], "at": now}},

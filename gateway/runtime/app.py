@@ -11,8 +11,9 @@ import contextlib
 import hmac
 import logging
 import os
+import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from inbound.processor import InboundProcessor
 from inbound.sms import SmsReplyHandler
 from inbound.smtp_server import ReplyHandler, make_smtp
 from inbound.twilio_webhooks import TwilioWebhooks
-from outbound.dispatcher import OutboxDispatcher
+from outbound.dispatcher import DispatchSettings, OutboxDispatcher
 from outbound.sandbox import SandboxEmailSender, SandboxSmsSender
 from outbound.smtp_email import DkimSigner, SmtpEmailSender
 from outbound.twilio_sms import TwilioSmsSender
@@ -83,6 +84,24 @@ class Runtime:
                 await closer()
 
 
+def build_dispatcher(s: Services, sms: SmsSender, email: EmailSender | None = None, *, owner: str,
+                     delivery: Delivery | None = None, rng: random.Random | None = None,
+                     before_work: Callable[[], Awaitable[None]] | None = None) -> OutboxDispatcher:
+    """The outbox dispatcher, handed its collaborators and the config values it reads."""
+    cfg = s.config
+    settings = DispatchSettings(
+        public_url=s.public_url, from_address=cfg.smtp.from_address, reply_domain=cfg.inbound_smtp.reply_domain,
+        bounces_to_reply=cfg.smtp.return_path == "reply", max_attempts=cfg.outbox.max_attempts,
+        base_backoff_seconds=cfg.outbox.base_backoff_seconds, max_backoff_seconds=cfg.outbox.max_backoff_seconds,
+        lease_seconds=cfg.outbox.lease_seconds, poll_seconds=cfg.outbox.poll_seconds,
+        sms_per_second=cfg.outbox.sms_per_second, keep_done_days=cfg.outbox.keep_done_days)
+    return OutboxDispatcher(
+        outbox=s.outbox, store=s.store, vault=s.vault, orgs=s.orgs, contacts=s.contacts, staff=s.staff,
+        conversations=s.conversations, audit=s.audit,
+        delivery=delivery or Delivery(s.store, s.contacts, s.audit, s.clock), clock=s.clock,
+        sms=sms, email=email, settings=settings, owner=owner, rng=rng, before_work=before_work)
+
+
 def build_runtime(services: Services, *, sms: SmsSender | None = None, email: EmailSender | None = None) -> Runtime:
     s = services
     owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -118,7 +137,7 @@ def build_runtime(services: Services, *, sms: SmsSender | None = None, email: Em
     }
     # Intake first: processing and sending wait for a lull in incoming deliveries (InboundEvents.lull).
     delivery = Delivery(s.store, s.contacts, s.audit, s.clock)
-    dispatcher = OutboxDispatcher(s, sms, email, owner=owner, before_work=events.lull, delivery=delivery)
+    dispatcher = build_dispatcher(s, sms, email, owner=owner, before_work=events.lull, delivery=delivery)
     processor = InboundProcessor(s.store, s.clock, handlers, owner=owner,  # type: ignore[arg-type]
                                  poll_seconds=s.config.outbox.poll_seconds, before_work=events.lull,
                                  keep_done_days=s.config.outbox.keep_done_days)

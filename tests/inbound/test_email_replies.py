@@ -394,11 +394,11 @@ async def test_with_return_path_from_the_envelope_sender_is_the_from_address(gw)
     """For relays that accept only their verified senders (config smtp.return_path = "from")."""
     from dataclasses import replace
 
-    from outbound.dispatcher import OutboxDispatcher
+    from gateway.runtime.app import build_dispatcher
 
     cfg = gw.services.config
     services = replace(gw.services, config=replace(cfg, smtp=replace(cfg.smtp, return_path="from")))
-    dispatcher = OutboxDispatcher(services, gw.runtime.sms, gw.runtime.email, owner="from-relay")
+    dispatcher = build_dispatcher(services, gw.runtime.sms, gw.runtime.email, owner="from-relay")
     await gw.api_send(channel="email", to={"email": CLIENT_EMAIL}, body=NOTICE)
     assert await dispatcher.run_once() == 1
     got = gw.mail.messages[-1]

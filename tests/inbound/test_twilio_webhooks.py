@@ -14,13 +14,12 @@ from gateway.clock import FrozenClock
 from gateway.ids import new_id
 from gateway.messaging.delivery import STATUS_RANK
 from gateway.ports import SentSms
-from gateway.runtime.app import build_runtime, create_app
+from gateway.runtime.app import build_dispatcher, build_runtime, create_app
 from gateway.runtime.config import Config
 from gateway.runtime.services import build_services
 from gateway.security.api_keys import ApiKeys
 from gateway.security.crypto import Keyring
 from gateway.storage.store import Store
-from outbound.dispatcher import OutboxDispatcher
 from outbound.twilio_sms import TwilioSmsSender
 from tests.conftest import make_config
 from tests.support.database import SecantusServer
@@ -410,7 +409,7 @@ async def test_callback_before_provider_id_is_recorded_is_applied_later(gw: Gate
                              api_base=gw.twilio.base_url, timeout=3)
     racing = CallbackFirstSender(sender, gw, ["sent", "delivered"])
     try:
-        dispatcher = OutboxDispatcher(gw.services, racing, owner="race")
+        dispatcher = build_dispatcher(gw.services, racing, owner="race")
         assert await dispatcher.run_once() == 1
     finally:
         await sender.close()

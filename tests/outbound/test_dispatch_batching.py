@@ -9,6 +9,7 @@ import pytest
 
 from gateway.clock import FrozenClock
 from gateway.messaging.contacts import OPTED_OUT
+from gateway.runtime.app import build_dispatcher
 from gateway.runtime.config import Config
 from gateway.security.audit import Actor
 from gateway.security.crypto import Keyring
@@ -134,7 +135,7 @@ class BrokenForOneNumber(WrappedSender):
 async def test_an_unexpected_error_in_one_send_still_records_the_others_as_sent(gw: Gateway) -> None:
     sent = [await gw.api_send(to={"phone": p}, body="Secure note", secure=True) for p in PHONES[:4]]
     inner = TwilioSmsSender(gw.twilio.account_sid, gw.twilio.auth_token, api_base=gw.twilio.base_url, timeout=3)
-    dispatcher = OutboxDispatcher(gw.services, BrokenForOneNumber(inner, PHONES[2]), owner="test")
+    dispatcher = build_dispatcher(gw.services, BrokenForOneNumber(inner, PHONES[2]), owner="test")
     try:
         with pytest.raises(RuntimeError):
             await dispatcher.deliver_batch(await claim_all(gw))
@@ -167,9 +168,9 @@ async def test_a_batch_that_outlasts_its_lease_keeps_it_and_nothing_is_sent_twic
     sent = [await gw.api_send(to={"phone": p}, body=f"Secure note {i}", secure=True)
             for i in range(2) for p in PHONES]
     inner = TwilioSmsSender(gw.twilio.account_sid, gw.twilio.auth_token, api_base=gw.twilio.base_url, timeout=3)
-    competitor = OutboxDispatcher(gw.services, inner, owner="another-process")
+    competitor = build_dispatcher(gw.services, inner, owner="another-process")
     slow = SlowProvider(gw, inner, competitor)
-    dispatcher = OutboxDispatcher(gw.services, slow, owner="this-process")
+    dispatcher = build_dispatcher(gw.services, slow, owner="this-process")
     try:
         await dispatcher.deliver_batch(await claim_all(gw))
     finally:
@@ -189,7 +190,7 @@ class CountedDispatch(Counted):
                  twilio: TwilioStandIn) -> None:
         super().__init__(mongo_uri, store, config, keyring, clock)
         sender = TwilioSmsSender(twilio.account_sid, twilio.auth_token, api_base=twilio.base_url, timeout=3)
-        self.dispatcher = OutboxDispatcher(self.services, sender, owner="test")
+        self.dispatcher = build_dispatcher(self.services, sender, owner="test")
 
     async def deliver_all(self) -> tuple[int, list[str]]:
         self.commands.names.clear()

@@ -13,9 +13,9 @@ import bson
 
 from gateway.messaging.contacts import OPTED_OUT
 from gateway.ports import SentSms
+from gateway.runtime.app import build_dispatcher
 from gateway.runtime.services import Services
 from gateway.security.tokens import token_hash
-from outbound.dispatcher import OutboxDispatcher
 from outbound.twilio_sms import TwilioSmsSender
 from tests.support.harness import CLIENT_PHONE, PUBLIC_URL
 
@@ -95,7 +95,7 @@ async def test_429_then_500_then_success_retries_with_jittered_backoff(gw):
 
 
 def test_backoff_is_capped_exponential_with_jitter(services):
-    d = OutboxDispatcher(services, sms=None, owner="t", rng=random.Random(7))  # type: ignore[arg-type]
+    d = build_dispatcher(services, sms=None, owner="t", rng=random.Random(7))  # type: ignore[arg-type]
     cfg = services.config.outbox
     for attempts in range(1, 16):
         ceiling = min(cfg.max_backoff_seconds, cfg.base_backoff_seconds * 2 ** (attempts - 1))
@@ -145,7 +145,7 @@ async def test_unreachable_provider_keeps_jobs_pending_until_it_is_back(gw):
     dead = TwilioSmsSender(gw.twilio.account_sid, gw.twilio.auth_token,
                            api_base=f"http://127.0.0.1:{free_port()}", timeout=3)
     try:
-        down = OutboxDispatcher(gw.services, dead, owner="down")
+        down = build_dispatcher(gw.services, dead, owner="down")
         for _ in range(3):
             assert await down.run_once() == 2
             gw.clock.advance(700)
@@ -165,7 +165,7 @@ async def test_unreachable_provider_keeps_jobs_pending_until_it_is_back(gw):
 
 async def test_always_500_goes_dead_after_max_attempts_and_alerts_staff(gw):
     services = with_outbox(gw.services, max_attempts=3)
-    d = OutboxDispatcher(services, gw.runtime.sms, owner="dlq")
+    d = build_dispatcher(services, gw.runtime.sms, owner="dlq")
     sent = await gw.api_send(body=CANARY)
     gw.twilio.fail_next(500, times=10)
     for _ in range(6):
@@ -241,7 +241,7 @@ async def test_a_crashed_workers_job_is_picked_up_after_its_lease(gw):
     await gw.api_send(body=CANARY)
     crashed = await gw.runtime.dispatcher.claim()  # claimed, then the worker dies
     assert crashed is not None and crashed["attempts"] == 1
-    other = OutboxDispatcher(gw.services, gw.runtime.sms, owner="worker-2")
+    other = build_dispatcher(gw.services, gw.runtime.sms, owner="worker-2")
     assert await other.run_once() == 0
     gw.clock.advance(cfg.lease_seconds - 1)
     assert await other.run_once() == 0
@@ -259,8 +259,8 @@ async def test_a_crashed_workers_job_is_picked_up_after_its_lease(gw):
 async def test_two_workers_never_claim_the_same_job(gw):
     for i in range(6):
         await gw.api_send(body=f"Note {i}", secure=False)
-    a = OutboxDispatcher(gw.services, gw.runtime.sms, owner="a")
-    b = OutboxDispatcher(gw.services, gw.runtime.sms, owner="b")
+    a = build_dispatcher(gw.services, gw.runtime.sms, owner="a")
+    b = build_dispatcher(gw.services, gw.runtime.sms, owner="b")
     claimed_a = [await a.claim() for _ in range(3)]
     claimed_b = [await b.claim() for _ in range(4)]
     ids_a = {j["_id"] for j in claimed_a if j}
@@ -286,7 +286,7 @@ class _CrashAfterSend:
 async def test_crash_between_provider_and_mark_sent_resends_after_lease(gw):
     cfg = gw.services.config.outbox
     await gw.api_send(body=CANARY)
-    dying = OutboxDispatcher(gw.services, _CrashAfterSend(gw.runtime.sms), owner="dying")
+    dying = build_dispatcher(gw.services, _CrashAfterSend(gw.runtime.sms), owner="dying")
     try:
         await dying.run_once()
     except SystemExit:
@@ -367,7 +367,7 @@ async def test_a_notice_that_cannot_fit_one_sms_fails_its_job_without_stopping_t
     cfg = gw.services.config
     long_url = "https://" + "x" * 120 + ".example"
     services = replace(gw.services, config=replace(cfg, server=replace(cfg.server, public_url=long_url)))
-    d = OutboxDispatcher(services, gw.runtime.sms, owner="long-url")
+    d = build_dispatcher(services, gw.runtime.sms, owner="long-url")
     secure = await gw.api_send(body=CANARY)
     # (Another contact: a standard send into the secure thread above would be secure too.)
     standard = await gw.api_send(body="Plain reminder", secure=False, to={"phone": OTHER_PHONE})

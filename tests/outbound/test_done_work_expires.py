@@ -54,11 +54,11 @@ async def test_processed_inbound_events_expire_and_unroutable_ones_are_kept_for_
 async def test_a_shorter_window_from_config_is_used(gw: Gateway) -> None:
     from dataclasses import replace
 
-    from outbound.dispatcher import OutboxDispatcher
+    from gateway.runtime.app import build_dispatcher
 
     cfg = gw.services.config
     services = replace(gw.services, config=replace(cfg, outbox=replace(cfg.outbox, keep_done_days=3)))
     await gw.api_send(body="Reminder", secure=False)
-    assert await OutboxDispatcher(services, gw.runtime.sms, owner="short").run_once() == 1
+    assert await build_dispatcher(services, gw.runtime.sms, owner="short").run_once() == 1
     job = await gw.store.outbox.find_one({})
     assert job is not None and job["expire_at"] == gw.clock.now() + timedelta(days=3)

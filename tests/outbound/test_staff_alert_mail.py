@@ -15,12 +15,11 @@ import bson
 import pytest
 
 from gateway.messaging.alerts import STAFF_ALERT, staff_alert_job_id
-from gateway.runtime.app import build_runtime, create_app
+from gateway.runtime.app import build_dispatcher, build_runtime, create_app
 from gateway.runtime.services import build_services
 from gateway.security.api_keys import ApiKeys
 from gateway.security.audit import SYSTEM
 from outbound.compose_email import render_staff_alert
-from outbound.dispatcher import OutboxDispatcher
 from outbound.sandbox import SandboxEmailSender
 from outbound.twilio_sms import TwilioSmsSender
 from tests.conftest import make_config
@@ -187,7 +186,7 @@ async def test_a_refusing_relay_is_retried_after_backoff_and_mails_once(gw):
 async def test_a_dispatcher_without_a_mail_sender_fails_the_job_visibly(gw):
     await grant(gw, admins=ADMINS[:1])
     [job] = await staff_jobs(gw)
-    bare = OutboxDispatcher(gw.services, gw.runtime.sms, owner="no-mail")
+    bare = build_dispatcher(gw.services, gw.runtime.sms, owner="no-mail")
     await bare.deliver(await bare.worker.claim_id(job["_id"]))
     job = await gw.store.outbox.find_one({"_id": job["_id"]})
     assert (job["state"], job["last_error"]["code"]) == ("failed", "no_sender")
