@@ -95,6 +95,11 @@ class Links:
         guard = await self._store.link_guards.find_one({"_id": _guard_id(link)}, projection={"locked_at": 1})
         return guard is not None and guard.get("locked_at") is not None
 
+    async def thread_locked_for(self, org_id: str, thread_id: str, contact_id: str) -> bool:
+        """Whether wrong PINs have locked this thread for this contact: every link of it, also one
+        issued after the lock, which carries no locked_at of its own (staff pages show it locked)."""
+        return await self.thread_locked({"org_id": org_id, "thread_id": thread_id, "contact_id": contact_id})
+
     async def find_usable(self, token: str) -> Doc:
         """The link for a token that may be opened now; LinkUnavailable otherwise (whatever the reason)."""
         link = await self.find(token)

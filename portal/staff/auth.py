@@ -87,7 +87,14 @@ class StaffAuth:
         if member is None or member.disabled:  # disabled behind our back: the session dies too
             await self.s.sessions.delete(sid)
             return None
-        org = await self.s.orgs.get(session["org_id"])
+        # The org as stored, not Orgs' few-second cache: a policy an admin just changed in another
+        # process (require_totp above all) applies from this request on.
+        org = await self.s.orgs.stored(session["org_id"])
+        if org.policy.require_totp and not member.has_totp and not session.get("enroll_totp"):
+            # Started before the org required an authenticator (or raced the change): the session
+            # may only enrol one now (NIST 800-63B 4.2.1: AAL2 once the org asks for it).
+            await self.s.sessions.update(session, enroll_totp=True)
+            session = {**session, "enroll_totp": True}
         return StaffContext(member, org, session, sid, csrf_token(self.d.secret, "staff|" + session["_id"]))
 
     async def _start(self, request: web.Request, doc: Doc, org: Org, *, target: str, mfa: bool,
@@ -173,7 +180,7 @@ class StaffAuth:
             await self._failed(ip, email_norm, doc, "disabled" if doc and ok else "password")
             return self._login_form(request, status=401, error=BAD_LOGIN, email=email, next_=next_)
         await self.d.staff.rehash(doc, password)
-        org = await self.s.orgs.get(doc["org_id"])
+        org = await self.s.orgs.stored(doc["org_id"])  # as stored: a require_totp just turned on applies
         if doc.get("totp_secret"):
             if not code:
                 return await self._ask_code(request, doc, next_)
@@ -215,7 +222,7 @@ class StaffAuth:
             await self.s.sessions.update(held, tries=tries)
             return render(request, "staff/login_totp.html", status=401, csrf=self._public_csrf(sid),
                           error=BAD_CODE, me=None)
-        org = await self.s.orgs.get(doc["org_id"])
+        org = await self.s.orgs.stored(doc["org_id"])
         return await self._start(request, doc, org, target=safe_next(held.get("next")), mfa=True)
 
     @policy(*ANY_STAFF, enrolling=True)

@@ -58,6 +58,7 @@ AUDIT_LABELS = {
     "link.unlocked": "Link unlocked by staff", "link.revoked": "Link revoked",
     "link.renewal_requested": "Client asked for a new link", "message.viewed": "Viewed by the client",
     "message.bounced": "Bounced", "attachment.viewed": "Attachment downloaded",
+    "link.open_refused": "Link refused: a PIN is required and none is set",
 }
 THREAD_LABELS = {
     "thread.assigned": "Assigned", "thread.closed": "Closed", "thread.reopened": "Reopened",
@@ -65,7 +66,13 @@ THREAD_LABELS = {
     "contact.pin_cleared": "PIN cleared",
     "consent.opt_out": "Opted out", "consent.opt_in": "Opted in",
     "thread.delivery_problem_dismissed": "Delivery problem dismissed",
+    # Client-side link events that name no message (a renewal names the link it came from).
+    "link.open_refused": "Link refused: a PIN is required and none is set",
+    "link.renewal_refused": "New link refused",
 }
+# Why a client's "send me a new link" was refused (portal/client.py), in plain words.
+RENEWAL_REFUSALS = {"revoked": "the link was revoked or replaced", "locked": "locked by wrong PINs",
+                    "daily_limit": "the day's new links are used up"}
 # The break-glass grant this request opens its thread under (set by ThreadPages._thread), if any.
 EMERGENCY = web.RequestKey("break_glass_grant", dict)
 PIN_REQUIRED = "This organization requires a PIN for secure messages; set one for this contact first."
@@ -90,10 +97,12 @@ def pin_sentence(pin: PinDecision, thread: Doc) -> str:
     return "Next link asks for no PIN."
 
 
-def link_state(link: Doc, now: datetime) -> str:
+def link_state(link: Doc, now: datetime, thread_locked: bool = False) -> str:
+    """`thread_locked`: the thread's PIN guard is locked for the contact, which locks every one of
+    its links, also those issued after the lock (gateway/security/links.py)."""
     if link.get("revoked_at"):
         return "revoked"
-    if link.get("locked_at"):
+    if link.get("locked_at") or thread_locked:
         return "locked"
     if now >= link["expires_at"]:
         return "expired"
@@ -203,12 +212,13 @@ class ThreadPages:
         before = before if before and is_id(before) else None
         # The reads that need only the thread go out together (each is a round trip to the
         # database; the page waits for the slowest instead of their sum).
-        (contact, info), docs, links, staff, activity_entries = await asyncio.gather(
+        (contact, info), docs, links, staff, activity_entries, pin_locked = await asyncio.gather(
             self.s.contacts.get_revealed(org.id, thread["contact_id"], ("name", "phone", "email")),
             self.s.conversations.latest_messages(org.id, thread["_id"], limit=MESSAGES + 1, before=before),
             self._links(org.id, thread["_id"]),
             self.d.staff.directory(org.id),
             self._activity_entries(org.id, thread["_id"]),
+            self.s.links.thread_locked_for(org.id, thread["_id"], thread["contact_id"]),
         )
         earlier = docs[1]["_id"] if len(docs) > MESSAGES else None
         docs = docs[-MESSAGES:]
@@ -217,7 +227,7 @@ class ThreadPages:
         # Then those that need the messages; the view is audited before the page goes out.
         message_entries, files, _ = await asyncio.gather(
             self._message_entries(org.id, ids),
-            attachments.for_messages(self.s, org.id, attachments.may_have_files(docs)),
+            attachments.for_messages(self.s.attachments, org.id, attachments.may_have_files(docs)),
             self.s.conversations.mark_read(org.id, thread["_id"], ctx.actor, self.d.ip(request), count=len(docs),
                                            unread=int(thread.get("unread_staff") or 0),
                                            grant_id=grant["_id"] if grant else None),
@@ -235,7 +245,8 @@ class ThreadPages:
             "attachments": files.get(d["_id"], []),
         } for d in docs]
         link_rows = [{
-            "id": lk["_id"], "state": link_state(lk, now), "created": fmt_time(lk["created_at"], org.zone),
+            "id": lk["_id"], "state": link_state(lk, now, pin_locked and lk.get("contact_id") == thread["contact_id"]),
+            "created": fmt_time(lk["created_at"], org.zone),
             "expires": fmt_time(lk["expires_at"], org.zone), "opened": fmt_time(lk.get("opened_at"), org.zone),
             "failures": int(lk.get("failures", 0)), "channel": lk.get("channel", "sms"),
             "pin": bool(lk.get("pin_hash")),
@@ -314,12 +325,15 @@ class ThreadPages:
                 if action == "link.undelivered":
                     label += f" ({reason_text(e.get('detail', {}).get('reason'))})"
                 by_message[mid].append({"at": e["at"], "label": label, "bad": action in (
-                    "link.pin_failed", "link.locked", "message.bounced", "link.undelivered")})
+                    "link.pin_failed", "link.locked", "message.bounced", "link.undelivered", "link.open_refused")})
             elif action in THREAD_LABELS and not mid:
                 who = e["actor"].get("kind")
                 if who == "staff":
                     who = emails.get(e["actor"].get("id") or "", "staff")
                 label = THREAD_LABELS[action]
+                if action == "link.renewal_refused":
+                    reason = e.get("detail", {}).get("reason")
+                    label += f" ({RENEWAL_REFUSALS.get(reason, 'for a policy reason')})"
                 if action == "thread.assigned":
                     label = "Assigned to " + emails.get(e.get("staff_id") or "", "nobody")
                 activity.append({"at": fmt_time(e["at"], zone), "label": label, "who": who})
@@ -344,10 +358,10 @@ class ThreadPages:
         ctx = request[STAFF]
         thread = await self._thread(request)
         aid = request.match_info["attachment_id"]
-        doc = await attachments.find(self.s, ctx.org.id, thread["_id"], aid)
+        doc = await self.s.attachments.find(ctx.org.id, thread["_id"], aid)
         if doc is None:
             raise await self.d.deny(request, "attachment", aid)
-        response = await attachments.download(self.s, doc)
+        response = await attachments.download(self.s.attachments, doc)
         await self.s.audit.append(ctx.org.id, "attachment.viewed", ctx.actor, ip=self.d.ip(request),
                                   thread_id=thread["_id"], message_id=doc["message_id"],
                                   contact_id=thread["contact_id"], detail={"attachment_id": doc["_id"]})

@@ -9,6 +9,7 @@ import pyotp
 from aiohttp import web
 
 from gateway.security.staff_auth import DEFAULT_RULES, LoginThrottle
+from gateway.tenancy.orgs import Orgs
 from gateway.tenancy.staff import Staff
 from portal.staff.common import Deps
 from tests.portal.test_staff_support import (
@@ -187,6 +188,29 @@ async def test_org_requiring_totp_sends_members_without_one_to_enrolment_first(g
         assert b.sid != before  # a new factor is a privilege change: new session id
         assert (await b.get("/staff/")).status == 200
     assert (await Staff(gw.store, gw.clock).get(gw.org.id, member.id)).has_totp
+
+
+async def test_require_totp_turned_on_by_another_process_applies_to_the_next_sign_in(gw):
+    # This process has the org's policy cached (require_totp off); another process turns it on.
+    await gw.services.orgs.get(gw.org.id)
+    await Orgs(gw.store, gw.clock).update_policy(gw.org.id, require_totp=True)
+    member = await make_staff(gw)
+    async with Browser(gw) as b:
+        resp = await b.login(member.email)
+        assert resp.headers["Location"] == "/staff/account/totp"
+        assert (await b.get("/staff/")).headers["Location"] == "/staff/account/totp"
+
+
+async def test_open_session_must_enrol_once_another_process_requires_totp(gw):
+    member = await make_staff(gw)
+    async with Browser(gw) as b:
+        await b.login(member.email)
+        assert (await b.get("/staff/")).status == 200
+        await Orgs(gw.store, gw.clock).update_policy(gw.org.id, require_totp=True)
+        assert (await b.get("/staff/")).headers["Location"] == "/staff/account/totp"
+        refused = await b.post("/staff/threads/000000000000000000000000/status", {"status": "closed"},
+                               csrf_from="/staff/account/totp")
+        assert refused.status == 403
 
 
 async def test_turning_off_the_authenticator_needs_the_password(gw):

@@ -249,3 +249,44 @@ async def test_generate_and_clear_the_contacts_pin(gw):
     dump = repr(await gw.store.audit.find({}).to_list())
     assert pin not in dump
     assert (await gw.audit_actions()).count("contact.pin_set") == 1
+
+
+async def test_a_link_issued_after_the_thread_locked_shows_as_locked_with_unlock(gw):
+    browser, _ = await signed_in(gw)
+    data = await secure_thread(gw)
+    token = gw.last_link_token()
+    async with browser as b:
+        url = f"/staff/threads/{data['thread_id']}"
+        assert (await b.post(url + "/pin", {"action": "set", "pin": PIN}, csrf_from=url)).status == 303
+        for _ in range(gw.org.policy.lock_threshold):
+            await gw.open_link(token, pin="000000")
+        # A later secure message gets a fresh link: the thread's PIN guard locks it too.
+        later = await gw.api_send(body="second secure note")
+        await gw.drain()
+        assert later["thread_id"] == data["thread_id"]
+        fresh = await gw.store.links.find_one({"message_id": later["id"]})
+        assert fresh["locked_at"] is None
+        assert (await gw.client.get(f"/s/{gw.last_link_token()}")).status == 404
+        html = await (await b.get(url)).text()
+    row = html.split(f"/links/{fresh['_id']}/reissue")[0].rsplit("<li ", 1)[1]
+    assert 'class="link-locked"' in row and f"/links/{fresh['_id']}/unlock" in row
+    assert "link-active" not in row
+
+
+async def test_timeline_names_refused_link_opens_and_refused_renewals(gw):
+    data = await secure_thread(gw)
+    token = gw.last_link_token()
+    await gw.services.orgs.update_policy(gw.org.id, pin_required=True)
+    gw.clock.advance(10)
+    await gw.open_link(token)  # a PIN-less link under pin_required: refused, audited
+    assert len(await audit_entries(gw, "link.open_refused")) == 1
+    link = await gw.store.links.find_one({"message_id": data["id"]})
+    await gw.services.audit.append(gw.org.id, "link.renewal_refused", SYSTEM, outcome="denied",
+                                   thread_id=data["thread_id"], link_id=link["_id"],
+                                   contact_id=link["contact_id"], detail={"reason": "daily_limit"})
+    browser, _ = await signed_in(gw)
+    async with browser as b:
+        html = await (await b.get(f"/staff/threads/{data['thread_id']}")).text()
+    timeline = html.split(f'id="m-{data["id"]}"')[1].split("</details>")[0]
+    assert "Link refused: a PIN is required and none is set" in timeline
+    assert "New link refused (the day&#39;s new links are used up)" in html
