@@ -11,11 +11,11 @@ from aiohttp import web
 
 from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
-from gateway.runtime.services import Services
-from gateway.security.audit import Actor
-from gateway.security.tokens import token_hash
+from gateway.messaging.conversations import Conversations
+from gateway.security.api_keys import ApiKeys
+from gateway.security.audit import Actor, AuditLog
 from gateway.storage.store import Doc
-from gateway.tenancy.orgs import Org
+from gateway.tenancy.orgs import Org, Orgs
 from portal.http import client_ip, parse_json
 from portal.openapi import OPENAPI
 
@@ -60,8 +60,13 @@ def message_json(doc: Doc) -> dict[str, Any]:
 
 
 class ApiV1:
-    def __init__(self, services: Services, on_queued: Callable[[], None]) -> None:
-        self._s = services
+    def __init__(self, *, api_keys: ApiKeys, orgs: Orgs, conversations: Conversations, audit: AuditLog,
+                 trusted_proxies: tuple[str, ...], on_queued: Callable[[], None]) -> None:
+        self._api_keys = api_keys
+        self._orgs = orgs
+        self._conversations = conversations
+        self._audit = audit
+        self._trusted_proxies = trusted_proxies
         self._on_queued = on_queued
 
     def add_routes(self, app: web.Application) -> None:
@@ -79,10 +84,10 @@ class ApiV1:
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise _unauthorized("missing Authorization: Bearer <api key>")
-        doc = await self._s.store.api_keys.find_one({"key_hash": token_hash(key.strip()), "revoked_at": None})
+        doc = await self._api_keys.find_live(key.strip())
         if doc is None:
             raise _unauthorized("unknown or revoked API key")
-        return await self._s.orgs.get(doc["org_id"]), Actor("api", doc["_id"])
+        return await self._orgs.get(doc["org_id"]), Actor("api", doc["_id"])
 
     async def _json(self, request: web.Request) -> dict[str, Any] | web.Response:
         if request.content_type != "application/json":
@@ -126,7 +131,7 @@ class ApiV1:
         idem = request.headers.get("Idempotency-Key")
         if idem is not None and not 1 <= len(idem) <= 200:
             raise ValidationError("Idempotency-Key", "must be 1 to 200 characters")
-        sent = await self._s.conversations.send(
+        sent = await self._conversations.send(
             org, channel=channel, body=data.get("body"), actor=actor,  # type: ignore[arg-type]
             to_phone=to.get("phone"), to_email=to.get("email"), name=to.get("name"),
             secure=secure, pin=pin, allow_sensitive=allow, idempotency_key=idem,
@@ -143,15 +148,15 @@ class ApiV1:
         """Audit a lookup of an id that is not this org's (another org's, unknown or malformed), as
         the staff portal does; return the 404 to raise (the same answer for all three)."""
         requested = request.match_info.get("id", "")
-        ip = client_ip(request, self._s.config.server.trusted_proxies)
-        await self._s.audit.append(org_id, "authz.deny", actor, outcome="denied", ip=ip, detail={
+        ip = client_ip(request, self._trusted_proxies)
+        await self._audit.append(org_id, "authz.deny", actor, outcome="denied", ip=ip, detail={
             "object": kind, "requested": requested if is_id(requested) else "malformed", "route": request.path[:200]})
         return NotFound(kind)
 
     async def get_message(self, request: web.Request) -> web.Response:
         org, actor = await self._org(request)
         try:
-            doc = await self._s.conversations.get_message(org.id, _path_id(request))
+            doc = await self._conversations.get_message(org.id, _path_id(request))
         except NotFound:
             raise await self._deny(request, org.id, actor, "message") from None
         return web.json_response(message_json(doc))
@@ -159,7 +164,7 @@ class ApiV1:
     async def thread_messages(self, request: web.Request) -> web.Response:
         org, actor = await self._org(request)
         try:
-            thread = await self._s.conversations.get_thread(org.id, _path_id(request))
+            thread = await self._conversations.get_thread(org.id, _path_id(request))
         except NotFound:
             raise await self._deny(request, org.id, actor, "thread") from None
         try:
@@ -171,9 +176,9 @@ class ApiV1:
         cursor = request.query.get("cursor") or None
         if cursor is not None and not (is_id(cursor) or len(cursor) <= 64):
             raise ValidationError("cursor", "is not a cursor from a previous page")
-        docs = await self._s.conversations.messages(org.id, thread["_id"], after=cursor, limit=limit + 1)
+        docs = await self._conversations.messages(org.id, thread["_id"], after=cursor, limit=limit + 1)
         page, more = docs[:limit], len(docs) > limit
-        await self._s.audit.append(org.id, "thread.read", actor, thread_id=thread["_id"],
+        await self._audit.append(org.id, "thread.read", actor, thread_id=thread["_id"],
                                    detail={"count": len(page)})
         return web.json_response({
             "messages": [{

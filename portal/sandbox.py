@@ -15,10 +15,12 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from gateway.errors import ValidationError
+from gateway.messaging.contacts import Contacts
 from gateway.messaging.phone import normalize_e164
 from gateway.messaging.reply_address import parse_reply_address
-from gateway.runtime.services import Services
+from gateway.messaging.reply_tokens import ReplyTokens
 from gateway.security.tokens import csrf_ok, csrf_token, token_hash
+from gateway.tenancy.orgs import Orgs
 from portal.http import same_origin
 from portal.render import render
 
@@ -44,13 +46,16 @@ class EventIntake(Protocol):
 
 
 class SandboxPortal:
-    def __init__(self, services: Services, sms: SandboxPhone | None, mail: SandboxMailbox | None,
-                 events: EventIntake) -> None:
-        self._s = services
+    def __init__(self, *, sms: SandboxPhone | None, mail: SandboxMailbox | None, events: EventIntake, orgs: Orgs,
+                 contacts: Contacts, reply_tokens: ReplyTokens, csrf_secret: bytes, public_url: str) -> None:
         self._sms = sms
         self._mail = mail
         self._events = events
-        self._secret = services.sealer.keyring.mac_key
+        self._orgs = orgs
+        self._contacts = contacts
+        self._reply_tokens = reply_tokens
+        self._secret = csrf_secret
+        self._public_url = public_url
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/sandbox", self.page)
@@ -72,7 +77,7 @@ class SandboxPortal:
     async def _fields(self, request: web.Request) -> dict[str, str]:
         form = await request.post()
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        if not same_origin(request, self._s.public_url) or not csrf_ok(self._secret, "sandbox", fields.get("csrf", "")):
+        if not same_origin(request, self._public_url) or not csrf_ok(self._secret, "sandbox", fields.get("csrf", "")):
             raise web.HTTPForbidden(text="form expired")
         return fields
 
@@ -83,7 +88,7 @@ class SandboxPortal:
             raise ValidationError("body", "must be 1 to 1600 characters")
         frm = normalize_e164(fields.get("from", ""), field="from")
         to = fields.get("to", "")
-        org = await self._s.orgs.by_recipient(to, to if to.startswith("MG") else None)
+        org = await self._orgs.by_recipient(to, to if to.startswith("MG") else None)
         sid = "SM" + secrets.token_hex(16)
         if self._sms is not None:
             await self._sms.record_reply(from_number=frm, to_number=to, body=body)
@@ -92,7 +97,7 @@ class SandboxPortal:
             payload={"MessageSid": sid, "From": frm, "To": to, "Body": body, "NumMedia": "0"},
             state="pending" if org else "unroutable",
             # One sender's texts are processed in arrival order (inbound/processor.py), as real ones.
-            sender=self._s.contacts.phone_index(org.id, frm) if org else None,
+            sender=self._contacts.phone_index(org.id, frm) if org else None,
         )
         raise web.HTTPSeeOther("/sandbox")
 
@@ -104,10 +109,10 @@ class SandboxPortal:
             raise ValidationError("body", "must be 1 to 20000 characters")
         reply_to = fields.get("reply_to", "")
         token = parse_reply_address(reply_to, reply_to.rpartition("@")[2])
-        scope = await self._s.reply_tokens.find_live(token) if token else None
+        scope = await self._reply_tokens.find_live(token) if token else None
         if scope is None:
             raise ValidationError("reply_to", "is not a live reply address")
-        contact = await self._s.contacts.reveal(scope["contact_id"], scope["org_id"])
+        contact = await self._contacts.reveal(scope["contact_id"], scope["org_id"])
         mail = EmailMessage()
         mail["From"] = contact["email"] or "client@example.invalid"
         mail["To"] = reply_to

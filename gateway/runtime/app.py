@@ -23,8 +23,10 @@ from gateway.compliance import retention
 from gateway.errors import ConfigError
 from gateway.messaging.delivery import Delivery
 from gateway.messaging.unsubscribe import Unsubscribe
+from gateway.messaging.views import ClientViews
 from gateway.ports import EmailSender, SmsSender
 from gateway.runtime.services import Services
+from gateway.security.api_keys import ApiKeys
 from inbound.email_reply import EmailReplyHandler
 from inbound.events import InboundEvents
 from inbound.processor import InboundProcessor
@@ -159,15 +161,23 @@ def create_app(rt: Runtime, *, role: str = "all", workers: bool = True) -> web.A
         TwilioWebhooks(rt.events, rt.delivery, s.orgs, s.contacts, public_url=s.public_url,
                        auth_token=s.config.twilio.auth_token, account_sid=s.config.twilio.account_sid,
                        ).add_routes(app)
-        ApiV1(s, rt.wake_dispatcher).add_routes(app)
-        ClientPortal(s, rt.wake_dispatcher).add_routes(app)
+        ApiV1(api_keys=ApiKeys(s.store, s.clock), orgs=s.orgs, conversations=s.conversations, audit=s.audit,
+              trusted_proxies=s.config.server.trusted_proxies, on_queued=rt.wake_dispatcher).add_routes(app)
+        ClientPortal(
+            orgs=s.orgs, contacts=s.contacts, links=s.links, sessions=s.sessions, conversations=s.conversations,
+            attachments=s.attachments, views=ClientViews(s.store, s.sessions, s.audit, s.clock), audit=s.audit,
+            csrf_secret=s.sealer.keyring.mac_key, public_url=s.public_url,
+            trusted_proxies=s.config.server.trusted_proxies, https=s.config.server.is_https,
+            on_queued=rt.wake_dispatcher).add_routes(app)
         # One-click email opt-out from the link in every mail to a client (RFC 8058).
         UnsubscribePage(Unsubscribe(s.store, s.contacts, s.audit), s.orgs,
                         s.config.server.trusted_proxies).add_routes(app)
         # Staff portal (issue 3): a sub-app with its own default-deny policy middleware.
         app.add_subapp(STAFF_PREFIX, staff_app(s, rt.wake_dispatcher))
         if rt.sandbox_enabled:
-            SandboxPortal(s, rt.sandbox, rt.sandbox_mail, rt.events).add_routes(app)
+            SandboxPortal(sms=rt.sandbox, mail=rt.sandbox_mail, events=rt.events, orgs=s.orgs, contacts=s.contacts,
+                          reply_tokens=s.reply_tokens, csrf_secret=s.sealer.keyring.mac_key,
+                          public_url=s.public_url).add_routes(app)
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
         app.router.add_get("/robots.txt", robots)
     app.router.add_get("/healthz", healthz)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.messaging.alerts import StoredStaffAlerts
+from gateway.messaging.attachments import Attachments
 from gateway.messaging.contacts import Contacts
 from gateway.messaging.conversations import Conversations
 from gateway.messaging.outbox import Outbox
@@ -40,6 +41,7 @@ class Services:
     alerts: StaffAlerts
     break_glass: BreakGlass
     staff: Staff
+    attachments: Attachments
 
     @property
     def public_url(self) -> str:
@@ -71,5 +73,6 @@ def build_services(config: Config, store: Store, keyring: Keyring, clock: Clock,
         orgs=Orgs(store, clock), contacts=contacts, links=links, sessions=Sessions(store, clock),
         outbox=outbox, reply_tokens=reply_tokens, alerts=alerts,
         break_glass=BreakGlass(store, vault, audit, alerts, clock), staff=staff,
+        attachments=Attachments(store, vault),
         conversations=Conversations(store, vault, contacts, links, outbox, audit, clock, reply_tokens),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gateway.ids import new_id
 from gateway.ports import Clock
-from gateway.security.tokens import new_api_key
+from gateway.security.tokens import new_api_key, token_hash
 from gateway.storage.store import Doc, Store
 from gateway.tenancy.orgs import validate_name
 
@@ -29,3 +29,7 @@ class ApiKeys:
 
     async def list(self, org_id: str) -> list[Doc]:
         return [d async for d in self._store.api_keys.find({"org_id": org_id}, projection={"key_hash": 0})]
+
+    async def find_live(self, key: str) -> Doc | None:
+        """The stored key (not revoked) that this presented key is, or None."""
+        return await self._store.api_keys.find_one({"key_hash": token_hash(key), "revoked_at": None})

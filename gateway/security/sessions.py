@@ -56,6 +56,12 @@ class Sessions:
             )
         return doc
 
+    async def claim_flag(self, doc: Doc, flag: str) -> bool:
+        """Set a boolean flag on the session if it is still false; whether this call set it (of
+        concurrent requests of one session, exactly one wins)."""
+        res = await self._store.sessions.update_one({"_id": doc["_id"], flag: False}, {"$set": {flag: True}})
+        return res.modified_count == 1
+
     async def update(self, doc: Doc, **changes: Any) -> None:
         await self._store.sessions.update_one({"_id": doc["_id"]}, {"$set": changes})
 
