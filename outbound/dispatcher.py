@@ -26,20 +26,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import NamedTuple
 
-from pymongo import UpdateOne
-
 from gateway.errors import IntegrityError, NotFound, ProviderPermanent, ProviderTransient
 from gateway.messaging.alerts import STAFF_ALERT
 from gateway.messaging.contacts import Contact, Contacts
 from gateway.messaging.conversations import Conversations
 from gateway.messaging.delivery import Delivery
-from gateway.messaging.outbox import DEAD, FAILED, SENT, Outbox
+from gateway.messaging.outbox import DEAD, FAILED, TRACKED_KINDS, Outbox
 from gateway.messaging.unsubscribe import unsubscribe_token
 from gateway.ports import Clock, EmailSender, OutgoingEmail, SmsSender
 from gateway.security.audit import Actor, AuditLog, Pending
-from gateway.security.vault import Vault
-from gateway.storage.leases import LeaseWorker
-from gateway.storage.store import Doc, Store
+from gateway.storage.store import Doc
 from gateway.tenancy.orgs import Org, Orgs
 from gateway.tenancy.staff import Staff, StaffMember
 from outbound.compose import LINK_TEMPLATES, sms_text
@@ -106,13 +102,13 @@ class Pacer:
 
 class OutboxDispatcher:
     def __init__(
-        self, *, outbox: Outbox, store: Store, vault: Vault, orgs: Orgs, contacts: Contacts, staff: Staff,
+        self, *, outbox: Outbox, orgs: Orgs, contacts: Contacts, staff: Staff,
         conversations: Conversations, audit: AuditLog, delivery: Delivery, clock: Clock,
         sms: SmsSender, email: EmailSender | None = None, settings: DispatchSettings,
         owner: str, rng: random.Random | None = None, before_work: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self._store = store
-        self._vault = vault
+        # Job state (claims, sent, retry, failed) and sealed tokens: gateway/messaging/outbox.py.
+        self._outbox = outbox
         self._orgs = orgs
         self._contacts = contacts
         self._staff = staff
@@ -131,10 +127,10 @@ class OutboxDispatcher:
         # needs them later but a provider's late status callback (hours), which finds its job by
         # provider id; deterministic job ids guard re-runs of an event only while it is processed.
         self._keep_done = timedelta(days=settings.keep_done_days)
-        self.worker = LeaseWorker(store.outbox, clock, owner=owner,
-                                  lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
-                                  handle=self.deliver, name="outbox dispatcher",
-                                  handle_batch=self.deliver_batch, before_work=before_work)
+        self.worker = outbox.lease_worker(owner=owner, lease_seconds=settings.lease_seconds,
+                                          poll_seconds=settings.poll_seconds, handle=self.deliver,
+                                          name="outbox dispatcher", handle_batch=self.deliver_batch,
+                                          before_work=before_work)
         self.wake = self.worker.wake
         outbox.listeners.append(self.worker.notify)
 
@@ -310,14 +306,13 @@ class OutboxDispatcher:
     async def _assign_message_ids(self, jobs: list[Doc]) -> None:
         """Fix the Message-ID of every email job that has none yet, with one write (a retry then
         sends the same mail)."""
-        todo: list[UpdateOne] = []
+        todo: dict[str, str] = {}
         for job in jobs:
             if not job.get("email_message_id") and not job.get("mail_key"):  # (jobs queued before mail_key)
                 org = await self._orgs.get(job["org_id"])
                 job["email_message_id"] = make_message_id(self._from_address(org).rpartition("@")[2])
-                todo.append(UpdateOne({"_id": job["_id"]}, {"$set": {"email_message_id": job["email_message_id"]}}))
-        if todo:
-            await self._store.outbox.bulk_write(todo, ordered=False)
+                todo[job["_id"]] = job["email_message_id"]
+        await self._outbox.fix_message_ids(todo)
 
     async def _send_sms(self, job: Doc, recipient: Recipient | None) -> str:
         org, phone = await self._recipient(job, "sms", recipient)
@@ -334,7 +329,7 @@ class OutboxDispatcher:
             return await self._conversations.open_body(message)
         url = None
         if template in LINK_TEMPLATES:
-            token = await self._vault.open(job["org_id"], "outbox", job["_id"], "link_token", job["link_token"])
+            token = await self._outbox.open_token(job, "link_token")
             url = f"{self._cfg.public_url}/s/{token}"
         return sms_text(template, org_name=org_name, url=url)
 
@@ -346,7 +341,7 @@ class OutboxDispatcher:
             raise ProviderPermanent(f"template {template} has no email form", code="no_template")
         url = body = None
         if template in EMAIL_LINK_TEMPLATES:
-            token = await self._vault.open(org.id, "outbox", job["_id"], "link_token", job["link_token"])
+            token = await self._outbox.open_token(job, "link_token")
             url = f"{self._cfg.public_url}/s/{token}"
         else:
             message = await self._conversations.get_message(org.id, job["message_id"])
@@ -356,7 +351,7 @@ class OutboxDispatcher:
         reply_domain = org.reply_domain or self._cfg.reply_domain
         reply_token = None
         if job.get("reply_token"):
-            reply_token = await self._vault.open(org.id, "outbox", job["_id"], "reply_token", job["reply_token"])
+            reply_token = await self._outbox.open_token(job, "reply_token")
         reply_to = reply_address(reply_token, reply_domain) if reply_token and reply_domain else None
         message_id = await self._message_id(job, from_address)
         headers: list[tuple[str, str]] = []
@@ -401,7 +396,7 @@ class OutboxDispatcher:
         if not message_id:
             message_id = make_message_id(from_address.rpartition("@")[2])
             job["email_message_id"] = message_id
-            await self._store.outbox.update_one({"_id": job["_id"]}, {"$set": {"email_message_id": message_id}})
+            await self._outbox.fix_message_ids({job["_id"]: message_id})
         return str(message_id)
 
     def _from_address(self, org: Org) -> str:
@@ -418,21 +413,11 @@ class OutboxDispatcher:
         if not sent:
             return
         now = self._clock.now()
-        await self._store.outbox.bulk_write([UpdateOne(
-            {"_id": job["_id"]},
-            {"$set": {"state": SENT, "provider_id": provider_id, "sent_at": now, "updated_at": now,
-                      "last_error": None, "expire_at": now + self._keep_done},
-             "$unset": {"link_token": "", "reply_token": ""}},
-        ) for job, provider_id in sent], ordered=False)
-        tracked = [(job, pid) for job, pid in sent if job.get("message_id") and job["kind"] in ("sms", "email")]
+        await self._outbox.mark_sent(sent, now + self._keep_done)
+        tracked = [job for job, _ in sent if job.get("message_id") and job["kind"] in TRACKED_KINDS]
         if tracked:
-            await self._store.messages.bulk_write([UpdateOne({"_id": job["message_id"]}, {"$set": {
-                "provider_id": pid,
-                # Bounces name the original Message-ID.
-                **({"email_message_id": pid} if job["kind"] == "email" else {}),
-            }}) for job, pid in tracked], ordered=False)
             by_org: dict[str, list[Pending]] = {}
-            for job, _ in tracked:
+            for job in tracked:
                 by_org.setdefault(job["org_id"], []).append(Pending(
                     "message.accepted", Actor("system"), ids={"message_id": job["message_id"], "job_id": job["_id"]},
                     detail={"channel": job["kind"]}))
@@ -458,20 +443,13 @@ class OutboxDispatcher:
         now = self._clock.now()
         logger.info("outbox job will retry", extra={"fields": {
             "job_id": job["_id"], "attempts": attempts, "delay_s": round(delay, 2), "code": err.code}})
-        await self._store.outbox.update_one(
-            {"_id": job["_id"]},
-            {"$set": {"next_attempt_at": now + timedelta(seconds=delay), "lease_until": now, "updated_at": now,
-                      "last_error": {"code": err.code, "message": str(err)[:300], "at": now}}},
-        )
+        await self._outbox.retry_at(job["_id"], now + timedelta(seconds=delay),
+                                    {"code": err.code, "message": str(err)[:300], "at": now})
 
     async def _fail(self, job: Doc, state: str, code: str, message: str) -> None:
         now = self._clock.now()
         logger.warning("outbox job failed", extra={"fields": {"job_id": job["_id"], "state": state, "code": code}})
-        await self._store.outbox.update_one(
-            {"_id": job["_id"]},
-            {"$set": {"state": state, "updated_at": now, "lease_until": now, "expire_at": now + self._keep_done,
-                      "last_error": {"code": code, "message": message[:300], "at": now}},
-             "$unset": {"link_token": "", "reply_token": ""}},
-        )
+        await self._outbox.finish_failed(job["_id"], state, {"code": code, "message": message[:300], "at": now},
+                                         now + self._keep_done)
         # The message fails, the thread is marked with the reason (and a 21610 is the opt-out it is).
         await self._delivery.job_failed(job, code, now, state)

@@ -94,8 +94,6 @@ KNOWN_COLLECTION_USERS: frozenset[str] = frozenset({
     "inbound/events.py",
     "inbound/processor.py",
     "inbound/smtp_server.py",
-    "outbound/dispatcher.py",
-    "outbound/sandbox.py",
     "portal/staff/audit_view.py",
     "portal/staff/auth.py",
     "portal/staff/common.py",

@@ -11,17 +11,21 @@ A job that finished (sent, failed, dead) gets `expire_at` from the dispatcher an
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 from gateway.ids import new_id
 from gateway.ports import Clock
 from gateway.security.vault import Vault
+from gateway.storage.leases import LeaseWorker
 from gateway.storage.store import Doc, Store
 
 PENDING, SENT, FAILED, DEAD = "pending", "sent", "failed", "dead"
+TRACKED_KINDS = ("sms", "email")  # jobs that deliver a message (its provider id is recorded on it)
 
 
 class Outbox:
@@ -77,3 +81,62 @@ class Outbox:
         await self._store.outbox.insert_one(doc, session=session)
         if session is None:
             self.announce(doc["_id"])
+
+    # -- the dispatcher's side (outbound/dispatcher.py): leases and job state transitions -------
+
+    def lease_worker(self, *, owner: str, lease_seconds: float, poll_seconds: float, name: str,
+                     handle: Callable[[Doc], Awaitable[None]],
+                     handle_batch: Callable[[list[Doc]], Awaitable[None]] | None = None,
+                     before_work: Callable[[], Awaitable[None]] | None = None) -> LeaseWorker:
+        """The lease worker that hands due jobs to a dispatcher (gateway/storage/leases.py)."""
+        return LeaseWorker(self._store.outbox, self._clock, owner=owner, lease_seconds=lease_seconds,
+                           poll_seconds=poll_seconds, handle=handle, name=name, handle_batch=handle_batch,
+                           before_work=before_work)
+
+    async def open_token(self, job: Doc, name: str) -> str:
+        """A token sealed into the job (`link_token`, `reply_token`), opened for composing its text."""
+        return await self._vault.open(job["org_id"], "outbox", job["_id"], name, job[name])
+
+    async def fix_message_ids(self, message_ids: dict[str, str]) -> None:
+        """Record each job's Message-ID before its first attempt (a retry is then the same mail):
+        one write however many."""
+        if message_ids:
+            await self._store.outbox.bulk_write([
+                UpdateOne({"_id": job_id}, {"$set": {"email_message_id": mid}})
+                for job_id, mid in message_ids.items()], ordered=False)
+
+    async def mark_sent(self, sent: list[tuple[Doc, str]], expire_at: datetime) -> None:
+        """Jobs the provider accepted, with its id: the job is sent (its tokens removed) and the
+        message it delivers learns the provider id (and a mail its Message-ID, which bounces name).
+        At most two writes however many."""
+        if not sent:
+            return
+        now = self._clock.now()
+        await self._store.outbox.bulk_write([UpdateOne(
+            {"_id": job["_id"]},
+            {"$set": {"state": SENT, "provider_id": provider_id, "sent_at": now, "updated_at": now,
+                      "last_error": None, "expire_at": expire_at},
+             "$unset": {"link_token": "", "reply_token": ""}},
+        ) for job, provider_id in sent], ordered=False)
+        tracked = [(job, pid) for job, pid in sent if job.get("message_id") and job["kind"] in TRACKED_KINDS]
+        if tracked:
+            await self._store.messages.bulk_write([UpdateOne({"_id": job["message_id"]}, {"$set": {
+                "provider_id": pid,
+                **({"email_message_id": pid} if job["kind"] == "email" else {}),
+            }}) for job, pid in tracked], ordered=False)
+
+    async def retry_at(self, job_id: str, at: datetime, error: dict[str, Any]) -> None:
+        """A transient failure: the job is due again at `at`, its lease ends now."""
+        now = self._clock.now()
+        await self._store.outbox.update_one(
+            {"_id": job_id},
+            {"$set": {"next_attempt_at": at, "lease_until": now, "updated_at": now, "last_error": error}})
+
+    async def finish_failed(self, job_id: str, state: str, error: dict[str, Any], expire_at: datetime) -> None:
+        """The job will not be sent (FAILED, or DEAD after its attempts): its tokens go with it."""
+        now = self._clock.now()
+        await self._store.outbox.update_one(
+            {"_id": job_id},
+            {"$set": {"state": state, "updated_at": now, "lease_until": now, "expire_at": expire_at,
+                      "last_error": error},
+             "$unset": {"link_token": "", "reply_token": ""}})

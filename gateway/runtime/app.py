@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.compliance import retention
 from gateway.errors import ConfigError
 from gateway.messaging.delivery import Delivery
+from gateway.messaging.sandbox_box import SandboxBox
 from gateway.messaging.unsubscribe import Unsubscribe
 from gateway.messaging.views import ClientViews
 from gateway.ports import EmailSender, SmsSender
@@ -98,7 +99,7 @@ def build_dispatcher(s: Services, sms: SmsSender, email: EmailSender | None = No
         lease_seconds=cfg.outbox.lease_seconds, poll_seconds=cfg.outbox.poll_seconds,
         sms_per_second=cfg.outbox.sms_per_second, keep_done_days=cfg.outbox.keep_done_days)
     return OutboxDispatcher(
-        outbox=s.outbox, store=s.store, vault=s.vault, orgs=s.orgs, contacts=s.contacts, staff=s.staff,
+        outbox=s.outbox, orgs=s.orgs, contacts=s.contacts, staff=s.staff,
         conversations=s.conversations, audit=s.audit,
         delivery=delivery or Delivery(s.store, s.contacts, s.audit, s.clock), clock=s.clock,
         sms=sms, email=email, settings=settings, owner=owner, rng=rng, before_work=before_work)
@@ -112,7 +113,7 @@ def build_runtime(services: Services, *, sms: SmsSender | None = None, email: Em
     if sms is None:
         tw = s.config.twilio
         if tw.sandbox:
-            sandbox = SandboxSmsSender(s.store, s.vault, s.clock)
+            sandbox = SandboxSmsSender(SandboxBox(s.store, s.vault, s.clock))
             sms = sandbox
         else:
             sms = TwilioSmsSender(tw.account_sid, tw.auth_token, api_base=tw.api_base or None,
@@ -123,7 +124,7 @@ def build_runtime(services: Services, *, sms: SmsSender | None = None, email: Em
     if email is None:
         mail = s.config.smtp
         if mail.sandbox:
-            email = sandbox_mail = SandboxEmailSender(s.store, s.vault, s.clock)
+            email = sandbox_mail = SandboxEmailSender(SandboxBox(s.store, s.vault, s.clock))
         else:
             dkim = DkimSigner(mail.dkim_selector, mail.dkim_domain, mail.dkim_private_key) \
                 if mail.dkim_private_key else None
