@@ -14,17 +14,16 @@ from typing import Any
 from gateway.messaging.contacts import OPTED_OUT, Contacts
 from gateway.messaging.conversations import Conversations, Inbound, Notice
 from gateway.messaging.delivery import Delivery
+from gateway.messaging.incoming_files import IncomingFile, IncomingFiles
+from gateway.messaging.reply_context import ReplyContext
 from gateway.messaging.reply_tokens import ReplyTokens
-from gateway.ports import Clock
 from gateway.rules.classifier import find_sensitive
 from gateway.rules.keywords import is_email_opt_out
 from gateway.rules.secure import SecureSource, decide_inbound
 from gateway.security.audit import Actor, AuditLog, Pending
-from gateway.security.vault import Vault
-from gateway.storage.store import Doc, Store
+from gateway.storage.intake import EventIntake
+from gateway.storage.store import Doc
 from gateway.tenancy.orgs import Org, OrgPolicy, Orgs
-from inbound.attachments import IncomingFile, seal_attachments
-from inbound.events import InboundEvents
 from inbound.mail.parse import ParsedMail, parse_message
 
 logger = logging.getLogger(__name__)
@@ -98,18 +97,18 @@ def _received(reply: Reply, message_id: str, thread_id: str, contact_id: str, at
 
 
 class EmailReplyHandler:
-    def __init__(self, store: Store, vault: Vault, events: InboundEvents, orgs: Orgs, contacts: Contacts,
-                 conversations: Conversations, reply_tokens: ReplyTokens, audit: AuditLog, clock: Clock) -> None:
-        self._store = store
-        self._vault = vault
+    def __init__(self, events: EventIntake, orgs: Orgs, contacts: Contacts, conversations: Conversations,
+                 reply_tokens: ReplyTokens, audit: AuditLog, delivery: Delivery, files: IncomingFiles,
+                 context: ReplyContext) -> None:
         self._events = events
         self._orgs = orgs
         self._contacts = contacts
         self._conversations = conversations
         self._reply_tokens = reply_tokens
         self._audit = audit
-        self._clock = clock
-        self._delivery = Delivery(store, contacts, audit, clock)
+        self._delivery = delivery
+        self._files = files
+        self._context = context
 
     async def __call__(self, event: Doc) -> str:
         eid = event["_id"]
@@ -128,7 +127,7 @@ class EmailReplyHandler:
                         null_sender=_null_sender(payload))
         # Before the message (idempotent upserts): a crash in between must not leave a message
         # whose attachments are never stored, as a re-run sees the message already there.
-        await seal_attachments(self._store, self._vault, org_id=org.id, dek_id=contact.dek_id, message_id=eid,
+        await self._files.seal(org_id=org.id, dek_id=contact.dek_id, message_id=eid,
                                thread_id=thread["_id"], contact_id=contact.id, files=[
                                    IncomingFile(a.filename or "", a.content_type, a.data, n)
                                    for n, a in enumerate(parsed.attachments)])
@@ -207,8 +206,7 @@ class EmailReplyHandler:
                     ) -> tuple[list[object], list[Doc]]:
         rest: list[Doc] = []
         contacts = await self._contacts.get_many_revealed(org.id, [s["contact_id"] for _, s in items], ("email",))
-        threads = {d["_id"]: d async for d in self._store.threads.find(
-            {"_id": {"$in": list({s["thread_id"] for _, s in items})}, "org_id": org.id})}
+        threads = await self._context.threads(org.id, list({s["thread_id"] for _, s in items}))
         # In arrival order, as one-by-one processing would see them: a sensitive reply makes its
         # standard thread secure, and every later reply in that thread is then secure too.
         items = sorted(items, key=lambda x: (x[0].get("received_at") is None, x[0].get("received_at"), x[0]["_id"]))

@@ -1,6 +1,7 @@
 """The inbound processor: claims stored provider events by lease and hands each to its handler.
 
-Leases live in MongoDB (gateway/storage/leases.py), so any number of worker processes can run this. A
+Leases live in MongoDB (gateway/storage/leases.py; the event reads and writes in
+gateway/storage/intake.py), so any number of worker processes can run this. A
 handler must be idempotent: a crash after any step re-runs the whole event safely.
 
 Under backlog the worker hands over whole batches. A handler with a `batch` method processes the
@@ -29,8 +30,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from gateway.ports import Clock
-from gateway.storage.leases import LeaseWorker
-from gateway.storage.store import Doc, Store
+from gateway.storage.intake import InboundEventQueue
+from gateway.storage.store import Doc
 
 logger = logging.getLogger(__name__)
 
@@ -55,18 +56,18 @@ def arrival(event: Doc) -> tuple[datetime, str]:
 
 
 class InboundProcessor:
-    def __init__(self, store: Store, clock: Clock, handlers: dict[str, Handler], *, owner: str,
+    def __init__(self, queue: InboundEventQueue, clock: Clock, handlers: dict[str, Handler], *, owner: str,
                  poll_seconds: float = 1.0, before_work: Callable[[], Awaitable[None]] | None = None,
                  keep_done_days: int = KEEP_DONE_DAYS) -> None:
-        self._store = store
+        self._queue = queue
         self._clock = clock
         self._keep_done = timedelta(days=keep_done_days)
         self._handlers = handlers
         self._batch_handlers: dict[str, BatchHandler] = {
             kind: batch for kind, h in handlers.items() if (batch := getattr(h, "batch", None)) is not None}
-        self.worker = LeaseWorker(store.inbound_events, clock, owner=owner, lease_seconds=LEASE_SECONDS,
-                                  poll_seconds=poll_seconds, handle=self.process, name="inbound processor",
-                                  handle_batch=self.process_batch, before_work=before_work)
+        self.worker = queue.lease_worker(clock, owner=owner, lease_seconds=LEASE_SECONDS,
+                                         poll_seconds=poll_seconds, handle=self.process, name="inbound processor",
+                                         handle_batch=self.process_batch, before_work=before_work)
         self._owner = owner
         # Events given back because an earlier one of their sender was pending, by sender: handed
         # over again as soon as this process finishes one of that sender's events.
@@ -96,22 +97,15 @@ class InboundProcessor:
             logger.exception("inbound event failed", extra={"fields": {
                 "event_id": event["_id"], "kind": event["kind"], "attempts": attempts,
                 "error": type(err).__name__, "final": final}})
-            await self._store.inbound_events.update_one(
-                {"_id": event["_id"]},
-                {"$set": {"state": "failed" if final else "pending", "error": type(err).__name__,
-                          "next_attempt_at": self._clock.now() + timedelta(seconds=delay),
-                          "lease_until": self._clock.now()}},
-            )
+            await self._queue.retry_later(event["_id"], final=final, error=type(err).__name__,
+                                          next_attempt_at=self._clock.now() + timedelta(seconds=delay),
+                                          now=self._clock.now())
             return False
-        # Done: drop the raw sealed payload (one less copy of client content to protect). Events
-        # that could not be routed keep it, sealed, for review.
+        # Done: the raw sealed payload is dropped (one less copy of client content to protect). Events
+        # that could not be routed keep it, sealed, for review, and do not expire.
         now = self._clock.now()
-        update: Doc = {"$set": {"state": state, "processed_at": now}}
-        if state == "done":
-            update["$unset"] = {"payload": "", "raw": ""}
-        if state not in KEPT_STATES:
-            update["$set"]["expire_at"] = now + self._keep_done  # removed then (TTL, gateway/storage/store.py)
-        await self._store.inbound_events.update_one({"_id": event["_id"]}, update)
+        await self._queue.finish(event["_id"], state, now=now,
+                                 expire_at=None if state in KEPT_STATES else now + self._keep_done)
         return True
 
     async def process_batch(self, events: list[Doc]) -> None:
@@ -143,11 +137,7 @@ class InboundProcessor:
                 done, rest = [], group
             if done:
                 now = self._clock.now()
-                await self._store.inbound_events.update_many(
-                    {"_id": {"$in": done}},
-                    {"$set": {"state": "done", "processed_at": now, "expire_at": now + self._keep_done},
-                     "$unset": {"payload": "", "raw": ""}},
-                )
+                await self._queue.finish_done(done, now=now, expire_at=now + self._keep_done)
         stalled: set[str] = set()  # senders whose earlier event in this batch failed
         for event in sorted(rest, key=arrival):
             sender = event.get("sender")
@@ -167,9 +157,7 @@ class InboundProcessor:
         # waiting for a retry. (A `sender $in [...]` query instead costs ~50x more on SecantusDB.)
         ours = {e["_id"] for e in events}
         earlier: dict[str, list[Doc]] = {}
-        async for doc in self._store.inbound_events.find(
-                {"state": "pending", "received_at": {"$lte": max(arrival(e)[0] for e in events)}},
-                projection={"sender": 1, "received_at": 1, "next_attempt_at": 1, "lease_owner": 1, "lease_until": 1}):
+        async for doc in self._queue.pending_until(max(arrival(e)[0] for e in events)):
             if doc.get("sender") in senders and doc["_id"] not in ours:
                 earlier.setdefault(doc["sender"], []).append(doc)
         now = self._clock.now()
@@ -192,11 +180,7 @@ class InboundProcessor:
     async def _give_back(self, event: Doc, not_before: datetime | None = None) -> None:
         """Release a claimed event unhandled, without counting the attempt: it is due again when
         its sender's earlier event may be (`not_before`, that one's next attempt)."""
-        update: Doc = {"$set": {"lease_until": self._clock.now()}, "$inc": {"attempts": -1}}
-        if not_before is not None and not_before > event.get("next_attempt_at", not_before):
-            update["$set"]["next_attempt_at"] = not_before
-        await self._store.inbound_events.update_one(
-            {"_id": event["_id"], "state": "pending", "lease_owner": event.get("lease_owner")}, update)
+        await self._queue.give_back(event, now=self._clock.now(), not_before=not_before)
         if len(self._waiting) < MAX_WAITING:
             self._waiting.setdefault(event["sender"], set()).add(event["_id"])
         for follower in self._parked.pop(event["sender"], []):  # they would wait for it anyway

@@ -24,6 +24,7 @@ from pymongo.errors import DuplicateKeyError
 from gateway.errors import ProviderPermanent, ProviderTransient, ValidationError
 from gateway.messaging.contacts import OPTED_IN, OPTED_OUT, Contact, Contacts
 from gateway.messaging.conversations import Conversations, Inbound, Notice
+from gateway.messaging.incoming_files import IncomingFile, IncomingFiles
 from gateway.messaging.outbox import Outbox
 from gateway.messaging.phone import normalize_e164
 from gateway.ports import SmsSender
@@ -31,11 +32,9 @@ from gateway.rules.classifier import find_sensitive
 from gateway.rules.keywords import Keyword, parse_keyword
 from gateway.rules.secure import decide_inbound
 from gateway.security.audit import Actor, AuditLog, Pending
-from gateway.security.vault import Vault
-from gateway.storage.store import Doc, Store, insert_new
+from gateway.storage.intake import EventIntake
+from gateway.storage.store import Doc
 from gateway.tenancy.orgs import Org, Orgs
-from inbound.attachments import IncomingFile, seal_attachments
-from inbound.events import InboundEvents
 from inbound.processor import MAX_ATTEMPTS
 
 logger = logging.getLogger(__name__)
@@ -66,12 +65,13 @@ def _consent_set_by(contact: Contact, channel: str, event_id: str) -> bool:
 
 
 class SmsReplyHandler:
-    def __init__(self, store: Store, events: InboundEvents, orgs: Orgs, contacts: Contacts,
+    def __init__(self, events: EventIntake, orgs: Orgs, contacts: Contacts,
                  conversations: Conversations, outbox: Outbox, audit: AuditLog, *,
-                 media: SmsSender | None = None, vault: Vault | None = None) -> None:
+                 media: SmsSender | None = None, files: IncomingFiles | None = None) -> None:
+        """`media` fetches MMS media and `files` seals it (both or neither: without them an MMS is
+        stored as text with its media flagged unavailable)."""
         self._media = media
-        self._vault = vault
-        self._store = store
+        self._files = files
         self._events = events
         self._orgs = orgs
         self._contacts = contacts
@@ -111,8 +111,8 @@ class SmsReplyHandler:
         if unavailable:
             flags.append(f"media_unavailable:{unavailable}")
         if files:
-            assert self._vault is not None  # given with the media source (gateway/runtime/app.py)
-            await seal_attachments(self._store, self._vault, org_id=org.id, dek_id=contact.dek_id, message_id=eid,
+            assert self._files is not None  # given with the media source (gateway/runtime/app.py)
+            await self._files.seal(org_id=org.id, dek_id=contact.dek_id, message_id=eid,
                                    thread_id=thread["_id"], contact_id=contact.id, files=files)
         message, thread, new = await self._conversations.record_inbound(
             org, contact, message_id=eid, channel="sms", body=body,
@@ -288,15 +288,9 @@ class SmsReplyHandler:
             if (ack := issued.get(f"{m.message_id}:ack")) is not None:
                 entries.append(ack)
         await self._audit.append_many(org.id, entries)
-        if org.policy.provider_redaction:
-            await self._queue_many([await self._outbox.job(
+        if org.policy.provider_redaction:  # (one write; a job queued by an earlier run is skipped)
+            await self._outbox.insert_new([await self._outbox.job(
                 kind="sms_redact", org_id=org.id, template="redact", contact_id=m.contact.id,
                 job_id=f"{m.message_id}:redact", provider_sid=m.provider_id,
             ) for m in inbound if m.provider_id])
         return [m.message_id for m in inbound], rest
-
-    async def _queue_many(self, jobs: list[Doc]) -> None:
-        """_queue_once for several jobs with one write."""
-        for job, new in zip(jobs, await insert_new(self._store.outbox, jobs), strict=True):
-            if new:  # (else queued by an earlier run of this event)
-                self._outbox.announce(job["_id"])

@@ -32,15 +32,15 @@ from pymongo.errors import PyMongoError
 from gateway.errors import StoreUnavailable
 from gateway.messaging.phone import mask_email
 from gateway.messaging.reply_address import parse_reply_address
+from gateway.messaging.reply_context import ReplyContext
 from gateway.messaging.reply_tokens import ReplyTokens
-from gateway.ports import Clock
 from gateway.runtime.config import InboundSmtpConfig
 from gateway.security.ratelimit import RateLimiter
 from gateway.security.tokens import token_hash
+from gateway.storage.intake import EventIntake
 from gateway.storage.mail_quota import ThreadMailQuota
-from gateway.storage.store import Doc, Store
+from gateway.storage.store import Doc
 from gateway.tenancy.orgs import Orgs
-from inbound.events import InboundEvents
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +71,16 @@ _MSG_ID = re.compile(r"<[^<>\s]{1,250}>")
 class ReplyHandler:
     """aiosmtpd handler: recipients must be live reply addresses; DATA is stored before 250."""
 
-    def __init__(self, config: InboundSmtpConfig, orgs: Orgs, reply_tokens: ReplyTokens, events: InboundEvents,
-                 store: Store, clock: Clock) -> None:
-        self._store = store
+    def __init__(self, config: InboundSmtpConfig, orgs: Orgs, reply_tokens: ReplyTokens, events: EventIntake,
+                 quota: ThreadMailQuota, context: ReplyContext) -> None:
+        """`quota` is built with config's thread_messages_per_day and thread_bytes_per_day."""
         self._config = config
         self._orgs = orgs
         self._reply_tokens = reply_tokens
         self._events = events
+        self._context = context
         self._rate = RateLimiter(config.messages_per_minute_per_peer, 60)
-        self._quota = ThreadMailQuota(store, clock, messages_per_day=config.thread_messages_per_day,
-                                      bytes_per_day=config.thread_bytes_per_day)
+        self._quota = quota
         self._unknown: WeakKeyDictionary[Session, int] = WeakKeyDictionary()  # unknown recipients per session
         # The token documents found at RCPT, for DATA (saves a second lookup per recipient).
         self._scopes: WeakKeyDictionary[Envelope, dict[str, Doc]] = WeakKeyDictionary()
@@ -137,10 +137,7 @@ class ReplyHandler:
         if not refs:
             return False
         bare = [r.strip("<>") for r in refs]
-        found = await self._store.messages.find_one(
-            {"email_message_id": {"$in": refs + bare}, "org_id": scope["org_id"], "contact_id": scope["contact_id"]},
-            projection={"_id": 1})
-        return found is not None
+        return await self._context.sent_to(scope["org_id"], scope["contact_id"], refs + bare)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
@@ -175,7 +172,7 @@ class ReplyHandler:
             for thread_id, (doc, digest) in live.items():
                 # Once per (Message-ID, conversation): a resent mail, or one sent to two reply
                 # addresses of the same conversation (reply-all), is stored once.
-                _, new = await self._events.accept(
+                _, new = await self._events.store_event(
                     provider="smtp", provider_id=f"{message_key}|{thread_id}", org_id=doc["org_id"],
                     kind="email", raw=raw, payload={"mail_from": envelope.mail_from or "", "token_hash": digest},
                     meta={"size": len(raw)}, sender=f"contact:{doc['contact_id']}",

@@ -19,8 +19,8 @@ from gateway.errors import StoreUnavailable, ValidationError
 from gateway.messaging.contacts import Contacts
 from gateway.messaging.delivery import STATUS_RANK, Delivery
 from gateway.messaging.phone import normalize_e164
+from gateway.storage.intake import EventIntake
 from gateway.tenancy.orgs import Orgs
-from inbound.events import InboundEvents
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class TwilioWebhooks:
     `auth_token` checks the signature (none: every request is refused); `account_sid`, when set,
     must be the request's AccountSid."""
 
-    def __init__(self, events: InboundEvents, delivery: Delivery, orgs: Orgs, contacts: Contacts, *,
+    def __init__(self, events: EventIntake, delivery: Delivery, orgs: Orgs, contacts: Contacts, *,
                  public_url: str, auth_token: str, account_sid: str) -> None:
         self._events = events
         self._delivery = delivery
@@ -93,7 +93,7 @@ class TwilioWebhooks:
             return _error(400, f"NumMedia must be between 0 and {MAX_MEDIA}")
         try:
             org = await self._orgs.by_recipient(params.get("To"), params.get("MessagingServiceSid"))
-            _, new = await self._events.accept(
+            _, new = await self._events.store_event(
                 provider="twilio", provider_id=sid, org_id=org.id if org else None, kind="sms",
                 payload=params, state="pending" if org else "unroutable",
                 sender=self._sender(org.id, params["From"]) if org else None,

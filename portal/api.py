@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
 from gateway.messaging.conversations import Conversations
+from gateway.messaging.delivery import failure_of, reason_text
 from gateway.security.api_keys import ApiKeys
 from gateway.security.audit import Actor, AuditLog
 from gateway.storage.store import Doc
@@ -47,11 +48,17 @@ def _iso(value: Any) -> str:
     return str(value.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
 
 
+def failure_json(doc: Doc) -> dict[str, str | None]:
+    """Why a message was not delivered, as a stable code and in plain words; both null otherwise."""
+    code = failure_of(doc)
+    return {"failure_reason_code": code, "failure_reason": reason_text(code) if code else None}
+
+
 def message_json(doc: Doc) -> dict[str, Any]:
     return {
         "id": doc["_id"], "thread_id": doc["thread_id"], "direction": doc["direction"],
         "channel": doc["channel"], "secure": doc["secure"], "secure_source": doc.get("secure_source"),
-        "status": doc["status"], "error_code": doc.get("error_code"),
+        "status": doc["status"], "error_code": doc.get("error_code"), **failure_json(doc),
         "status_history": [{"status": h["status"], "at": _iso(h["at"]),
                             **({"error_code": h["error_code"]} if h.get("error_code") else {})}
                            for h in doc.get("status_history", [])],
@@ -184,7 +191,7 @@ class ApiV1:
             "messages": [{
                 "id": d["_id"], "direction": d["direction"], "channel": d["channel"], "body": d["text"],
                 "created_at": _iso(d["created_at"]), "status": d["status"], "secure": d["secure"],
-                "secure_source": d.get("secure_source"), "flags": d.get("flags", []),
+                "secure_source": d.get("secure_source"), "flags": d.get("flags", []), **failure_json(d),
             } for d in page],
             "next_cursor": page[-1]["_id"] if more and page else None,
         })

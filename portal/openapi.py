@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.messaging.delivery import REASONS
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 # What the API accepts, as patterns (gateway/messaging/phone.py, gateway/tenancy/orgs.py validate_email,
 # gateway/security/pins.py).
@@ -16,6 +18,15 @@ SECURE_SOURCE = {"enum": ["org_default", "org_forced", "template", "campaign_ste
                  "description": "where secure/standard came from: org_default, org_forced (always-secure policy), "
                                 "template, campaign_step, message (the sender's choice), thread (the thread is "
                                 "secure), sensitive_reply (a reply that looked sensitive); null for older messages"}
+
+# Why a message was not delivered (gateway/messaging/delivery.py REASONS); null unless the status is
+# failed or undelivered.
+FAILURE_REASON_CODE = {"enum": [*REASONS, None],
+                       "description": "why the message was not delivered, a stable code: "
+                                      + ", ".join(REASONS) + "; null unless status is failed or undelivered"}
+FAILURE_REASON = {"type": ["string", "null"],
+                  "description": "failure_reason_code in plain words (e.g. " + "; ".join(
+                      f'"{text}"' for text in REASONS.values()) + "); null unless status is failed or undelivered"}
 
 
 def _resp(desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -61,13 +72,16 @@ OPENAPI: dict[str, Any] = {
                 "id": {"type": "string"}, "thread_id": {"type": "string"}, "secure": {"type": "boolean"},
                 "secure_source": SECURE_SOURCE, "status": {"type": "string"}}},
             "Message": {"type": "object", "required": ["id", "thread_id", "direction", "channel", "secure",
-                                                       "status", "status_history", "created_at"],
+                                                       "status", "status_history", "created_at",
+                                                       "failure_reason_code", "failure_reason"],
                         "properties": {
                             "id": {"type": "string"}, "thread_id": {"type": "string"},
                             "direction": {"enum": ["inbound", "outbound"]},
                             "channel": {"enum": ["sms", "email", "portal"]}, "secure": {"type": "boolean"},
                             "secure_source": SECURE_SOURCE, "status": {"type": "string"},
-                            "error_code": {"type": ["string", "null"]},
+                            "error_code": {"type": ["string", "null"],
+                                           "description": "the provider's own error code, as it gave it"},
+                            "failure_reason_code": FAILURE_REASON_CODE, "failure_reason": FAILURE_REASON,
                             "status_history": {"type": "array", "items": {"type": "object", "properties": {
                                 "status": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
                                 "error_code": {"type": "string"}}}},
@@ -79,7 +93,8 @@ OPENAPI: dict[str, Any] = {
                              "description": "null once the contact was erased (its data key destroyed)"},
                     "created_at": {"type": "string", "format": "date-time"},
                     "status": {"type": "string"}, "secure": {"type": "boolean"}, "secure_source": SECURE_SOURCE,
-                    "flags": {"type": "array", "items": {"type": "string"}}}}},
+                    "flags": {"type": "array", "items": {"type": "string"}},
+                    "failure_reason_code": FAILURE_REASON_CODE, "failure_reason": FAILURE_REASON}}},
                 "next_cursor": {"type": ["string", "null"]}}},
         },
     },

@@ -26,7 +26,7 @@ from portal.render import render
 
 
 # What the page needs from its collaborators, which the composition root (gateway/runtime/app.py) hands
-# it: the sandbox providers (outbound/sandbox.py) and the durable intake (inbound/events.py). Named
+# it: the sandbox providers (outbound/sandbox.py) and the durable intake (gateway/storage/intake.py). Named
 # here as roles so that portal/ imports neither package (docs/architecture.md, layers).
 class SandboxPhone(Protocol):
     async def messages(self, limit: int = 200) -> list[dict[str, str | bool]]: ...

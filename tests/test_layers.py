@@ -89,11 +89,6 @@ SERVICES_MODULE = "gateway.runtime.services"
 
 # Edge files that still touch a collection. Remove a file when its handlers only call domain services.
 KNOWN_COLLECTION_USERS: frozenset[str] = frozenset({
-    "inbound/attachments.py",
-    "inbound/email_reply.py",
-    "inbound/events.py",
-    "inbound/processor.py",
-    "inbound/smtp_server.py",
     "portal/staff/audit_view.py",
     "portal/staff/auth.py",
     "portal/staff/common.py",

@@ -87,6 +87,14 @@ def reason_text(code: str | None) -> str:
     return REASONS.get(code or "", REASONS[UNDELIVERABLE])
 
 
+def failure_of(message: Doc) -> str | None:
+    """The reason code of a message that failed for good (failed/undelivered), else None. A failure
+    the provider gave no code for reads as UNDELIVERABLE."""
+    if message.get("status") not in FAILED:
+        return None
+    return reason_code(message.get("error_code") or message.get("status"))
+
+
 def problem_of(thread: Doc) -> dict[str, Any] | None:
     """The thread's failure mark as staff see it (reason in words, when, which send), or None."""
     mark = thread.get("delivery_problem")

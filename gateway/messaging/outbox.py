@@ -22,7 +22,7 @@ from gateway.ids import new_id
 from gateway.ports import Clock
 from gateway.security.vault import Vault
 from gateway.storage.leases import LeaseWorker
-from gateway.storage.store import Doc, Store
+from gateway.storage.store import Doc, Store, insert_new
 
 PENDING, SENT, FAILED, DEAD = "pending", "sent", "failed", "dead"
 TRACKED_KINDS = ("sms", "email")  # jobs that deliver a message (its provider id is recorded on it)
@@ -81,6 +81,13 @@ class Outbox:
         await self._store.outbox.insert_one(doc, session=session)
         if session is None:
             self.announce(doc["_id"])
+
+    async def insert_new(self, docs: list[Doc]) -> None:
+        """Store jobs with one write, skipping those stored already (same id: queued by an earlier
+        run of the same work); each newly stored job is announced."""
+        for job, new in zip(docs, await insert_new(self._store.outbox, docs), strict=True):
+            if new:
+                self.announce(job["_id"])
 
     # -- the dispatcher's side (outbound/dispatcher.py): leases and job state transitions -------
 

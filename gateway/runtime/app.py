@@ -22,14 +22,17 @@ from aiohttp import web
 from gateway.compliance import retention
 from gateway.errors import ConfigError
 from gateway.messaging.delivery import Delivery
+from gateway.messaging.incoming_files import IncomingFiles
+from gateway.messaging.reply_context import ReplyContext
 from gateway.messaging.sandbox_box import SandboxBox
 from gateway.messaging.unsubscribe import Unsubscribe
 from gateway.messaging.views import ClientViews
 from gateway.ports import EmailSender, SmsSender
 from gateway.runtime.services import Services
 from gateway.security.api_keys import ApiKeys
+from gateway.storage.intake import EventIntake, InboundEventQueue
+from gateway.storage.mail_quota import ThreadMailQuota
 from inbound.email_reply import EmailReplyHandler
-from inbound.events import InboundEvents
 from inbound.processor import InboundProcessor
 from inbound.sms import SmsReplyHandler
 from inbound.smtp_server import ReplyHandler, make_smtp
@@ -59,7 +62,7 @@ class Runtime:
     """Everything with a lifecycle, built once per process."""
 
     services: Services
-    events: InboundEvents
+    events: EventIntake
     sms: SmsSender
     email: EmailSender
     sandbox: SandboxSmsSender | None
@@ -108,7 +111,7 @@ def build_dispatcher(s: Services, sms: SmsSender, email: EmailSender | None = No
 def build_runtime(services: Services, *, sms: SmsSender | None = None, email: EmailSender | None = None) -> Runtime:
     s = services
     owner = f"{socket.gethostname()}:{os.getpid()}"
-    events = InboundEvents(s.store, s.vault, s.clock)
+    events = EventIntake(s.store, s.vault, s.clock)
     sandbox = None
     if sms is None:
         tw = s.config.twilio
@@ -132,16 +135,17 @@ def build_runtime(services: Services, *, sms: SmsSender | None = None, email: Em
                                     starttls=mail.starttls, timeout=mail.timeout_seconds, dkim=dkim)
     elif isinstance(email, SandboxEmailSender):
         sandbox_mail = email
-    handlers = {
-        "sms": SmsReplyHandler(s.store, events, s.orgs, s.contacts, s.conversations, s.outbox, s.audit,
-                               media=sms, vault=s.vault),
-        "email": EmailReplyHandler(s.store, s.vault, events, s.orgs, s.contacts, s.conversations, s.reply_tokens,
-                                   s.audit, s.clock),
-    }
-    # Intake first: processing and sending wait for a lull in incoming deliveries (InboundEvents.lull).
     delivery = Delivery(s.store, s.contacts, s.audit, s.clock)
+    files = IncomingFiles(s.store, s.vault)
+    handlers = {
+        "sms": SmsReplyHandler(events, s.orgs, s.contacts, s.conversations, s.outbox, s.audit,
+                               media=sms, files=files),
+        "email": EmailReplyHandler(events, s.orgs, s.contacts, s.conversations, s.reply_tokens, s.audit,
+                                   delivery, files, ReplyContext(s.store)),
+    }
+    # Intake first: processing and sending wait for a lull in incoming deliveries (EventIntake.lull).
     dispatcher = build_dispatcher(s, sms, email, owner=owner, before_work=events.lull, delivery=delivery)
-    processor = InboundProcessor(s.store, s.clock, handlers, owner=owner,  # type: ignore[arg-type]
+    processor = InboundProcessor(InboundEventQueue(s.store), s.clock, handlers, owner=owner,  # type: ignore[arg-type]
                                  poll_seconds=s.config.outbox.poll_seconds, before_work=events.lull,
                                  keep_done_days=s.config.outbox.keep_done_days)
     events.listeners.append(processor.worker.notify)
@@ -197,7 +201,9 @@ def _smtp_listener(rt: Runtime):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         s = rt.services
         cfg = s.config.inbound_smtp
-        handler = ReplyHandler(cfg, s.orgs, s.reply_tokens, rt.events, s.store, s.clock)
+        quota = ThreadMailQuota(s.store, s.clock, messages_per_day=cfg.thread_messages_per_day,
+                                bytes_per_day=cfg.thread_bytes_per_day)
+        handler = ReplyHandler(cfg, s.orgs, s.reply_tokens, rt.events, quota, ReplyContext(s.store))
         hostname = cfg.reply_domain or socket.getfqdn()
         loop = asyncio.get_running_loop()
         try:

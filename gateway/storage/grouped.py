@@ -1,6 +1,6 @@
 """Point lookups shared by concurrent callers: one `$in` query answers all who asked meanwhile.
 
-The read-side twin of group commit (inbound/events.py): a lookup that arrives while another is
+The read-side twin of group commit (gateway/storage/intake.py): a lookup that arrives while another is
 in flight waits for it and then goes out in the next query with every other key that arrived
 meanwhile. Each caller gets the answer for its own key (None when absent) or the query's error.
 A lone lookup goes out at once, so nothing waits without concurrency. It pays where commands,

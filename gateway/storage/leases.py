@@ -79,7 +79,8 @@ class LeaseWorker:
         self._handle = handle
         self._handle_batch = handle_batch
         self._max_batch = max_batch
-        # Awaited by the run() loops before each unit of work: e.g. InboundEvents.lull (intake first).
+        # Awaited by the run() loops before each unit of work: e.g. EventIntake.lull (intake first,
+        # gateway/storage/intake.py).
         self._before_work = before_work
         self._batch_slots = asyncio.Semaphore(BATCH_SLOTS)
         self._name = name

@@ -14,8 +14,8 @@ from gateway.runtime.config import Config
 from gateway.runtime.services import Services, build_services
 from gateway.security.audit import Actor, AuditLog, Pending
 from gateway.security.crypto import Keyring
+from gateway.storage.intake import EventIntake, InboundEventQueue
 from gateway.storage.store import Doc, Store
-from inbound.events import InboundEvents
 from inbound.processor import InboundProcessor
 from inbound.sms import SmsReplyHandler
 from tests.support.database import SecantusServer
@@ -221,9 +221,9 @@ class Counted:
                                                               event_listeners=[self.commands])
         self.services: Services = build_services(config, Store(self.client, store.db.name), keyring, clock)
         s = self.services
-        self.events = InboundEvents(s.store, s.vault, s.clock)
-        handler = SmsReplyHandler(s.store, self.events, s.orgs, s.contacts, s.conversations, s.outbox, s.audit)
-        self.processor = InboundProcessor(s.store, s.clock, {"sms": handler}, owner="test")  # type: ignore[dict-item]
+        self.events = EventIntake(s.store, s.vault, s.clock)
+        handler = SmsReplyHandler(self.events, s.orgs, s.contacts, s.conversations, s.outbox, s.audit)
+        self.processor = InboundProcessor(InboundEventQueue(s.store), s.clock, {"sms": handler}, owner="test")  # type: ignore[dict-item]
 
     async def accept(self, org_id: str, phone: str, body: str) -> None:
         params = inbound_sms_params(frm=phone, to=ORG_NUMBER, body=body, account_sid="AC" + "0" * 32,
@@ -313,7 +313,7 @@ async def test_append_many_chains_onto_entries_other_processes_wrote(services: S
 
 
 async def test_concurrent_deliveries_share_inserts_and_keep_their_own_outcome(gw: Gateway) -> None:
-    events: InboundEvents = gw.runtime.events
+    events: EventIntake = gw.runtime.events
     params: list[dict[str, Any]] = [gw.sms_params(body=f"hi {i}", sid=new_sid("SM")) for i in range(20)]
     params.append(dict(params[3]))  # Twilio retried one while the first delivery was in flight
     results = await asyncio.gather(*(events.accept(
@@ -394,7 +394,7 @@ async def test_stopping_gives_back_the_leases_of_events_not_handled_yet(
     counted = Counted(mongo_uri, store, config, keyring, clock)
     s = counted.services
     handler = Gated()
-    processor = InboundProcessor(s.store, s.clock, {"sms": handler}, owner="test")
+    processor = InboundProcessor(InboundEventQueue(s.store), s.clock, {"sms": handler}, owner="test")
     counted.events.listeners.append(processor.worker.notify)
     stop = asyncio.Event()
     task = asyncio.create_task(processor.run(stop, 1))
@@ -439,7 +439,7 @@ async def test_a_document_that_cannot_be_stored_fails_only_its_own_delivery(stor
     from bson.errors import InvalidDocument
     from pymongo.errors import PyMongoError
 
-    from inbound.events import GroupInsert
+    from gateway.storage.intake import GroupInsert
 
     intake = GroupInsert(store.db["group_insert_test"], inflight=1)
     docs: list[Doc] = [{"_id": f"d{i}", "n": i} for i in range(6)]

@@ -9,9 +9,13 @@ from __future__ import annotations
 from collections import Counter
 
 from gateway.clock import FrozenClock
+from gateway.messaging.delivery import Delivery
+from gateway.messaging.incoming_files import IncomingFiles
+from gateway.messaging.reply_context import ReplyContext
 from gateway.runtime.config import Config
 from gateway.security.crypto import Keyring
 from gateway.security.tokens import token_hash
+from gateway.storage.intake import InboundEventQueue
 from gateway.storage.store import Doc, Store
 from inbound.email_reply import EmailReplyHandler
 from inbound.processor import InboundProcessor
@@ -154,9 +158,10 @@ class CountedEmail(Counted):
     def __init__(self, *args: object) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
         s = self.services
-        handler = EmailReplyHandler(s.store, s.vault, self.events, s.orgs, s.contacts, s.conversations,
-                                    s.reply_tokens, s.audit, s.clock)
-        self.processor = InboundProcessor(s.store, s.clock, {"email": handler}, owner="test")  # type: ignore[dict-item]
+        handler = EmailReplyHandler(self.events, s.orgs, s.contacts, s.conversations, s.reply_tokens, s.audit,
+                                    Delivery(s.store, s.contacts, s.audit, s.clock), IncomingFiles(s.store, s.vault),
+                                    ReplyContext(s.store))
+        self.processor = InboundProcessor(InboundEventQueue(s.store), s.clock, {"email": handler}, owner="test")  # type: ignore[dict-item]
         self.scopes: list[tuple[str, str]] = []  # (token hash, the contact's address)
         self.sent = 0
 

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.messaging.contacts import OPTED_IN, OPTED_OUT, Contact
 from gateway.messaging.gsm7 import is_gsm7, sms_segments
+from gateway.storage.intake import InboundEventQueue
 from gateway.storage.store import Doc
 from inbound.processor import InboundProcessor
 from inbound.sms import SmsReplyHandler
@@ -316,8 +317,7 @@ async def test_no_redaction_by_default(gw: Gateway) -> None:
 
 def real_handler(gw: Gateway) -> SmsReplyHandler:
     s = gw.services
-    return SmsReplyHandler(s.store, gw.runtime.events, s.orgs, s.contacts, s.conversations,
-                           s.outbox, s.audit)
+    return SmsReplyHandler(gw.runtime.events, s.orgs, s.contacts, s.conversations, s.outbox, s.audit)
 
 
 async def test_crash_after_handling_reruns_without_duplicates(gw: Gateway) -> None:
@@ -368,7 +368,7 @@ async def test_handler_error_is_retried_not_lost(gw: Gateway) -> None:
             raise ConnectionError("database blip")
         return await handler(event)
 
-    processor = InboundProcessor(gw.store, gw.clock, {"sms": flaky},
+    processor = InboundProcessor(InboundEventQueue(gw.store), gw.clock, {"sms": flaky},
                                  owner="flaky")
     params = await gw.inbound_sms("Reply that hits a failure")
     assert await processor.run_once() == 1
@@ -392,7 +392,7 @@ async def test_event_that_always_fails_ends_failed_but_kept(gw: Gateway) -> None
     async def broken(event: Doc) -> str:
         raise RuntimeError("bug")
 
-    processor = InboundProcessor(gw.store, gw.clock, {"sms": broken},
+    processor = InboundProcessor(InboundEventQueue(gw.store), gw.clock, {"sms": broken},
                                  owner="broken")
     params = await gw.inbound_sms("hello")
     for _ in range(10):

@@ -1,7 +1,7 @@
 """Intake first: processing and sending wait for a lull in incoming deliveries, but not for ever.
 
 A provider waits on every acknowledgement (and retries when it is slow); nobody waits on the
-processing behind it. So background work yields to a burst of deliveries (InboundEvents.lull),
+processing behind it. So background work yields to a burst of deliveries (EventIntake.lull),
 bounded so that a burst that never ends cannot starve it.
 """
 
@@ -11,17 +11,17 @@ import asyncio
 from typing import Any
 
 from gateway.clock import FrozenClock
+from gateway.storage.intake import EventIntake
 from gateway.storage.leases import LeaseWorker
 from gateway.storage.store import Doc, Store
-from inbound.events import InboundEvents
 from tests.support.harness import Gateway
 
 
-def intake(gw: Gateway, *, lull: float, burst: float) -> InboundEvents:
-    return InboundEvents(gw.store, gw.services.vault, gw.clock, lull_seconds=lull, burst_seconds=burst)
+def intake(gw: Gateway, *, lull: float, burst: float) -> EventIntake:
+    return EventIntake(gw.store, gw.services.vault, gw.clock, lull_seconds=lull, burst_seconds=burst)
 
 
-async def _deliver(events: InboundEvents, gw: Gateway, n: int) -> None:
+async def _deliver(events: EventIntake, gw: Gateway, n: int) -> None:
     await events.accept(provider="test", provider_id=f"burst-{n}", org_id=gw.org.id, kind="sms",
                         payload={"Body": f"burst {n}"}, state="unroutable")
 
@@ -109,7 +109,7 @@ async def test_no_wait_when_nothing_has_arrived(gw: Gateway) -> None:
 
 
 async def test_the_worker_waits_before_each_unit_of_work(store: Store, clock: FrozenClock) -> None:
-    """The runtime's processor and dispatcher pass InboundEvents.lull as `before_work`."""
+    """The runtime's processor and dispatcher pass EventIntake.lull as `before_work`."""
     coll = store.db["lease_before_work_test"]
     order: list[str] = []
     handled = {"a": asyncio.Event(), "b": asyncio.Event()}

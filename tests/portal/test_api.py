@@ -15,6 +15,7 @@ from tests.support.harness import CLIENT_PHONE, PUBLIC_URL
 
 CANARY = "canary-4b1e: your biopsy result is benign"
 OTHER_NUMBER = "+15005550007"
+OTHER_PHONE = "+15551230002"
 
 
 async def post_raw(gw: Any, payload: Any, *, key: str | None = None,
@@ -268,6 +269,32 @@ async def test_get_message_shows_status_and_history(gw):
     _, m = await get_json(gw, f"/api/v1/messages/{sent['id']}")
     assert m["status"] == "delivered"
     assert [h["status"] for h in m["status_history"]][-1] == "delivered"
+
+
+async def test_a_refused_send_says_why_in_plain_words(gw):
+    gw.twilio.fail_next(400, code=21614, message="not a mobile number")
+    sent = await gw.api_send(body="Reminder", secure=False)
+    await gw.drain()
+    _, m = await get_json(gw, f"/api/v1/messages/{sent['id']}")
+    assert m["status"] == "failed"
+    assert (m["failure_reason_code"], m["failure_reason"]) == ("cannot_receive_sms", "number cannot receive SMS")
+    _, page = await get_json(gw, f"/api/v1/threads/{sent['thread_id']}/messages")
+    assert page["messages"][0]["failure_reason"] == "number cannot receive SMS"
+
+
+async def test_a_carrier_opt_out_reported_later_reads_as_opted_out_and_delivered_reads_as_no_failure(gw):
+    opted = await gw.api_send(body="Reminder", secure=False)
+    fine = await gw.api_send(to={"phone": OTHER_PHONE}, body="Reminder", secure=False)
+    await gw.drain()
+    _, m = await get_json(gw, f"/api/v1/messages/{opted['id']}")
+    assert (m["status"], m["failure_reason"]) == ("accepted", None)  # not failed (yet): nothing to explain
+    assert await gw.status(gw.sms_to()[0]["sid"], "undelivered", "21610") == 200
+    assert await gw.status(gw.sms_to(OTHER_PHONE)[0]["sid"], "delivered") == 200
+    _, m = await get_json(gw, f"/api/v1/messages/{opted['id']}")
+    assert (m["status"], m["failure_reason_code"], m["failure_reason"]) == (
+        "undelivered", "opted_out", "client opted out")
+    _, m = await get_json(gw, f"/api/v1/messages/{fine['id']}")
+    assert (m["status"], m["failure_reason_code"], m["failure_reason"]) == ("delivered", None, None)
 
 
 @pytest.mark.parametrize("mid", ["0123456789abcdef01234567", "nope", "ZZZZZZZZZZZZZZZZZZZZZZZZ", "%24where"])

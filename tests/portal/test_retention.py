@@ -13,8 +13,8 @@ import pytest
 
 from gateway.compliance import retention
 from gateway.errors import ValidationError
+from gateway.messaging.incoming_files import IncomingFile, seal_attachments
 from gateway.storage.recent import oid_at
-from inbound.attachments import IncomingFile, seal_attachments
 from portal.strings import STRINGS
 from tests.portal.test_staff_settings import POLICY_FORM
 from tests.portal.test_staff_support import audit_entries, signed_in

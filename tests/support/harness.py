@@ -120,11 +120,15 @@ class Gateway:
         import asyncio
         from dataclasses import replace
 
+        from gateway.messaging.reply_context import ReplyContext
+        from gateway.storage.mail_quota import ThreadMailQuota
         from inbound.smtp_server import ReplyHandler, make_smtp
 
         s = self.services
         cfg = replace(s.config.inbound_smtp, reply_domain=REPLY_DOMAIN, **overrides)
-        handler = ReplyHandler(cfg, s.orgs, s.reply_tokens, self.runtime.events, s.store, s.clock)
+        quota = ThreadMailQuota(s.store, s.clock, messages_per_day=cfg.thread_messages_per_day,
+                                bytes_per_day=cfg.thread_bytes_per_day)
+        handler = ReplyHandler(cfg, s.orgs, s.reply_tokens, self.runtime.events, quota, ReplyContext(s.store))
         loop = asyncio.get_running_loop()
         self.smtp_server = await loop.create_server(lambda: make_smtp(handler, cfg, REPLY_DOMAIN), "127.0.0.1", 0)
         return int(self.smtp_server.sockets[0].getsockname()[1])

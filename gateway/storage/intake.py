@@ -1,10 +1,16 @@
-"""Durable intake: every provider delivery is sealed and stored once before it is acknowledged.
+"""The inbound_events collection: durable intake of provider deliveries, and the event states the
+inbound processor (inbound/processor.py) records.
 
-Concurrent deliveries share their insert (group commit): a delivery that arrives while another
-insert is in flight waits for it and then goes in the next insert_many with every other delivery
-that arrived meanwhile. Each caller still returns only once the write holding its own document is
+Every provider delivery is sealed and stored once before it is acknowledged. Concurrent
+deliveries share their insert (group commit): a delivery that arrives while another insert is in
+flight waits for it and then goes in the next insert_many with every other delivery that arrived
+meanwhile. Each caller still returns only once the write holding its own document is
 acknowledged (majority, journaled), and learns its own outcome (stored, duplicate, or failed). A
 lone delivery is inserted at once, so there is no added latency without concurrency.
+
+Intake first: background work waits for a lull in intake (`EventIntake.lull`), so a burst of
+webhooks or mail is acknowledged at full speed. Both are storage tuning and live here, behind the
+storage layer (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -22,6 +29,7 @@ from gateway.errors import StoreUnavailable
 from gateway.ids import new_id
 from gateway.ports import Clock
 from gateway.security.vault import Vault
+from gateway.storage.leases import LeaseWorker
 from gateway.storage.store import Doc, Store
 
 logger = logging.getLogger(__name__)
@@ -123,8 +131,11 @@ def _own(err: PyMongoError) -> PyMongoError:
     return copy
 
 
-class InboundEvents:
-    """Stores raw provider events (sealed, unique per provider id) and wakes the processor."""
+class EventIntake:
+    """Stores raw provider events (sealed, unique per provider id) and wakes the processor.
+
+    The edges (the Twilio webhook, the SMTP listener, the sandbox forms) call `store_event`; the
+    background workers call `lull` before each unit of work (intake first)."""
 
     def __init__(self, store: Store, vault: Vault, clock: Clock, *, lull_seconds: float = INTAKE_LULL_SECONDS,
                  burst_seconds: float = INTAKE_BURST_SECONDS) -> None:
@@ -140,7 +151,7 @@ class InboundEvents:
         # Called with an event id and document once it is stored: the local processor's fast path.
         self.listeners: list[Callable[[str, Doc], None]] = []
 
-    async def accept(
+    async def store_event(
         self, *, provider: str, provider_id: str, org_id: str | None, kind: str,
         payload: dict[str, Any] | None = None, raw: bytes | None = None, state: str = "pending",
         meta: dict[str, Any] | None = None, sender: str | None = None,
@@ -161,6 +172,9 @@ class InboundEvents:
         finally:
             self._in_flight -= 1
             self._last_activity = loop.time()
+
+    # The name the sandbox page's role for this object uses (portal/sandbox.py EventIntake).
+    accept = store_event
 
     async def _store_event(
         self, *, provider: str, provider_id: str, org_id: str | None, kind: str, payload: dict[str, Any] | None,
@@ -244,3 +258,63 @@ class InboundEvents:
     async def open_raw(self, event: Doc) -> bytes:
         org = event.get("org_id") or "-"
         return await self._vault.open_bytes(org, "inbound_events", event["_id"], "raw", event["raw"])
+
+
+class InboundEventQueue:
+    """The processor's reads and writes of stored events: claimed by lease (gateway/storage/leases.py),
+    finished, retried or given back. One database command per call, as the processor counts on."""
+
+    def __init__(self, store: Store) -> None:
+        self._coll = store.inbound_events
+
+    def lease_worker(self, clock: Clock, *, owner: str, lease_seconds: float, poll_seconds: float,
+                     handle: Callable[[Doc], Awaitable[None]], name: str,
+                     handle_batch: Callable[[list[Doc]], Awaitable[None]] | None = None,
+                     before_work: Callable[[], Awaitable[None]] | None = None) -> LeaseWorker:
+        return LeaseWorker(self._coll, clock, owner=owner, lease_seconds=lease_seconds, poll_seconds=poll_seconds,
+                           handle=handle, name=name, handle_batch=handle_batch, before_work=before_work)
+
+    async def retry_later(self, event_id: object, *, final: bool, error: str, next_attempt_at: datetime,
+                          now: datetime) -> None:
+        """A failed attempt: pending again from `next_attempt_at`, or "failed" for good when `final`."""
+        await self._coll.update_one(
+            {"_id": event_id},
+            {"$set": {"state": "failed" if final else "pending", "error": error,
+                      "next_attempt_at": next_attempt_at, "lease_until": now}},
+        )
+
+    async def finish(self, event_id: object, state: str, *, now: datetime, expire_at: datetime | None) -> None:
+        """Record the event's final state. A "done" event drops its raw sealed payload (one less
+        copy of client content to protect); `expire_at` None keeps it (TTL, gateway/storage/store.py)."""
+        update: Doc = {"$set": {"state": state, "processed_at": now}}
+        if state == "done":
+            update["$unset"] = {"payload": "", "raw": ""}
+        if expire_at is not None:
+            update["$set"]["expire_at"] = expire_at
+        await self._coll.update_one({"_id": event_id}, update)
+
+    async def finish_done(self, event_ids: list[object], *, now: datetime, expire_at: datetime) -> None:
+        """`finish(id, "done", ...)` for many events in one command."""
+        await self._coll.update_many(
+            {"_id": {"$in": event_ids}},
+            {"$set": {"state": "done", "processed_at": now, "expire_at": expire_at},
+             "$unset": {"payload": "", "raw": ""}},
+        )
+
+    async def pending_until(self, received_by: datetime) -> AsyncIterator[Doc]:
+        """Every pending event stored by `received_by` (sender, arrival, next attempt, lease only).
+        One read; the caller filters by sender (a `sender $in [...]` query costs ~50x more on
+        SecantusDB)."""
+        async for doc in self._coll.find(
+                {"state": "pending", "received_at": {"$lte": received_by}},
+                projection={"sender": 1, "received_at": 1, "next_attempt_at": 1, "lease_owner": 1, "lease_until": 1}):
+            yield doc
+
+    async def give_back(self, event: Doc, *, now: datetime, not_before: datetime | None) -> None:
+        """Release a claimed event unhandled without counting the attempt, due again at `not_before`
+        when that is later than its own next attempt (only while this lease holder still has it)."""
+        update: Doc = {"$set": {"lease_until": now}, "$inc": {"attempts": -1}}
+        if not_before is not None and not_before > event.get("next_attempt_at", not_before):
+            update["$set"]["next_attempt_at"] = not_before
+        await self._coll.update_one(
+            {"_id": event["_id"], "state": "pending", "lease_owner": event.get("lease_owner")}, update)

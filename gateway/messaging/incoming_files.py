@@ -34,3 +34,16 @@ async def seal_attachments(store: Store, vault: Vault, *, org_id: str, dek_id: s
             "filename": await vault.seal(dek_id, org_id, "attachments", aid, "filename", f.filename),
             "data": Binary(await vault.seal(dek_id, org_id, "attachments", aid, "data", f.data)),
         }}, upsert=True)
+
+
+class IncomingFiles:
+    """`seal_attachments` for the inbound handlers, with its store and vault given once."""
+
+    def __init__(self, store: Store, vault: Vault) -> None:
+        self._store = store
+        self._vault = vault
+
+    async def seal(self, *, org_id: str, dek_id: str, message_id: str, thread_id: str, contact_id: str,
+                   files: Sequence[IncomingFile]) -> None:
+        await seal_attachments(self._store, self._vault, org_id=org_id, dek_id=dek_id, message_id=message_id,
+                               thread_id=thread_id, contact_id=contact_id, files=files)
