@@ -4,10 +4,10 @@ Transient failures (429, 5xx, timeouts, network) retry with capped exponential b
 jitter; permanent ones (invalid number, opted out) fail at once and show on the message. A job
 is "sent" only with a provider id. Leases live in MongoDB, so several workers can run this.
 
-Under backlog the lease worker hands over whole batches (gateway/storage/leases.py): the recipients of a
-batch are read with one query per org, the sends go out concurrently (bounded), and the jobs
-that went out are marked sent with O(1) writes. Anything that fails takes the one-job path for
-its outcome (retry, failure), exactly as it would alone.
+There is one path: the lease worker hands over a batch (gateway/storage/leases.py), and a job
+claimed alone is a batch of one. The recipients of a batch are read with one query per org, the
+sends go out concurrently (bounded), and the jobs that went out are marked sent with O(1)
+writes; a job that fails records its own outcome (retry, failure).
 
 Besides contacts, the outbox mails staff: a "staff_alert" job (gateway/messaging/alerts.py) names a staff
 member, not a contact. Its address is the member's account email, read at send time (the batch
@@ -85,6 +85,10 @@ class DispatchSettings:
     keep_done_days: int = 30
 
 
+# What a job's recipient lookup found: whom to send to, or the error the job fails with.
+Found = Recipient | StaffRecipient | Exception
+
+
 class Pacer:
     """Per-sender spacing of sends in this process (the provider's rate per number)."""
 
@@ -128,9 +132,8 @@ class OutboxDispatcher:
         # provider id; deterministic job ids guard re-runs of an event only while it is processed.
         self._keep_done = timedelta(days=settings.keep_done_days)
         self.worker = outbox.lease_worker(owner=owner, lease_seconds=settings.lease_seconds,
-                                          poll_seconds=settings.poll_seconds, handle=self.deliver,
-                                          name="outbox dispatcher", handle_batch=self.deliver_batch,
-                                          before_work=before_work)
+                                          poll_seconds=settings.poll_seconds, name="outbox dispatcher",
+                                          handle_batch=self.deliver_batch, before_work=before_work)
         self.wake = self.worker.wake
         outbox.listeners.append(self.worker.notify)
 
@@ -153,25 +156,19 @@ class OutboxDispatcher:
         """Claim and deliver jobs until stopped (gateway/storage/leases.py: concurrent loops + sweeper)."""
         await self.worker.run(stop, concurrency)
 
-    # -- one job --------------------------------------------------------------------------
-    async def deliver(self, job: Doc) -> None:
-        provider_id = await self._attempt(job)
-        if provider_id is not None:
-            await self._mark_sent(job, provider_id)
-
-    async def _attempt(self, job: Doc, recipient: Recipient | StaffRecipient | None = None) -> str | None:
+    # -- sending one job of a batch -------------------------------------------------------
+    async def _attempt(self, job: Doc, recipient: Found | None) -> str | None:
         """Send the job; returns its provider id, or None once its failure is recorded."""
-        contact = recipient if isinstance(recipient, Recipient) else None
         try:
             if job["kind"] == "sms":
-                return await self._send_sms(job, contact)
+                return await self._send_sms(job, recipient)
             if job["kind"] == "sms_redact":
                 await self._sms.redact_sms(job["provider_sid"])
                 return str(job["provider_sid"])
             if job["kind"] == "email" and self._email is not None:
-                return await self._send_email(job, contact)
+                return await self._send_email(job, recipient)
             if job["kind"] == STAFF_ALERT and self._email is not None:
-                return await self._send_staff_alert(job, recipient if isinstance(recipient, StaffRecipient) else None)
+                return await self._send_staff_alert(job, recipient)
             raise ProviderPermanent(f"no sender for job kind {job['kind']}", code="no_sender")
         except ProviderTransient as err:
             await self._retry_or_give_up(job, err)
@@ -185,37 +182,37 @@ class OutboxDispatcher:
             await self._fail(job, FAILED, "compose", str(err))
         return None
 
-    async def _recipient(self, job: Doc, channel: str, known: Recipient | None) -> tuple[Org, str]:
-        """The org and the contact's address on file for `channel`; permanent failure if none or opted out."""
-        if known is None:  # one job alone; a batch resolved them all at once (_recipients)
-            org = await self._orgs.get(job["org_id"])
-            contact, fields = await self._contacts.get_revealed(org.id, job["contact_id"], (ADDRESS_FIELD[channel],))
-            known = Recipient(org, contact, fields[ADDRESS_FIELD[channel]])
-        org, contact, address = known
+    @staticmethod
+    def _recipient(channel: str, found: Found | None) -> tuple[Org, str]:
+        """The org and the contact's address on file for `channel` (read for the batch, _recipients);
+        permanent failure if none or opted out, the lookup's error if it failed."""
+        if isinstance(found, Exception):
+            raise found
+        if not isinstance(found, Recipient):
+            raise NotFound("no contact for this job")
+        org, contact, address = found
         if contact.opted_out(channel):
             raise ProviderPermanent(f"contact opted out of {channel}", code="opted_out")
         if not address:
             raise ProviderPermanent(f"contact has no {channel} address", code="no_address")
         return org, address
 
-    async def _staff_recipient(self, job: Doc, known: StaffRecipient | None) -> tuple[Org, str]:
+    @staticmethod
+    def _staff_recipient(found: Found | None) -> tuple[Org, str]:
         """The org and the address of the admin a staff_alert job mails; permanent failure if the
         account is gone, disabled or no longer an admin (such a job never reaches a contact lookup)."""
-        if known is None:
-            org = await self._orgs.get(job["org_id"])
-            try:
-                member = await self._staff.get(org.id, job["staff_id"])
-            except NotFound:
-                raise ProviderPermanent("the staff account no longer exists", code="staff_deleted") from None
-        else:
-            org, member = known
+        if isinstance(found, Exception):
+            raise found
+        if not isinstance(found, StaffRecipient):
+            raise ProviderPermanent("the staff account no longer exists", code="staff_deleted")
+        org, member = found
         if member.disabled:
             raise ProviderPermanent("the staff account is disabled", code="staff_disabled")
         if member.role != "admin":
             raise ProviderPermanent("the staff member is no longer an admin", code="staff_not_admin")
         return org, member.email
 
-    # -- many jobs ------------------------------------------------------------------------
+    # -- a batch -----------------------------------------------------------------------------
     async def deliver_batch(self, jobs: list[Doc]) -> None:
         """Deliver claimed jobs together (see the module docstring).
 
@@ -225,7 +222,8 @@ class OutboxDispatcher:
         lease was lost meanwhile is left to the worker that holds it.
         """
         recipients = await self._recipients(jobs)
-        await self._assign_message_ids([j for j in jobs if j["kind"] == "email" and j["_id"] in recipients])
+        await self._assign_message_ids([j for j in jobs if j["kind"] in MAILED
+                                        and isinstance(recipients.get(j["_id"]), Recipient | StaffRecipient)])
         slots = asyncio.Semaphore(SEND_CONCURRENCY)
         keeping = asyncio.Lock()
         waiting = {job["_id"]: job for job in jobs}  # not sent yet: still needs its lease
@@ -239,7 +237,7 @@ class OutboxDispatcher:
                 if self._clock.now() < renew_at:
                     return
                 recorded = list(sent)
-                await self._mark_sent_many(recorded)
+                await self._mark_sent(recorded)
                 del sent[:len(recorded)]  # (others only append meanwhile)
                 # Still held: the jobs waiting, and those that went out while the others were being
                 # recorded (not recorded yet, so still pending: their lease must not run out either).
@@ -264,43 +262,71 @@ class OutboxDispatcher:
         # Every outcome is waited for: one job's unexpected error (the database going away while
         # recording a failure) must not keep the others that did go out from being marked sent.
         outcomes = await asyncio.gather(*(attempt(job) for job in jobs), return_exceptions=True)
-        await self._mark_sent_many(sent)
+        await self._mark_sent(sent)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
 
-    async def _recipients(self, jobs: list[Doc]) -> dict[object, Recipient | StaffRecipient]:
+    async def _recipients(self, jobs: list[Doc]) -> dict[object, Found]:
         """Each sms/email job's org, contact and address, and each staff_alert job's org and staff
-        member: one read per org and kind. A job missing here (its contact erased, its staff account
-        deleted, its org gone) resolves on its own path, which records why."""
+        member: one read per org and kind. A job whose lookup failed (its org gone, its contact
+        erased or no longer opening, its staff account deleted) gets the error it fails with."""
         by_org: dict[str, list[Doc]] = {}
         staff_by_org: dict[str, list[Doc]] = {}
+        out: dict[object, Found] = {}
         for job in jobs:
-            if job["kind"] in ADDRESS_FIELD and job.get("contact_id"):
-                by_org.setdefault(job["org_id"], []).append(job)
-            elif job["kind"] == STAFF_ALERT and job.get("staff_id"):
-                staff_by_org.setdefault(job["org_id"], []).append(job)
-        out: dict[object, Recipient | StaffRecipient] = {}
-        for org_id, group in staff_by_org.items():
+            if job["kind"] in ADDRESS_FIELD:
+                if job.get("contact_id"):
+                    by_org.setdefault(job["org_id"], []).append(job)
+                else:
+                    out[job["_id"]] = NotFound("the job names no contact")
+            elif job["kind"] == STAFF_ALERT:
+                if job.get("staff_id"):
+                    staff_by_org.setdefault(job["org_id"], []).append(job)
+                else:
+                    out[job["_id"]] = ProviderPermanent("the staff account no longer exists", code="staff_deleted")
+        orgs: dict[str, Org | NotFound] = {}
+        for org_id in {*by_org, *staff_by_org}:
             try:
-                org = await self._orgs.get(org_id)
-            except NotFound:
+                orgs[org_id] = await self._orgs.get(org_id)
+            except NotFound as err:
+                orgs[org_id] = err
+        for org_id, group in staff_by_org.items():
+            org = orgs[org_id]
+            if isinstance(org, NotFound):
+                out.update((job["_id"], org) for job in group)
                 continue
             members = await self._staff.get_many(org.id, [j["staff_id"] for j in group])
             for job in group:
-                if (member := members.get(job["staff_id"])) is not None:
-                    out[job["_id"]] = StaffRecipient(org, member)
+                member = members.get(job["staff_id"])
+                out[job["_id"]] = StaffRecipient(org, member) if member is not None else ProviderPermanent(
+                    "the staff account no longer exists", code="staff_deleted")
         for org_id, group in by_org.items():
-            try:
-                org = await self._orgs.get(org_id)
-                contacts = await self._contacts.get_many_revealed(
-                    org.id, [j["contact_id"] for j in group], tuple({ADDRESS_FIELD[j["kind"]] for j in group}))
-            except (NotFound, IntegrityError):  # e.g. an address that no longer opens
+            org = orgs[org_id]
+            if isinstance(org, NotFound):
+                out.update((job["_id"], org) for job in group)
                 continue
+            fields = tuple({ADDRESS_FIELD[j["kind"]] for j in group})
+            try:
+                found: dict[str, tuple[Contact, dict[str, str | None]] | IntegrityError] = dict(
+                    await self._contacts.get_many_revealed(org.id, [j["contact_id"] for j in group], fields))
+            except IntegrityError:
+                # One contact's data no longer opens: read the group's contacts one by one, so only
+                # its own jobs fail.
+                found = {}
+                for contact_id in dict.fromkeys(j["contact_id"] for j in group):
+                    try:
+                        found.update(await self._contacts.get_many_revealed(org.id, [contact_id], fields))
+                    except IntegrityError as err:
+                        found[contact_id] = err
             for job in group:
-                if (found := contacts.get(job["contact_id"])) is not None:
-                    contact, fields = found
-                    out[job["_id"]] = Recipient(org, contact, fields.get(ADDRESS_FIELD[job["kind"]]))
+                hit = found.get(job["contact_id"])
+                if hit is None:
+                    out[job["_id"]] = NotFound("the contact was erased")
+                elif isinstance(hit, IntegrityError):
+                    out[job["_id"]] = hit
+                else:
+                    out[job["_id"]] = Recipient(org, hit[0], hit[1].get(ADDRESS_FIELD[job["kind"]]))
         return out
 
     async def _assign_message_ids(self, jobs: list[Doc]) -> None:
@@ -314,8 +340,8 @@ class OutboxDispatcher:
                 todo[job["_id"]] = job["email_message_id"]
         await self._outbox.fix_message_ids(todo)
 
-    async def _send_sms(self, job: Doc, recipient: Recipient | None) -> str:
-        org, phone = await self._recipient(job, "sms", recipient)
+    async def _send_sms(self, job: Doc, recipient: Found | None) -> str:
+        org, phone = self._recipient("sms", recipient)
         text = await self._text_for(job, org.name)
         await self._pacer.wait(org.sms_sender)
         sent = await self._sms.send_sms(from_number=org.sms_sender, to_number=phone, body=text,
@@ -333,9 +359,9 @@ class OutboxDispatcher:
             url = f"{self._cfg.public_url}/s/{token}"
         return sms_text(template, org_name=org_name, url=url)
 
-    async def _send_email(self, job: Doc, recipient: Recipient | None) -> str:
+    async def _send_email(self, job: Doc, recipient: Found | None) -> str:
         assert self._email is not None
-        org, address = await self._recipient(job, "email", recipient)
+        org, address = self._recipient("email", recipient)
         template = job["template"]
         if template not in EMAIL_LINK_TEMPLATES | CONTENT_TEMPLATES:
             raise ProviderPermanent(f"template {template} has no email form", code="no_template")
@@ -353,7 +379,7 @@ class OutboxDispatcher:
         if job.get("reply_token"):
             reply_token = await self._outbox.open_token(job, "reply_token")
         reply_to = reply_address(reply_token, reply_domain) if reply_token and reply_domain else None
-        message_id = await self._message_id(job, from_address)
+        message_id = self._message_id(job, from_address)
         headers: list[tuple[str, str]] = []
         if reply_token:
             # Every mail to a client can be unsubscribed from in one click (RFC 8058; RFC 2369): a
@@ -374,30 +400,27 @@ class OutboxDispatcher:
                              return_path=reply_to if self._cfg.bounces_to_reply else None)
         return await self._email.send_email(mail)
 
-    async def _send_staff_alert(self, job: Doc, recipient: StaffRecipient | None) -> str:
+    async def _send_staff_alert(self, job: Doc, recipient: Found | None) -> str:
         assert self._email is not None
         if job["template"] not in STAFF_ALERTS:
             raise ProviderPermanent(f"alert kind {job['template']} has no email form", code="no_template")
-        org, address = await self._staff_recipient(job, recipient)
+        org, address = self._staff_recipient(recipient)
         subject, text, html = render_staff_alert(job["template"], org_name=org.name, public_url=self._cfg.public_url)
         from_address = self._from_address(org)
         # No Reply-To and no reply token: an answer to an alert has nowhere to go but the sender.
         mail = OutgoingEmail(from_address=from_address, from_name=STAFF_FROM_NAME, to_address=address,
                              subject=subject, text=text, html=html,
-                             message_id=await self._message_id(job, from_address), reply_to=None,
+                             message_id=self._message_id(job, from_address), reply_to=None,
                              headers=(("Auto-Submitted", "auto-generated"),))  # RFC 3834 section 5
         return await self._email.send_email(mail)
 
-    async def _message_id(self, job: Doc, from_address: str) -> str:
-        """The job's Message-ID, fixed before the first attempt, so a retry is the same mail."""
-        message_id = job.get("email_message_id")
-        if not message_id and job.get("mail_key"):
-            return make_message_id(from_address.rpartition("@")[2], job["mail_key"])
-        if not message_id:
-            message_id = make_message_id(from_address.rpartition("@")[2])
-            job["email_message_id"] = message_id
-            await self._outbox.fix_message_ids({job["_id"]: message_id})
-        return str(message_id)
+    @staticmethod
+    def _message_id(job: Doc, from_address: str) -> str:
+        """The job's Message-ID, fixed before the first attempt (at queueing as `mail_key`, or by
+        _assign_message_ids), so a retry is the same mail."""
+        if job.get("email_message_id"):
+            return str(job["email_message_id"])
+        return make_message_id(from_address.rpartition("@")[2], job["mail_key"])
 
     def _from_address(self, org: Org) -> str:
         return org.email_from or self._cfg.from_address or f"no-reply@{self._mail_domain(org)}"
@@ -405,11 +428,8 @@ class OutboxDispatcher:
     def _mail_domain(self, org: Org) -> str:
         return org.reply_domain or self._cfg.reply_domain or "localhost"
 
-    async def _mark_sent(self, job: Doc, provider_id: str) -> None:
-        await self._mark_sent_many([(job, provider_id)])
-
-    async def _mark_sent_many(self, sent: list[tuple[Doc, str]]) -> None:
-        """Record sent jobs: O(1) writes however many (one job is the same code path)."""
+    async def _mark_sent(self, sent: list[tuple[Doc, str]]) -> None:
+        """Record sent jobs: O(1) writes however many."""
         if not sent:
             return
         now = self._clock.now()

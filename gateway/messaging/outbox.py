@@ -92,12 +92,15 @@ class Outbox:
     # -- the dispatcher's side (outbound/dispatcher.py): leases and job state transitions -------
 
     def lease_worker(self, *, owner: str, lease_seconds: float, poll_seconds: float, name: str,
-                     handle: Callable[[Doc], Awaitable[None]],
-                     handle_batch: Callable[[list[Doc]], Awaitable[None]] | None = None,
+                     handle_batch: Callable[[list[Doc]], Awaitable[None]],
                      before_work: Callable[[], Awaitable[None]] | None = None) -> LeaseWorker:
-        """The lease worker that hands due jobs to a dispatcher (gateway/storage/leases.py)."""
+        """The lease worker that hands due jobs to a dispatcher (gateway/storage/leases.py); a job
+        claimed alone is handed over as a batch of one."""
+        async def one(job: Doc) -> None:
+            await handle_batch([job])
+
         return LeaseWorker(self._store.outbox, self._clock, owner=owner, lease_seconds=lease_seconds,
-                           poll_seconds=poll_seconds, handle=handle, name=name, handle_batch=handle_batch,
+                           poll_seconds=poll_seconds, handle=one, name=name, handle_batch=handle_batch,
                            before_work=before_work)
 
     async def open_token(self, job: Doc, name: str) -> str:

@@ -126,7 +126,7 @@ async def test_each_enabled_admin_gets_one_neutral_mail_at_their_address(gw):
 async def test_a_lone_admin_is_mailed_on_the_one_job_path(gw):
     s = await grant(gw, admins=ADMINS[:1])
     [job] = await staff_jobs(gw)
-    await gw.runtime.dispatcher.deliver(await gw.runtime.dispatcher.worker.claim_id(job["_id"]))
+    await gw.runtime.dispatcher.deliver_batch([await gw.runtime.dispatcher.worker.claim_id(job["_id"])])
     [mail] = gw.mail_to(ADMINS[0])
     assert mail["Subject"] == SUBJECT
     assert len(alert_mail(gw, s["before"])) == 1
@@ -150,7 +150,7 @@ async def test_an_admin_disabled_deleted_or_demoted_since_the_alert_fails_the_jo
         await dispatcher.deliver_batch(jobs)
     else:
         for job in await staff_jobs(gw):
-            await dispatcher.deliver(await dispatcher.worker.claim_id(job["_id"]))
+            await dispatcher.deliver_batch([await dispatcher.worker.claim_id(job["_id"])])
     await gw.drain()
     assert [r for m in alert_mail(gw, s["before"]) for r in m["rcpt_tos"]] == [admins[3]]
     outcome = {j["staff_id"]: (j["state"], (j["last_error"] or {}).get("code")) for j in await staff_jobs(gw)}
@@ -187,7 +187,7 @@ async def test_a_dispatcher_without_a_mail_sender_fails_the_job_visibly(gw):
     await grant(gw, admins=ADMINS[:1])
     [job] = await staff_jobs(gw)
     bare = build_dispatcher(gw.services, gw.runtime.sms, owner="no-mail")
-    await bare.deliver(await bare.worker.claim_id(job["_id"]))
+    await bare.deliver_batch([await bare.worker.claim_id(job["_id"])])
     job = await gw.store.outbox.find_one({"_id": job["_id"]})
     assert (job["state"], job["last_error"]["code"]) == ("failed", "no_sender")
 
