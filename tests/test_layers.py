@@ -88,23 +88,12 @@ DRIVER_METHODS = frozenset({
 SERVICES_MODULE = "gateway.runtime.services"
 
 # Edge files that still touch a collection. Remove a file when its handlers only call domain services.
-KNOWN_COLLECTION_USERS: frozenset[str] = frozenset({
-    "portal/staff/audit_view.py",
-    "portal/staff/auth.py",
-    "portal/staff/common.py",
-    "portal/staff/contacts.py",
-    "portal/staff/live.py",
-    "portal/staff/settings.py",
-    "portal/staff/threads.py",
-})
+KNOWN_COLLECTION_USERS: frozenset[str] = frozenset()
 # Files outside gateway/runtime/ that still import the Services bag. Remove a file when its classes
 # take explicit collaborators.
 KNOWN_SERVICES_IMPORTERS: frozenset[str] = frozenset({
     "gateway/compliance/retention.py",
     "gateway/compliance/subject_data.py",
-    "portal/staff/__init__.py",
-    "portal/staff/common.py",
-    "portal/staff/contacts.py",
 })
 
 

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from gateway.errors import LegalHold, NotFound
+from gateway.errors import IntegrityError, LegalHold, NotFound
 from gateway.ids import new_id
 from gateway.messaging.phone import mask_email, mask_phone, normalize_e164
 from gateway.ports import Clock
 from gateway.security.crypto import Sealer
 from gateway.security.pins import hash_secret, validate_pin
 from gateway.security.vault import Vault
+from gateway.storage.recent import FLOOR_MARGIN, Recent, oid_at, oid_time
 from gateway.storage.store import Doc, Store, insert_new
 from gateway.tenancy.orgs import validate_email
 
@@ -69,12 +70,17 @@ def _contact(doc: Doc) -> Contact:
     )
 
 
+LABEL_FIELDS = {"name": 1, "phone_hint": 1, "email_hint": 1, "erased_at": 1}
+
+
 class Contacts:
     def __init__(self, store: Store, vault: Vault, sealer: Sealer, clock: Clock) -> None:
         self._store = store
         self._vault = vault
         self._sealer = sealer
         self._clock = clock
+        # Newest-first pages of the contact list, one index window at a time (gateway/storage/recent.py).
+        self._recent = Recent()
 
     def phone_index(self, org_id: str, e164: str) -> str:
         return self._sealer.blind_index(org_id, "phone", e164)
@@ -112,6 +118,44 @@ class Contacts:
         if found is None:
             raise NotFound("contact")
         return found
+
+    async def record(self, org_id: str, contact_id: str) -> Doc | None:
+        """The contact as stored (consent log, legal hold, hints; sealed fields stay sealed), or None."""
+        return await self._store.contacts.find_one({"_id": contact_id, "org_id": org_id})
+
+    async def row_labels(self, org_id: str, contact_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Names (opened) and masked address hints of the given contacts, for the rows of one page."""
+        out: dict[str, dict[str, Any]] = {}
+        if not contact_ids:
+            return out
+        # Only what a row shows (a contact carries sealed addresses, blind indexes, consent history...).
+        async for doc in self._store.contacts.find({"org_id": org_id, "_id": {"$in": contact_ids}},
+                                                   projection=LABEL_FIELDS):
+            name = None
+            if doc.get("name") and not doc.get("erased_at"):
+                try:
+                    name = await self._vault.open(org_id, "contacts", doc["_id"], "name", doc["name"])
+                except IntegrityError:
+                    name = None
+            out[doc["_id"]] = {"name": name, "phone_hint": doc.get("phone_hint"), "email_hint": doc.get("email_hint"),
+                               "erased": bool(doc.get("erased_at"))}
+        return out
+
+    async def newest(self, org_id: str, before: str | None, limit: int) -> list[Doc]:
+        """The org's newest `limit` contacts (not erased) older than the contact id `before`.
+
+        Contact ids are ObjectId hex, so they sort by creation: the read is one window of
+        (org_id, _id) at a time (gateway/storage/recent.py), and a page costs the same with 50 contacts or
+        50,000 (a plain sorted, limited query reads them all on SecantusDB).
+        """
+        now = datetime.now(UTC)  # ids carry the real time, not the service clock
+        created = oid_time(org_id)
+        upper_at = oid_time(before) if before else None
+        return await self._recent.newest(
+            self._store.contacts, {"org_id": org_id}, "_id", limit=limit, order=[("_id", -1)],
+            key=("contacts", org_id), now=now, floor=created - FLOOR_MARGIN if created else None, bound=oid_at,
+            at_of=lambda d: oid_time(d["_id"]) or now, upper=("$lt", before) if before else None,
+            upper_at=upper_at + timedelta(seconds=1) if upper_at else None, keep=lambda d: not d.get("erased_at"))
 
     async def by_phone(self, org_id: str, e164: str) -> Contact | None:
         doc = await self._store.contacts.find_one({"org_id": org_id, "phone_bidx": self.phone_index(org_id, e164)})

@@ -16,12 +16,17 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from gateway.compliance import retention
+from gateway.compliance.subject_data import export_contact
 from gateway.errors import ConfigError
+from gateway.messaging.alerts import StoredStaffAlerts
+from gateway.messaging.consent import StaffConsent
 from gateway.messaging.delivery import Delivery
+from gateway.messaging.inbox_queries import InboxQueries
 from gateway.messaging.incoming_files import IncomingFiles
 from gateway.messaging.reply_context import ReplyContext
 from gateway.messaging.sandbox_box import SandboxBox
@@ -30,8 +35,10 @@ from gateway.messaging.views import ClientViews
 from gateway.ports import EmailSender, SmsSender
 from gateway.runtime.services import Services
 from gateway.security.api_keys import ApiKeys
+from gateway.security.staff_auth import LoginThrottle, SetupTokens, Totp
 from gateway.storage.intake import EventIntake, InboundEventQueue
 from gateway.storage.mail_quota import ThreadMailQuota
+from gateway.tenancy.org_settings import OrgSettings
 from inbound.email_reply import EmailReplyHandler
 from inbound.processor import InboundProcessor
 from inbound.sms import SmsReplyHandler
@@ -47,7 +54,7 @@ from portal.http import error_mapping, readable_forms, security_headers
 from portal.render import error_page
 from portal.sandbox import SandboxPortal
 from portal.staff import PREFIX as STAFF_PREFIX
-from portal.staff import staff_app
+from portal.staff import StaffCollaborators, staff_app
 from portal.unsubscribe import UnsubscribePage
 
 logger = logging.getLogger(__name__)
@@ -156,6 +163,25 @@ def build_runtime(services: Services, *, sms: SmsSender | None = None, email: Em
     return Runtime(s, events, sms, email, sandbox, sandbox_mail, processor, dispatcher, delivery)
 
 
+def staff_collaborators(s: Services, delivery: Delivery) -> StaffCollaborators:
+    """The domain services the staff portal calls (portal/staff/__init__.py hands each handler its own)."""
+    alerts = StoredStaffAlerts(s.store, s.clock)  # the admins' banner reads the stored alerts
+
+    async def export(org_id: str, contact_id: str) -> dict[str, Any]:
+        return await export_contact(s, org_id, contact_id)
+
+    return StaffCollaborators(
+        orgs=s.orgs, staff=s.staff, sessions=s.sessions, audit=s.audit, contacts=s.contacts,
+        conversations=s.conversations, links=s.links, break_glass=s.break_glass, attachments=s.attachments,
+        consent=StaffConsent(s.store, s.vault, s.contacts, s.audit, s.clock), delivery=delivery,
+        org_settings=OrgSettings(s.orgs, s.staff, s.sessions, s.audit), totp=Totp(s.store, s.vault, s.clock),
+        throttle=LoginThrottle(s.store, s.clock), setup_tokens=SetupTokens(s.store, s.clock),
+        api_keys=ApiKeys(s.store, s.clock), alerts=alerts, queries=InboxQueries(s.store), export_contact=export,
+        clock=s.clock, secret=s.sealer.keyring.mac_key, public_url=s.public_url, https=s.config.server.is_https,
+        trusted_proxies=s.config.server.trusted_proxies,
+    )
+
+
 def create_app(rt: Runtime, *, role: str = "all", workers: bool = True) -> web.Application:
     s = rt.services
     app = web.Application(
@@ -178,7 +204,7 @@ def create_app(rt: Runtime, *, role: str = "all", workers: bool = True) -> web.A
         UnsubscribePage(Unsubscribe(s.store, s.contacts, s.audit), s.orgs,
                         s.config.server.trusted_proxies).add_routes(app)
         # Staff portal (issue 3): a sub-app with its own default-deny policy middleware.
-        app.add_subapp(STAFF_PREFIX, staff_app(s, rt.wake_dispatcher))
+        app.add_subapp(STAFF_PREFIX, staff_app(staff_collaborators(s, rt.delivery), rt.wake_dispatcher))
         if rt.sandbox_enabled:
             SandboxPortal(sms=rt.sandbox, mail=rt.sandbox_mail, events=rt.events, orgs=s.orgs, contacts=s.contacts,
                           reply_tokens=s.reply_tokens, csrf_secret=s.sealer.keyring.mac_key,

@@ -26,7 +26,7 @@ import hmac
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -194,6 +194,30 @@ class AuditLog:
             {"org_id": org_id, "message_id": {"$in": message_ids}}, projection={"message_id": 1, "action": 1})
             if d.get("action") == action}
         return set(message_ids) - seen
+
+    # -- reads for the staff pages (each on an index of gateway/storage/store.py) -------------------
+    async def for_messages(self, org_id: str, message_ids: list[str], limit: int) -> list[Doc]:
+        """Entries naming any of the messages, oldest first: (org_id, message_id, seq), one lookup each."""
+        if not message_ids:
+            return []
+        return await self._store.audit.find({"org_id": org_id, "message_id": {"$in": message_ids}}).sort(
+            "seq", 1).limit(limit).to_list(None)
+
+    async def thread_actions(self, org_id: str, thread_id: str, actions: Sequence[str], limit: int) -> list[Doc]:
+        """The thread's newest entries of these actions, by (org_id, thread_id, action, seq)."""
+        query = {"org_id": org_id, "thread_id": thread_id, "action": {"$in": list(actions)}}
+        return await self._store.audit.find(query).sort("seq", -1).limit(limit).to_list(None)
+
+    async def newest(self, query: Doc, limit: int) -> list[Doc]:
+        """The newest `limit` entries matching `query` (which names its org_id)."""
+        assert "org_id" in query, "an audit read is always within one org"
+        return [d async for d in self._store.audit.find(query).sort("seq", -1).limit(limit)]
+
+    async def oldest_first(self, query: Doc) -> AsyncIterator[Doc]:
+        """Every entry matching `query` (which names its org_id), oldest first, as the chain runs."""
+        assert "org_id" in query, "an audit read is always within one org"
+        async for entry in self._store.audit.find(query).sort("seq", 1):
+            yield entry
 
     def _entry(self, org_id: str, head: Doc, item: Pending) -> Doc:
         entry: Doc = {

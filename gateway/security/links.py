@@ -18,7 +18,7 @@ The same document caps the client's "send me a new link" requests per thread per
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -30,6 +30,7 @@ from gateway.ports import Clock
 from gateway.security.audit import Actor, AuditLog
 from gateway.security.pins import verify_secret
 from gateway.security.tokens import looks_like_token, new_token, token_hash
+from gateway.storage.recent import FLOOR_MARGIN, Recent, oid_at, oid_time
 from gateway.storage.store import Doc, Store
 
 RENEWAL_WINDOW = timedelta(hours=24)
@@ -55,6 +56,8 @@ class Links:
         self._store = store
         self._audit = audit
         self._clock = clock
+        # The staff thread page's newest links, one index window at a time (gateway/storage/recent.py).
+        self._recent = Recent()
 
     def new(
         self, *, org_id: str, thread_id: str, contact_id: str, message_id: str | None,
@@ -265,6 +268,19 @@ class Links:
             {"_id": link["thread_id"], "org_id": org_id, "attention": "link_locked"}, {"$unset": {"attention": ""}}
         )
         return {**link, "locked_at": None, "failures": 0}
+
+    async def in_thread(self, org_id: str, thread_id: str, link_id: str) -> Doc | None:
+        """The link, if it is this org's and belongs to this thread."""
+        return await self._store.links.find_one({"_id": link_id, "org_id": org_id, "thread_id": thread_id})
+
+    async def newest_in_thread(self, org_id: str, thread_id: str, limit: int) -> list[Doc]:
+        """The thread's newest links (ids are ObjectId hex: one window of (org_id, thread_id, _id))."""
+        created = oid_time(thread_id)
+        return await self._recent.newest(
+            self._store.links, {"org_id": org_id, "thread_id": thread_id}, "_id", limit=limit, order=[("_id", -1)],
+            key=("links", thread_id), now=datetime.now(UTC), floor=created - FLOOR_MARGIN if created else None,
+            bound=oid_at, at_of=lambda d: oid_time(d["_id"]) or datetime.now(UTC),
+        )
 
     async def for_thread(self, org_id: str, thread_id: str) -> list[Doc]:
         return [d async for d in self._store.links.find({"org_id": org_id, "thread_id": thread_id}).sort("_id", -1)]

@@ -80,3 +80,18 @@ class Sessions:
             match["_id"] = {"$ne": keep}
         res = await self._store.sessions.delete_many(match)
         return int(res.deleted_count)
+
+    async def of_user(self, kind: str, user_id: str, limit: int) -> list[Doc]:
+        """A member's sessions of this kind, newest first (their account page lists them)."""
+        return [d async for d in self._store.sessions.find({"kind": kind, "user_id": user_id})
+                .sort("created_at", -1).limit(limit)]
+
+    async def live_per_user(self, kind: str, org_id: str) -> dict[str, int]:
+        """How many unexpired sessions of this kind each of the org's users holds."""
+        now = self._clock.now()
+        counts: dict[str, int] = {}
+        async for d in self._store.sessions.find({"kind": kind, "org_id": org_id},
+                                                 projection={"user_id": 1, "expires_at": 1}):
+            if d["expires_at"] > now:
+                counts[d["user_id"]] = counts.get(d["user_id"], 0) + 1
+        return counts

@@ -18,8 +18,11 @@ from bson import ObjectId
 
 from gateway.errors import ValidationError
 from gateway.ids import is_id
+from gateway.ports import Clock
+from gateway.security.audit import AuditLog
 from gateway.storage.store import Doc
-from portal.staff.common import STAFF, Deps
+from gateway.tenancy.staff import Staff
+from portal.staff.common import STAFF, Shell
 from portal.staff.inbox import fmt_time
 from portal.staff.policy import policy
 
@@ -85,9 +88,11 @@ def entry_json(entry: Doc) -> dict[str, Any]:
 
 
 class AuditView:
-    def __init__(self, deps: Deps) -> None:
-        self.d = deps
-        self.s = deps.s
+    def __init__(self, shell: Shell, *, audit: AuditLog, staff: Staff, clock: Clock) -> None:
+        self.d = shell
+        self.staff = staff
+        self.audit = audit
+        self.clock = clock
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/audit", self.view)
@@ -110,9 +115,9 @@ class AuditView:
             if not cursor.isdigit() or len(cursor) > 15:
                 raise ValidationError("cursor", "is not a cursor from a previous page")
             query["seq"] = {"$lt": int(cursor)}
-        docs = [d async for d in self.s.store.audit.find(query).sort("seq", -1).limit(PAGE + 1)]
+        docs = await self.audit.newest(query, PAGE + 1)
         page, more = docs[:PAGE], len(docs) > PAGE
-        emails = {m.id: m.email for m in await self.d.staff.directory(ctx.org.id)}
+        emails = {m.id: m.email for m in await self.staff.directory(ctx.org.id)}
         rows = [{
             "seq": d["seq"], "at": fmt_time(d["at"], ctx.org.zone), "action": d["action"], "outcome": d.get("outcome"),
             "actor": d["actor"].get("kind"), "actor_id": d["actor"].get("id"),
@@ -134,9 +139,9 @@ class AuditView:
         ctx = request[STAFF]
         params = self._params(request)
         query = audit_query(ctx.org.id, params, ctx.org.zone)
-        await self.s.audit.append(ctx.org.id, "audit.export", ctx.actor, ip=self.d.ip(request),
+        await self.audit.append(ctx.org.id, "audit.export", ctx.actor, ip=self.d.ip(request),
                                   detail={k: v for k, v in params.items() if v} or None)
-        stamp = self.s.clock.now().strftime("%Y%m%dT%H%M%SZ")
+        stamp = self.clock.now().strftime("%Y%m%dT%H%M%SZ")
         response = web.StreamResponse(headers={
             "Content-Type": "application/x-ndjson; charset=utf-8",
             "Content-Disposition": f'attachment; filename="audit-{ctx.org.id}-{stamp}.jsonl"',
@@ -144,7 +149,7 @@ class AuditView:
         })
         await response.prepare(request)
         batch: list[str] = []
-        async for entry in self.s.store.audit.find(query).sort("seq", 1):
+        async for entry in self.audit.oldest_first(query):
             batch.append(json.dumps(entry_json(entry), sort_keys=True, separators=(",", ":")))
             if len(batch) >= 500:
                 await response.write(("\n".join(batch) + "\n").encode())

@@ -17,16 +17,17 @@ from aiohttp import web
 
 from gateway.errors import NotFound, ValidationError
 from gateway.messaging.phone import normalize_e164
-from gateway.security.audit import Actor
+from gateway.security.audit import Actor, AuditLog
 from gateway.security.pins import hash_secret, verify_secret
-from gateway.security.staff_auth import totp_uri
+from gateway.security.sessions import Sessions
+from gateway.security.staff_auth import LoginThrottle, SetupTokens, Totp, totp_uri
 from gateway.security.tokens import csrf_token, new_token
 from gateway.storage.store import Doc
-from gateway.tenancy.orgs import Org, validate_email, validate_name
-from gateway.tenancy.staff import validate_password
+from gateway.tenancy.orgs import Org, Orgs, validate_email, validate_name
+from gateway.tenancy.staff import Staff, validate_password
 from portal.qr import qr_svg
 from portal.render import render
-from portal.staff.common import STAFF, Deps, StaffContext, form_fields, redirect, safe_next
+from portal.staff.common import STAFF, Shell, StaffContext, form_fields, redirect, safe_next
 from portal.staff.policy import ANY_STAFF, policy
 
 logger = logging.getLogger(__name__)
@@ -53,9 +54,16 @@ def _dummy() -> str:
 class StaffAuth:
     """Sessions and sign-in routes of the staff portal."""
 
-    def __init__(self, deps: Deps) -> None:
-        self.d = deps
-        self.s = deps.s
+    def __init__(self, shell: Shell, *, sessions: Sessions, staff: Staff, orgs: Orgs, audit: AuditLog, totp: Totp,
+                 throttle: LoginThrottle, setup_tokens: SetupTokens) -> None:
+        self.d = shell
+        self.sessions = sessions
+        self.staff = staff
+        self.orgs = orgs
+        self.audit = audit
+        self.totp = totp
+        self.throttle = throttle
+        self.setup_tokens = setup_tokens
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -77,23 +85,23 @@ class StaffAuth:
     async def context(self, request: web.Request, touch: bool) -> StaffContext | None:
         """The signed-in member for this request's cookie, or None."""
         sid = request.cookies.get(self.d.cookie)
-        session = await self.s.sessions.get("staff", sid, touch=touch)
+        session = await self.sessions.get("staff", sid, touch=touch)
         if session is None or sid is None:
             return None
         try:
-            member = await self.d.staff.get(session["org_id"], str(session.get("user_id")))
+            member = await self.staff.get(session["org_id"], str(session.get("user_id")))
         except NotFound:
             member = None
         if member is None or member.disabled:  # disabled behind our back: the session dies too
-            await self.s.sessions.delete(sid)
+            await self.sessions.delete(sid)
             return None
         # The org as stored, not Orgs' few-second cache: a policy an admin just changed in another
         # process (require_totp above all) applies from this request on.
-        org = await self.s.orgs.stored(session["org_id"])
+        org = await self.orgs.stored(session["org_id"])
         if org.policy.require_totp and not member.has_totp and not session.get("enroll_totp"):
             # Started before the org required an authenticator (or raced the change): the session
             # may only enrol one now (NIST 800-63B 4.2.1: AAL2 once the org asks for it).
-            await self.s.sessions.update(session, enroll_totp=True)
+            await self.sessions.update(session, enroll_totp=True)
             session = {**session, "enroll_totp": True}
         return StaffContext(member, org, session, sid, csrf_token(self.d.secret, "staff|" + session["_id"]))
 
@@ -102,17 +110,17 @@ class StaffAuth:
         """Issue a fresh session id (never reusing the presented cookie) and redirect."""
         old = request.cookies.get(self.d.cookie)
         if old:
-            await self.s.sessions.delete(old)
+            await self.sessions.delete(old)
         enroll = org.policy.require_totp and not doc.get("totp_secret")
         ip = self.d.ip(request)
-        sid, _ = await self.s.sessions.create(
+        sid, _ = await self.sessions.create(
             "staff", org.id, idle_seconds=org.policy.staff_idle_seconds,
             absolute_seconds=org.policy.staff_absolute_seconds, user_id=doc["_id"], ip=ip, mfa=mfa,
             enroll_totp=enroll,
         )
         if reason == "login":
-            await self.d.throttle.succeeded(doc["email_norm"], ip)
-            await self.s.audit.append(org.id, "auth.login", Actor("staff", doc["_id"]), ip=ip, staff_id=doc["_id"],
+            await self.throttle.succeeded(doc["email_norm"], ip)
+            await self.audit.append(org.id, "auth.login", Actor("staff", doc["_id"]), ip=ip, staff_id=doc["_id"],
                                       detail={"mfa": mfa})
         response = redirect("/staff/account/totp" if enroll else target)
         self.d.set_cookie(response, sid)
@@ -147,19 +155,19 @@ class StaffAuth:
 
     async def _throttled(self, request: web.Request, email_norm: str, ip: str, doc: Doc | None,
                          email: str, next_: str) -> web.Response | None:
-        wait = await self.d.throttle.retry_after(email_norm, ip)
+        wait = await self.throttle.retry_after(email_norm, ip)
         if wait is None:
             return None
         if doc is not None:
-            await self.s.audit.append(doc["org_id"], "auth.login", Actor("staff", doc["_id"]), outcome="throttled",
+            await self.audit.append(doc["org_id"], "auth.login", Actor("staff", doc["_id"]), outcome="throttled",
                                       ip=ip, staff_id=doc["_id"])
         return self._login_form(request, status=429, error=THROTTLED.format(minutes=max(1, -(-wait // 60))),
                                 email=email, next_=next_, headers={"Retry-After": str(wait)})
 
     async def _failed(self, ip: str, email_norm: str, doc: Doc | None, reason: str) -> None:
-        await self.d.throttle.failed(email_norm, ip)
+        await self.throttle.failed(email_norm, ip)
         if doc is not None:
-            await self.s.audit.append(doc["org_id"], "auth.login", Actor("staff", doc["_id"]), outcome="denied",
+            await self.audit.append(doc["org_id"], "auth.login", Actor("staff", doc["_id"]), outcome="denied",
                                       ip=ip, staff_id=doc["_id"], detail={"reason": reason})
         else:
             logger.info("staff sign-in for an unknown account", extra={"fields": {"reason": reason}})
@@ -172,19 +180,19 @@ class StaffAuth:
         code = form.get("totp", "").strip()[:16]
         next_ = form.get("next", "")
         email_norm, ip = email.lower(), self.d.ip(request)
-        doc = await self.d.staff.find_login(email) if email else None
+        doc = await self.staff.find_login(email) if email else None
         if (limited := await self._throttled(request, email_norm, ip, doc, email, next_)) is not None:
             return limited
         ok = verify_secret(doc["password_hash"] if doc else _dummy(), password)
         if doc is None or not ok or doc.get("disabled"):
             await self._failed(ip, email_norm, doc, "disabled" if doc and ok else "password")
             return self._login_form(request, status=401, error=BAD_LOGIN, email=email, next_=next_)
-        await self.d.staff.rehash(doc, password)
-        org = await self.s.orgs.stored(doc["org_id"])  # as stored: a require_totp just turned on applies
+        await self.staff.rehash(doc, password)
+        org = await self.orgs.stored(doc["org_id"])  # as stored: a require_totp just turned on applies
         if doc.get("totp_secret"):
             if not code:
                 return await self._ask_code(request, doc, next_)
-            if not await self.d.totp.verify(doc, code):
+            if not await self.totp.verify(doc, code):
                 await self._failed(ip, email_norm, doc, "totp")
                 return self._login_form(request, status=401, error=BAD_CODE, email=email, next_=next_)
         return await self._start(request, doc, org, target=safe_next(next_), mfa=bool(doc.get("totp_secret")))
@@ -193,8 +201,8 @@ class StaffAuth:
         """The password was right and the account has TOTP: hold the sign-in for MFA_SECONDS."""
         old = request.cookies.get(self.d.cookie)
         if old:
-            await self.s.sessions.delete(old)
-        sid, _ = await self.s.sessions.create("staff_mfa", doc["org_id"], idle_seconds=MFA_SECONDS,
+            await self.sessions.delete(old)
+        sid, _ = await self.sessions.create("staff_mfa", doc["org_id"], idle_seconds=MFA_SECONDS,
                                               absolute_seconds=MFA_SECONDS, user_id=doc["_id"], tries=0,
                                               next=safe_next(next_))
         response = render(request, "staff/login_totp.html", csrf=self._public_csrf(sid), error=None, me=None)
@@ -205,31 +213,34 @@ class StaffAuth:
     async def login_totp(self, request: web.Request) -> web.Response:
         form = await form_fields(request)
         sid = request.cookies.get(self.d.cookie, "")
-        held = await self.s.sessions.get("staff_mfa", sid, touch=False)
-        doc = await self.s.store.staff.find_one({"_id": held["user_id"]}) if held else None
+        held = await self.sessions.get("staff_mfa", sid, touch=False)
+        try:
+            doc = await self.staff.doc(held["org_id"], str(held["user_id"])) if held else None
+        except NotFound:  # deleted while the sign-in waited for its code
+            doc = None
         if held is None or doc is None or doc.get("disabled"):
             return self._login_form(request, status=401, error="Your sign-in timed out. Please start again.")
         ip = self.d.ip(request)
         if (limited := await self._throttled(request, doc["email_norm"], ip, doc, doc["email"], "")) is not None:
-            await self.s.sessions.delete(sid)
+            await self.sessions.delete(sid)
             return limited
-        if not await self.d.totp.verify(doc, form.get("totp", "")[:16]):
+        if not await self.totp.verify(doc, form.get("totp", "")[:16]):
             await self._failed(ip, doc["email_norm"], doc, "totp")
             tries = int(held.get("tries", 0)) + 1
             if tries >= MFA_TRIES:
-                await self.s.sessions.delete(sid)
+                await self.sessions.delete(sid)
                 return self._login_form(request, status=401, error=BAD_CODE)
-            await self.s.sessions.update(held, tries=tries)
+            await self.sessions.update(held, tries=tries)
             return render(request, "staff/login_totp.html", status=401, csrf=self._public_csrf(sid),
                           error=BAD_CODE, me=None)
-        org = await self.s.orgs.stored(doc["org_id"])
+        org = await self.orgs.stored(doc["org_id"])
         return await self._start(request, doc, org, target=safe_next(held.get("next")), mfa=True)
 
     @policy(*ANY_STAFF, enrolling=True)
     async def logout(self, request: web.Request) -> web.Response:
         ctx = request[STAFF]
-        await self.s.sessions.delete(ctx.sid)
-        await self.s.audit.append(ctx.org.id, "auth.logout", ctx.actor, ip=self.d.ip(request), staff_id=ctx.member.id)
+        await self.sessions.delete(ctx.sid)
+        await self.audit.append(ctx.org.id, "auth.logout", ctx.actor, ip=self.d.ip(request), staff_id=ctx.member.id)
         response = render(request, "staff/signed_out.html", reason="signed_out")
         self.d.clear_cookie(response)
         response.headers["Clear-Site-Data"] = CLEAR_SITE_DATA
@@ -245,8 +256,7 @@ class StaffAuth:
         ctx = request[STAFF]
         sessions = [{"current": d["_id"] == ctx.session["_id"], "created_at": d["created_at"],
                      "last_seen_at": d["last_seen_at"], "ip": d.get("ip"), "mfa": d.get("mfa")}
-                    async for d in self.s.store.sessions.find({"kind": "staff", "user_id": ctx.member.id})
-                    .sort("created_at", -1).limit(50)]
+                    for d in await self.sessions.of_user("staff", ctx.member.id, 50)]
         return await self.d.page(request, "staff/account.html", status=status, sessions=sessions,
                                  message=message, error=error)
 
@@ -255,16 +265,16 @@ class StaffAuth:
         """Re-authenticate with the current password (ASVS 5.0 7.5.1), then end every other session."""
         ctx = request[STAFF]
         form = await form_fields(request)
-        doc = await self.d.staff.doc(ctx.org.id, ctx.member.id)
+        doc = await self.staff.doc(ctx.org.id, ctx.member.id)
         if not verify_secret(doc["password_hash"], form.get("current", "")[:MAX_PASSWORD_INPUT]):
-            await self.d.throttle.failed(doc["email_norm"], self.d.ip(request))
+            await self.throttle.failed(doc["email_norm"], self.d.ip(request))
             return await self._account_page(request, status=401, error="The current password is not right.")
         try:
-            await self.d.staff.set_password(ctx.org.id, ctx.member.id, form.get("new", ""))
+            await self.staff.set_password(ctx.org.id, ctx.member.id, form.get("new", ""))
         except ValidationError as err:
             return await self._account_page(request, status=422, error=f"New password {err.message}.")
-        await self.s.store.sessions.delete_many({"kind": "staff", "user_id": ctx.member.id})
-        await self.s.audit.append(ctx.org.id, "auth.password_changed", ctx.actor, ip=self.d.ip(request),
+        await self.sessions.delete_where(kind="staff", user_id=ctx.member.id)
+        await self.audit.append(ctx.org.id, "auth.password_changed", ctx.actor, ip=self.d.ip(request),
                                   staff_id=ctx.member.id)
         return await self._start(request, doc, ctx.org, target="/staff/account", mfa=bool(ctx.session.get("mfa")),
                                  reason="password")
@@ -272,10 +282,10 @@ class StaffAuth:
     @policy(*ANY_STAFF)
     async def end_other_sessions(self, request: web.Request) -> web.Response:
         ctx = request[STAFF]
-        res = await self.s.store.sessions.delete_many(
-            {"kind": "staff", "user_id": ctx.member.id, "_id": {"$ne": ctx.session["_id"]}})
-        await self.s.audit.append(ctx.org.id, "auth.sessions_ended", ctx.actor, ip=self.d.ip(request),
-                                  staff_id=ctx.member.id, detail={"count": int(res.deleted_count)})
+        ended = await self.sessions.delete_where(kind="staff", user_id=ctx.member.id,
+                                                 _id={"$ne": ctx.session["_id"]})
+        await self.audit.append(ctx.org.id, "auth.sessions_ended", ctx.actor, ip=self.d.ip(request),
+                                staff_id=ctx.member.id, detail={"count": ended})
         return redirect("/staff/account")
 
     # -- TOTP enrolment -----------------------------------------------------------------------
@@ -297,22 +307,22 @@ class StaffAuth:
         ctx = request[STAFF]
         if ctx.member.has_totp:
             return redirect("/staff/account/totp")
-        secret = await self.d.totp.begin(ctx.org.id, ctx.member.id)
+        secret = await self.totp.begin(ctx.org.id, ctx.member.id)
         return await self._totp_page(request, secret=secret)
 
     @policy(*ANY_STAFF, enrolling=True)
     async def totp_confirm(self, request: web.Request) -> web.Response:
         ctx = request[STAFF]
         form = await form_fields(request)
-        doc = await self.d.staff.doc(ctx.org.id, ctx.member.id)
-        if not await self.d.totp.confirm(doc, form.get("totp", "")[:16]):
-            secret = await self.d.totp.pending_secret(doc)
+        doc = await self.staff.doc(ctx.org.id, ctx.member.id)
+        if not await self.totp.confirm(doc, form.get("totp", "")[:16]):
+            secret = await self.totp.pending_secret(doc)
             if secret is None:
                 return redirect("/staff/account/totp")
             return await self._totp_page(request, status=422, secret=secret, error=BAD_CODE)
-        await self.s.audit.append(ctx.org.id, "auth.totp_enabled", ctx.actor, ip=self.d.ip(request),
+        await self.audit.append(ctx.org.id, "auth.totp_enabled", ctx.actor, ip=self.d.ip(request),
                                   staff_id=ctx.member.id)
-        doc = await self.d.staff.doc(ctx.org.id, ctx.member.id)
+        doc = await self.staff.doc(ctx.org.id, ctx.member.id)
         # A new factor is a privilege change: a new session id (OWASP ASVS 5.0 7.2.4).
         return await self._start(request, doc, ctx.org, target="/staff/account", mfa=True, reason="totp")
 
@@ -322,11 +332,11 @@ class StaffAuth:
         form = await form_fields(request)
         if ctx.org.policy.require_totp:
             return await self._totp_page(request, status=403, error="Your organization requires an authenticator.")
-        doc = await self.d.staff.doc(ctx.org.id, ctx.member.id)
+        doc = await self.staff.doc(ctx.org.id, ctx.member.id)
         if not verify_secret(doc["password_hash"], form.get("password", "")[:MAX_PASSWORD_INPUT]):
             return await self._totp_page(request, status=401, error="The password is not right.")
-        await self.d.totp.reset(ctx.org.id, ctx.member.id)
-        await self.s.audit.append(ctx.org.id, "auth.totp_disabled", ctx.actor, ip=self.d.ip(request),
+        await self.totp.reset(ctx.org.id, ctx.member.id)
+        await self.audit.append(ctx.org.id, "auth.totp_disabled", ctx.actor, ip=self.d.ip(request),
                                   staff_id=ctx.member.id)
         return redirect("/staff/account/totp")
 
@@ -347,7 +357,7 @@ class StaffAuth:
     @policy(public=True)
     async def setup_page(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
-        if not await self.d.setup.usable(token):
+        if not await self.setup_tokens.usable(token):
             return self._setup_gone(request)
         return self._setup_form(request, token)
 
@@ -355,7 +365,7 @@ class StaffAuth:
     async def setup(self, request: web.Request) -> web.Response:
         """Create the organization and its first admin, then sign the admin in."""
         token = request.match_info["token"]
-        if not await self.d.setup.usable(token):
+        if not await self.setup_tokens.usable(token):
             return self._setup_gone(request)
         form = await form_fields(request)
         values = {k: form.get(k, "")[:320] for k in ("org_name", "sms_number", "email")}
@@ -366,18 +376,18 @@ class StaffAuth:
             password = validate_password(form.get("password", ""))
         except ValidationError as err:
             return self._setup_form(request, token, status=422, error=f"{err.field}: {err.message}", values=values)
-        if not await self.d.setup.claim(token):
+        if not await self.setup_tokens.claim(token):
             return self._setup_gone(request)
         try:
-            org = await self.s.orgs.create(name, number)
+            org = await self.orgs.create(name, number)
         except ValidationError as err:
-            await self.d.setup.release(token)
+            await self.setup_tokens.release(token)
             return self._setup_form(request, token, status=422, error=f"{err.field}: {err.message}", values=values)
-        member = await self.d.staff.create(org.id, email, "admin", password)
+        member = await self.staff.create(org.id, email, "admin", password)
         actor = Actor("staff", member.id)
         ip = self.d.ip(request)
-        await self.s.audit.append(org.id, "org.created", actor, ip=ip, detail={"via": "setup"})
-        await self.s.audit.append(org.id, "staff.created", actor, ip=ip, staff_id=member.id,
+        await self.audit.append(org.id, "org.created", actor, ip=ip, detail={"via": "setup"})
+        await self.audit.append(org.id, "staff.created", actor, ip=ip, staff_id=member.id,
                                   detail={"role": "admin", "via": "setup"})
-        doc = await self.d.staff.doc(org.id, member.id)
+        doc = await self.staff.doc(org.id, member.id)
         return await self._start(request, doc, org, target="/staff/", mfa=False)

@@ -1,22 +1,19 @@
-"""What every staff handler shares: the signed-in context, collaborators, page rendering, denials."""
+"""What every staff handler shares: the signed-in context, the cookie, page rendering, denials."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import IntegrityError, NotFound
+from gateway.errors import NotFound
 from gateway.ids import is_id
 from gateway.messaging.alerts import StoredStaffAlerts
-from gateway.runtime.services import Services
+from gateway.messaging.inbox_queries import InboxQueries
 from gateway.security.access import thread_assignees
-from gateway.security.api_keys import ApiKeys
-from gateway.security.audit import Actor
-from gateway.security.staff_auth import LoginThrottle, SetupTokens, Totp
+from gateway.security.audit import Actor, AuditLog
 from gateway.storage.store import Doc
 from gateway.tenancy.orgs import Org
 from gateway.tenancy.staff import StaffMember
@@ -46,26 +43,25 @@ class StaffContext:
 STAFF = web.RequestKey("staff_context", StaffContext)
 
 
-class Deps:
-    """The collaborators of the staff handlers, built once by the staff app."""
+class Shell:
+    """What every staff handler shares, and only that: the session cookie, the client's address,
+    page rendering (with the nav counters) and the audited 404. Each handler class takes its own
+    domain collaborators besides (docs/architecture.md, "The composition root")."""
 
-    def __init__(self, services: Services, on_queued: Callable[[], None]) -> None:
-        self.s = services
-        self.on_queued = on_queued
-        self.staff = services.staff
-        self.totp = Totp(services.store, services.vault, services.clock)
-        self.throttle = LoginThrottle(services.store, services.clock)
-        self.setup = SetupTokens(services.store, services.clock)
-        self.api_keys = ApiKeys(services.store, services.clock)
-        # The admins' banner reads the stored alerts, whichever StaffAlerts the services deliver through.
-        self.alerts = StoredStaffAlerts(services.store, services.clock)
-        self.secret = services.sealer.keyring.mac_key
-        https = services.config.server.is_https
+    def __init__(self, *, https: bool, trusted_proxies: tuple[str, ...], secret: bytes, public_url: str,
+                 audit: AuditLog, counts: InboxQueries, alerts: StoredStaffAlerts) -> None:
+        self.secret = secret
+        self.public_url = public_url
         self.cookie = "__Host-hl_staff" if https else "hl_staff"
         self.secure_cookie = https
+        self._trusted_proxies = trusted_proxies
+        self._audit = audit
+        self._counts = counts
+        # The admins' banner reads the stored alerts, whichever StaffAlerts the services deliver through.
+        self._alerts = alerts
 
     def ip(self, request: web.Request) -> str:
-        return client_ip(request, self.s.config.server.trusted_proxies)
+        return client_ip(request, self._trusted_proxies)
 
     def set_cookie(self, response: web.StreamResponse, value: str) -> None:
         response.set_cookie(self.cookie, value, **self._cookie_attributes())
@@ -80,20 +76,11 @@ class Deps:
 
     async def unread_threads(self, ctx: StaffContext) -> int:
         """Unread threads the member may open (all of the org's, or their own and unassigned ones)."""
-        # $gte 1, not $gt 0: SecantusDB starts an exclusive range at the first entry EQUAL to the bound
-        # and steps over every one of them (here: every read thread of the org).
-        query = {"org_id": ctx.org.id, "unread_staff": {"$gte": 1}}
-        assignees = thread_assignees(ctx.org.policy, ctx.member)
-        if assignees is None:
-            return int(await self.s.store.threads.count_documents(query))
-        # The same indexed read of the unread threads; the assignee is checked here, since no index
-        # has both fields (a second range in the filter would read every thread of the org).
-        unread = self.s.store.threads.find(query, projection={"assignee": 1})
-        return sum([1 async for d in unread if d.get("assignee") in assignees])
+        return await self._counts.unread_threads(ctx.org.id, thread_assignees(ctx.org.policy, ctx.member))
 
     async def open_alerts(self, ctx: StaffContext) -> int:
         """Alerts waiting for an admin's review (admins only: the banner on every staff page)."""
-        return await self.alerts.open_count(ctx.org.id) if ctx.is_admin else 0
+        return await self._alerts.open_count(ctx.org.id) if ctx.is_admin else 0
 
     async def page(self, request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
         """Render a staff page: the signed-in member, the nav counters, admin alerts and the CSRF token come along."""
@@ -103,36 +90,15 @@ class Deps:
         return render(request, template, status=status, me=ctx.member if ctx else None,
                       org=ctx.org if ctx else None, unread_threads=unread, open_alerts=alerts, **context)
 
-    async def contact_labels(self, org_id: str, contact_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Names (opened) and masked address hints of the given contacts, for the rows of one page."""
-        out: dict[str, dict[str, Any]] = {}
-        if not contact_ids:
-            return out
-        # Only what a row shows (a contact carries sealed addresses, blind indexes, consent history...).
-        async for doc in self.s.store.contacts.find({"org_id": org_id, "_id": {"$in": contact_ids}},
-                                                    projection=LABEL_FIELDS):
-            name = None
-            if doc.get("name") and not doc.get("erased_at"):
-                try:
-                    name = await self.s.vault.open(org_id, "contacts", doc["_id"], "name", doc["name"])
-                except IntegrityError:
-                    name = None
-            out[doc["_id"]] = {"name": name, "phone_hint": doc.get("phone_hint"), "email_hint": doc.get("email_hint"),
-                               "erased": bool(doc.get("erased_at"))}
-        return out
-
     async def deny(self, request: web.Request, kind: str, requested: str) -> NotFound:
         """Audit a lookup of an id that is not this org's (foreign or unknown); return the 404 to raise."""
         ctx = request[STAFF]
-        await self.s.audit.append(
+        await self._audit.append(
             ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=self.ip(request),
             detail={"object": kind, "requested": requested if is_id(requested) else "malformed",
                     "route": request.path if len(request.path) <= 200 else request.path[:200]},
         )
         return NotFound(kind)
-
-
-LABEL_FIELDS = {"name": 1, "phone_hint": 1, "email_hint": 1, "erased_at": 1}
 
 
 def redirect(location: str) -> web.Response:

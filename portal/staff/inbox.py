@@ -24,13 +24,15 @@ from aiohttp import web
 
 from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
-from gateway.messaging.conversations import NEUTRAL_PREVIEW, AssigneeFilter
+from gateway.messaging.contacts import Contacts
+from gateway.messaging.conversations import NEUTRAL_PREVIEW, AssigneeFilter, Conversations
 from gateway.messaging.delivery import Delivery, problem_of
 from gateway.messaging.phone import normalize_e164
-from gateway.security.access import in_scope, thread_assignees
+from gateway.security.access import BreakGlass, in_scope, thread_assignees
 from gateway.storage.store import Doc
+from gateway.tenancy.staff import Staff
 from portal.render import local_time
-from portal.staff.common import STAFF, Deps, redirect
+from portal.staff.common import STAFF, Shell, redirect
 from portal.staff.policy import ANY_STAFF, policy
 
 PAGE = 50
@@ -69,10 +71,14 @@ def fmt_time(at: datetime | None, zone: tzinfo) -> str:
 
 
 class Inbox:
-    def __init__(self, deps: Deps) -> None:
-        self.d = deps
-        self.s = deps.s
-        self.delivery = Delivery(deps.s.store, deps.s.contacts, deps.s.audit, deps.s.clock)
+    def __init__(self, shell: Shell, *, conversations: Conversations, contacts: Contacts, break_glass: BreakGlass,
+                 delivery: Delivery, staff: Staff) -> None:
+        self.d = shell
+        self.conversations = conversations
+        self.contacts = contacts
+        self.break_glass = break_glass
+        self.delivery = delivery
+        self.staff = staff
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self.inbox)
@@ -85,13 +91,13 @@ class Inbox:
         ctx = request[STAFF]
         tid = request.match_info["id"]
         try:
-            thread = await self.s.conversations.get_thread(ctx.org.id, tid)
+            thread = await self.conversations.get_thread(ctx.org.id, tid)
         except NotFound:
             raise await self.d.deny(request, "thread", tid) from None
         # As every thread route: another member's thread under agent_scope "assigned" opens only
         # under a break-glass grant (gateway/security/access.py); otherwise an audited denial.
         if not in_scope(ctx.org.policy, ctx.member, thread) and \
-                await self.s.break_glass.active(ctx.org.id, ctx.member.id, thread["_id"]) is None:
+                await self.break_glass.active(ctx.org.id, ctx.member.id, thread["_id"]) is None:
             raise await self.d.deny(request, "thread", tid)
         await self.delivery.dismiss(ctx.org.id, thread["_id"], ctx.actor, ip=self.d.ip(request))
         return redirect(f"/staff/threads/{thread['_id']}")
@@ -99,14 +105,14 @@ class Inbox:
     async def _search_contacts(self, org_id: str, q: str) -> list[str] | None:
         """Contact ids for an exact phone/email search; None when q is a name (or empty)."""
         if "@" in q:
-            c = await self.s.contacts.by_email(org_id, q)
+            c = await self.contacts.by_email(org_id, q)
             return [c.id] if c else []
         if q.startswith("+") or sum(ch.isdigit() for ch in q) >= 7:
             try:
                 phone = normalize_e164(q if q.startswith("+") else "+" + q, field="q")
             except ValidationError:
                 return []
-            c = await self.s.contacts.by_phone(org_id, phone)
+            c = await self.contacts.by_phone(org_id, phone)
             return [c.id] if c else []
         return None
 
@@ -128,7 +134,7 @@ class Inbox:
         }
         # The staff list (for assignee names) is read while the rows are: one round trip less to wait for.
         (rows, labels, more, before, name_search), members = await asyncio.gather(
-            self._rows(org_id, q, before, filters), self.d.staff.directory(org_id))
+            self._rows(org_id, q, before, filters), self.staff.directory(org_id))
         staff = {m.id: m.email for m in members}
         next_cursor = None
         if more:
@@ -162,10 +168,10 @@ class Inbox:
             return [], {}, False, before, name_search
         if name_search:
             return (*await self._name_scan(org_id, q.casefold(), before, filters), True)
-        found = await self.s.conversations.list_threads(org_id, limit=PAGE + 1, before=before,
+        found = await self.conversations.list_threads(org_id, limit=PAGE + 1, before=before,
                                                         contact_ids=contact_ids, **filters)
         rows = found[:PAGE]
-        return rows, await self.d.contact_labels(org_id, [t["contact_id"] for t in rows]), len(found) > PAGE, \
+        return rows, await self.contacts.row_labels(org_id, [t["contact_id"] for t in rows]), len(found) > PAGE, \
             before, False
 
     async def _name_scan(
@@ -176,10 +182,10 @@ class Inbox:
         labels: dict[str, dict[str, Any]] = {}
         scanned = 0
         while len(rows) < PAGE and scanned < NAME_SCAN:
-            batch = await self.s.conversations.list_threads(org_id, limit=50, before=before, **filters)
+            batch = await self.conversations.list_threads(org_id, limit=50, before=before, **filters)
             if not batch:
                 return rows, labels, False, before
-            found = await self.d.contact_labels(org_id, [t["contact_id"] for t in batch])
+            found = await self.contacts.row_labels(org_id, [t["contact_id"] for t in batch])
             for t in batch:
                 scanned += 1
                 before = (t["last_activity_at"], t["_id"])

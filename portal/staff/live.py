@@ -27,9 +27,12 @@ from typing import Any
 from aiohttp import web
 from pymongo.errors import OperationFailure, PyMongoError
 
-from gateway.security.access import in_scope
+from gateway.messaging.inbox_queries import InboxQueries
+from gateway.ports import Clock
+from gateway.security.access import BreakGlass, in_scope
+from gateway.security.sessions import Sessions
 from gateway.storage.store import Doc
-from portal.staff.common import STAFF, Deps
+from portal.staff.common import STAFF, Shell
 from portal.staff.policy import ANY_STAFF, policy
 
 logger = logging.getLogger(__name__)
@@ -48,10 +51,14 @@ def thread_event(doc: Doc) -> dict[str, Any]:
 
 
 class LiveUpdates:
-    def __init__(self, deps: Deps, *, change_streams: bool = True, heartbeat: float = HEARTBEAT_SECONDS,
+    def __init__(self, shell: Shell, *, queries: InboxQueries, break_glass: BreakGlass, sessions: Sessions,
+                 clock: Clock, change_streams: bool = True, heartbeat: float = HEARTBEAT_SECONDS,
                  poll: float = POLL_SECONDS, max_seconds: float = MAX_SECONDS) -> None:
-        self.d = deps
-        self.s = deps.s
+        self.d = shell
+        self.queries = queries
+        self.break_glass = break_glass
+        self.sessions = sessions
+        self.clock = clock
         self.change_streams = change_streams
         self.heartbeat = heartbeat
         self.poll = poll
@@ -60,12 +67,6 @@ class LiveUpdates:
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/live", self.stream)
-
-    async def changed_since(self, org_id: str, since: datetime) -> list[Doc]:
-        """The polling fallback: threads with activity after `since`, oldest first."""
-        cursor = self.s.store.threads.find({"org_id": org_id, "last_activity_at": {"$gt": since}}).sort(
-            [("last_activity_at", 1), ("_id", 1)]).limit(100)
-        return [d async for d in cursor]
 
     @policy(*ANY_STAFF, touch=False)
     async def stream(self, request: web.Request) -> web.StreamResponse:
@@ -113,11 +114,11 @@ class LiveUpdates:
         ctx = request[STAFF]
         if in_scope(ctx.org.policy, ctx.member, doc):
             return True
-        return await self.s.break_glass.active(ctx.org.id, ctx.member.id, doc["_id"]) is not None
+        return await self.break_glass.active(ctx.org.id, ctx.member.id, doc["_id"]) is not None
 
     async def _alive(self, request: web.Request, response: web.StreamResponse) -> bool:
         ctx = request[STAFF]
-        session = await self.s.sessions.get("staff", ctx.sid, touch=False)
+        session = await self.sessions.get("staff", ctx.sid, touch=False)
         if session is None:
             await self._send(response, "signed_out", {})
             return False
@@ -126,10 +127,7 @@ class LiveUpdates:
 
     async def _watch(self, request: web.Request, response: web.StreamResponse, org_id: str, deadline: float) -> None:
         loop = asyncio.get_running_loop()
-        pipeline = [{"$match": {"fullDocument.org_id": org_id, "operationType": {"$in": ["insert", "update",
-                                                                                          "replace"]}}}]
-        async with await self.s.store.threads.watch(pipeline, full_document="updateLookup",
-                                                    max_await_time_ms=int(self.heartbeat * 1000)) as changes:
+        async with self.queries.watch(org_id, int(self.heartbeat * 1000)) as changes:
             await self._send(response, "ready", {"mode": "stream"})
             while loop.time() < deadline:
                 change = await changes.try_next()
@@ -143,12 +141,12 @@ class LiveUpdates:
 
     async def _poll(self, request: web.Request, response: web.StreamResponse, org_id: str, deadline: float) -> None:
         loop = asyncio.get_running_loop()
-        since = self.s.clock.now()
+        since = self.clock.now()
         await self._send(response, "ready", {"mode": "poll"})
         quiet = 0.0
         while loop.time() < deadline:
             await asyncio.sleep(self.poll)
-            changed = await self.changed_since(org_id, since)
+            changed = await self.queries.changed_since(org_id, since)
             for doc in changed:
                 if await self._visible(request, doc):
                     await self._send(response, "thread", thread_event(doc))

@@ -22,11 +22,12 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from gateway.security.audit import AuditLog
 from gateway.security.tokens import csrf_ok
 from gateway.tenancy.staff import ROLES
 from portal.http import Handler, same_origin
 from portal.render import render
-from portal.staff.common import STAFF, Deps, StaffContext, form_fields
+from portal.staff.common import STAFF, Shell, StaffContext, form_fields
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def policy_of(handler: Any) -> Policy | None:
 ContextLoader = Callable[[web.Request, bool], Awaitable[StaffContext | None]]
 
 
-def staff_guard(deps: Deps, load: ContextLoader) -> Any:
+def staff_guard(shell: Shell, audit: AuditLog, load: ContextLoader) -> Any:
     """The middleware of the staff sub-application."""
 
     @web.middleware
@@ -79,13 +80,13 @@ def staff_guard(deps: Deps, load: ContextLoader) -> Any:
             logger.error("staff route without a policy refused", extra={"fields": {"path": request.path}})
             return render(request, "error.html", status=403, message="Not allowed")
         mutating = request.method not in SAFE_METHODS
-        if mutating and not same_origin(request, deps.s.public_url):
+        if mutating and not same_origin(request, shell.public_url):
             return _expired(request)
         if pol.public:
             if mutating:
-                binding = request.cookies.get(deps.cookie, "")
+                binding = request.cookies.get(shell.cookie, "")
                 form = await form_fields(request)
-                if not binding or not csrf_ok(deps.secret, "staff-login|" + binding, form.get("csrf", "")):
+                if not binding or not csrf_ok(shell.secret, "staff-login|" + binding, form.get("csrf", "")):
                     return _expired(request)
             return await handler(request)
         touch = pol.touch and request.headers.get(BACKGROUND_HEADER) != "1"
@@ -101,12 +102,12 @@ def staff_guard(deps: Deps, load: ContextLoader) -> Any:
             return render(request, "error.html", status=403, message="Set up your authenticator app first")
         request[STAFF] = ctx
         if ctx.member.role not in pol.roles:
-            await deps.s.audit.append(ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=deps.ip(request),
-                                      detail={"reason": "role", "route": request.path[:200]})
-            return await deps.page(request, "error.html", status=403, message="Not allowed")
+            await audit.append(ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=shell.ip(request),
+                               detail={"reason": "role", "route": request.path[:200]})
+            return await shell.page(request, "error.html", status=403, message="Not allowed")
         if mutating:
             form = await form_fields(request)
-            if not csrf_ok(deps.secret, "staff|" + ctx.session["_id"], form.get("csrf", "")):
+            if not csrf_ok(shell.secret, "staff|" + ctx.session["_id"], form.get("csrf", "")):
                 return _expired(request)
         return await handler(request)
 

@@ -21,10 +21,17 @@ from aiohttp import web
 
 from gateway.errors import NotFound, ValidationError
 from gateway.ids import is_id
+from gateway.messaging.alerts import StoredStaffAlerts
+from gateway.ports import Clock
+from gateway.security.access import BreakGlass
+from gateway.security.api_keys import ApiKeys
+from gateway.security.audit import AuditLog
+from gateway.security.sessions import Sessions
+from gateway.security.staff_auth import Totp
 from gateway.tenancy.org_settings import OrgSettings
-from gateway.tenancy.orgs import LINK_TTL_CHOICES, DetailChanges, zone_names
-from gateway.tenancy.staff import ROLES, StaffMember
-from portal.staff.common import STAFF, Deps, form_fields, redirect
+from gateway.tenancy.orgs import LINK_TTL_CHOICES, DetailChanges, Orgs, zone_names
+from gateway.tenancy.staff import ROLES, Staff, StaffMember
+from portal.staff.common import STAFF, Shell, form_fields, redirect
 from portal.staff.inbox import fmt_time
 from portal.staff.policy import policy
 
@@ -77,10 +84,20 @@ def detail_changes(form: dict[str, str]) -> DetailChanges:
 
 
 class Settings:
-    def __init__(self, deps: Deps) -> None:
-        self.d = deps
-        self.s = deps.s
-        self.org_settings = OrgSettings(deps.s.orgs, deps.staff, deps.s.sessions, deps.s.audit)
+    def __init__(self, shell: Shell, *, orgs: Orgs, staff: Staff, sessions: Sessions, audit: AuditLog,
+                 api_keys: ApiKeys, break_glass: BreakGlass, org_settings: OrgSettings, alerts: StoredStaffAlerts,
+                 totp: Totp, clock: Clock) -> None:
+        self.d = shell
+        self.totp = totp
+        self.orgs = orgs
+        self.staff = staff
+        self.sessions = sessions
+        self.audit = audit
+        self.api_keys = api_keys
+        self.break_glass = break_glass
+        self.org_settings = org_settings
+        self.alerts = alerts
+        self.clock = clock
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -104,7 +121,7 @@ class Settings:
     async def _org_page(self, request: web.Request, *, status: int = 200, error: str | None = None,
                         saved: bool = False, values: dict[str, str] | None = None) -> web.Response:
         ctx = request[STAFF]
-        org = await self.s.orgs.get(ctx.org.id)
+        org = await self.orgs.get(ctx.org.id)
         ttls = sorted({*LINK_TTL_CHOICES, org.policy.link_ttl_seconds})  # a value set by the CLI stays offered
         return await self.d.page(request, "staff/settings.html", status=status, policy=org.policy, details=org,
                                  ttl_choices=[(s, TTL_LABELS.get(s, f"{s} s")) for s in ttls],
@@ -144,12 +161,8 @@ class Settings:
     async def _staff_page(self, request: web.Request, *, status: int = 200, error: str | None = None,
                           values: dict[str, str] | None = None) -> web.Response:
         ctx = request[STAFF]
-        members = await self.d.staff.list(ctx.org.id)
-        counts: dict[str, int] = {}
-        async for d in self.s.store.sessions.find({"kind": "staff", "org_id": ctx.org.id},
-                                                  projection={"user_id": 1, "expires_at": 1}):
-            if d["expires_at"] > self.s.clock.now():
-                counts[d["user_id"]] = counts.get(d["user_id"], 0) + 1
+        members = await self.staff.list(ctx.org.id)
+        counts = await self.sessions.live_per_user("staff", ctx.org.id)
         return await self.d.page(request, "staff/settings_staff.html", status=status, members=members,
                                  sessions=counts, roles=ROLES, error=error, values=values or {}, section="staff")
 
@@ -159,10 +172,10 @@ class Settings:
         form = await form_fields(request)
         values = {"email": form.get("email", "")[:320], "role": form.get("role", "agent")}
         try:
-            member = await self.d.staff.create(ctx.org.id, values["email"], values["role"], form.get("password", ""))
+            member = await self.staff.create(ctx.org.id, values["email"], values["role"], form.get("password", ""))
         except ValidationError as err:
             return await self._staff_page(request, status=422, error=f"{err.field}: {err.message}", values=values)
-        await self.s.audit.append(ctx.org.id, "staff.created", ctx.actor, ip=self.d.ip(request), staff_id=member.id,
+        await self.audit.append(ctx.org.id, "staff.created", ctx.actor, ip=self.d.ip(request), staff_id=member.id,
                                   detail={"role": member.role})
         return redirect("/staff/settings/staff")
 
@@ -172,13 +185,13 @@ class Settings:
         try:
             if not is_id(sid):
                 raise NotFound("staff")
-            return await self.d.staff.get(ctx.org.id, sid)
+            return await self.staff.get(ctx.org.id, sid)
         except NotFound:
             raise await self.d.deny(request, "staff", sid) from None
 
     async def end_sessions(self, staff_id: str) -> int:
         """Every session of the member, staff and half-signed-in alike."""
-        return await self.s.sessions.delete_where(user_id=staff_id)
+        return await self.sessions.delete_where(user_id=staff_id)
 
     @policy("admin")
     async def staff_action(self, request: web.Request) -> web.Response:
@@ -190,32 +203,32 @@ class Settings:
         form = await form_fields(request)
         ip = self.d.ip(request)
         last_admin = (member.role == "admin" and not member.disabled
-                      and await self.d.staff.enabled_admins(ctx.org.id) <= 1)
+                      and await self.staff.enabled_admins(ctx.org.id) <= 1)
         if action == "disable":
             if member.id == ctx.member.id or last_admin:
                 return await self._staff_page(request, status=409,
                                               error="You can't disable yourself or the last admin.")
-            await self.d.staff.set_disabled(ctx.org.id, member.id, True)
+            await self.staff.set_disabled(ctx.org.id, member.id, True)
             ended = await self.end_sessions(member.id)
-            await self.s.audit.append(ctx.org.id, "staff.disabled", ctx.actor, ip=ip, staff_id=member.id,
+            await self.audit.append(ctx.org.id, "staff.disabled", ctx.actor, ip=ip, staff_id=member.id,
                                       detail={"sessions_ended": ended})
         elif action == "enable":
-            await self.d.staff.set_disabled(ctx.org.id, member.id, False)
-            await self.s.audit.append(ctx.org.id, "staff.enabled", ctx.actor, ip=ip, staff_id=member.id)
+            await self.staff.set_disabled(ctx.org.id, member.id, False)
+            await self.audit.append(ctx.org.id, "staff.enabled", ctx.actor, ip=ip, staff_id=member.id)
         elif action == "role":
             role = form.get("role", "")
             if role != member.role:
                 if member.id == ctx.member.id or last_admin:
                     return await self._staff_page(request, status=409,
                                                   error="You can't change your own role or demote the last admin.")
-                await self.d.staff.set_role(ctx.org.id, member.id, role)
+                await self.staff.set_role(ctx.org.id, member.id, role)
                 ended = await self.end_sessions(member.id)
-                await self.s.audit.append(ctx.org.id, "staff.role_changed", ctx.actor, ip=ip, staff_id=member.id,
+                await self.audit.append(ctx.org.id, "staff.role_changed", ctx.actor, ip=ip, staff_id=member.id,
                                           detail={"role": role, "sessions_ended": ended})
         else:
             if member.id == ctx.member.id:
                 # Turning off one's own MFA needs the password (docs/security-model.md): the Account page asks for it.
-                await self.s.audit.append(ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=ip,
+                await self.audit.append(ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=ip,
                                           staff_id=member.id,
                                           detail={"object": "staff", "reason": "self_reset",
                                                   "route": request.path[:200]})
@@ -223,9 +236,9 @@ class Settings:
                     request, status=403,
                     error="To turn off your own authenticator app, use Account → Authenticator app "
                           "(it asks for your password).")
-            await self.d.totp.reset(ctx.org.id, member.id)
+            await self.totp.reset(ctx.org.id, member.id)
             ended = await self.end_sessions(member.id)
-            await self.s.audit.append(ctx.org.id, "auth.totp_reset", ctx.actor, ip=ip, staff_id=member.id,
+            await self.audit.append(ctx.org.id, "auth.totp_reset", ctx.actor, ip=ip, staff_id=member.id,
                                       detail={"sessions_ended": ended})
         return redirect("/staff/settings/staff")
 
@@ -237,7 +250,7 @@ class Settings:
     async def _keys_page(self, request: web.Request, *, status: int = 200, new_key: str | None = None,
                          error: str | None = None) -> web.Response:
         ctx = request[STAFF]
-        keys = sorted(await self.d.api_keys.list(ctx.org.id), key=lambda k: k["_id"], reverse=True)
+        keys = sorted(await self.api_keys.list(ctx.org.id), key=lambda k: k["_id"], reverse=True)
         zone = ctx.org.zone
         rows = [{"id": k["_id"], "name": k["name"], "prefix": k.get("prefix", ""),
                  "created": fmt_time(k["created_at"], zone), "revoked": fmt_time(k.get("revoked_at"), zone)}
@@ -250,10 +263,10 @@ class Settings:
         ctx = request[STAFF]
         form = await form_fields(request)
         try:
-            key, doc = await self.d.api_keys.create(ctx.org.id, form.get("name", ""))
+            key, doc = await self.api_keys.create(ctx.org.id, form.get("name", ""))
         except ValidationError as err:
             return await self._keys_page(request, status=422, error=f"{err.field}: {err.message}")
-        await self.s.audit.append(ctx.org.id, "api_key.created", ctx.actor, ip=self.d.ip(request),
+        await self.audit.append(ctx.org.id, "api_key.created", ctx.actor, ip=self.d.ip(request),
                                   detail={"key_id": doc["_id"]})
         return await self._keys_page(request, new_key=key)
 
@@ -261,12 +274,12 @@ class Settings:
     async def revoke_key(self, request: web.Request) -> web.Response:
         ctx = request[STAFF]
         kid = request.match_info["id"]
-        if not is_id(kid) or not await self.d.api_keys.revoke(ctx.org.id, kid):
-            exists = is_id(kid) and await self.s.store.api_keys.find_one({"_id": kid, "org_id": ctx.org.id})
+        if not is_id(kid) or not await self.api_keys.revoke(ctx.org.id, kid):
+            exists = is_id(kid) and any(k["_id"] == kid for k in await self.api_keys.list(ctx.org.id))
             if not exists:
                 raise await self.d.deny(request, "api_key", kid)
             return redirect("/staff/settings/api-keys")  # already revoked
-        await self.s.audit.append(ctx.org.id, "api_key.revoked", ctx.actor, ip=self.d.ip(request),
+        await self.audit.append(ctx.org.id, "api_key.revoked", ctx.actor, ip=self.d.ip(request),
                                   detail={"key_id": kid})
         return redirect("/staff/settings/api-keys")
 
@@ -281,16 +294,16 @@ class Settings:
         ctx = request[STAFF]
         # The newest open alert, read before the grants and the banner's count: "Mark all as
         # reviewed" closes the alerts up to this one, so one raised after this read stays open.
-        upto = await self.d.alerts.newest_open(ctx.org.id)
-        grants = await self.s.break_glass.recent(ctx.org.id)
-        emails = {m.id: m.email for m in await self.d.staff.list(ctx.org.id)}
-        now = self.s.clock.now()
+        upto = await self.alerts.newest_open(ctx.org.id)
+        grants = await self.break_glass.recent(ctx.org.id)
+        emails = {m.id: m.email for m in await self.staff.list(ctx.org.id)}
+        now = self.clock.now()
         zone = ctx.org.zone
         rows = [{"id": g["_id"], "at": fmt_time(g["created_at"], zone), "until": fmt_time(g["expires_at"], zone),
                  "active": g["expires_at"] > now, "who": emails.get(g["staff_id"], g["staff_id"]),
                  "staff_id": g["staff_id"], "thread_id": g["thread_id"], "reason": g["reason"]} for g in grants]
         # The reasons may name a client or their condition: reading them is itself recorded.
-        await self.s.audit.append(ctx.org.id, "breakglass.reasons_viewed", ctx.actor, ip=self.d.ip(request),
+        await self.audit.append(ctx.org.id, "breakglass.reasons_viewed", ctx.actor, ip=self.d.ip(request),
                                   detail={"grants": len(rows)})
         return await self.d.page(request, "staff/settings_emergency.html", status=status, grants=rows,
                                  upto=upto, error=error, reviewed=reviewed, section="emergency")
@@ -303,7 +316,7 @@ class Settings:
         if not is_id(upto):
             return await self._emergency_page(request, status=422,
                                               error="That form was not recognized. Review the page and try again.")
-        closed = await self.d.alerts.mark_reviewed(ctx.org.id, ctx.member.id, upto)
-        await self.s.audit.append(ctx.org.id, "alert.reviewed", ctx.actor, ip=self.d.ip(request),
+        closed = await self.alerts.mark_reviewed(ctx.org.id, ctx.member.id, upto)
+        await self.audit.append(ctx.org.id, "alert.reviewed", ctx.actor, ip=self.d.ip(request),
                                   detail={"alerts": closed, "upto": upto})
         return redirect("/staff/settings/emergency-access?reviewed=1")

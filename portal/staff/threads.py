@@ -21,24 +21,30 @@ would stay open to them after the grant ends); an admin must reassign it.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, tzinfo
+from collections.abc import Callable
+from datetime import datetime, tzinfo
 from typing import Any
 
 from aiohttp import web
 
 from gateway.errors import NotFound, OptedOut, PinRequired, SensitiveContent, ValidationError
 from gateway.ids import is_id
-from gateway.messaging.contacts import Contact
+from gateway.messaging.attachments import Attachments
+from gateway.messaging.contacts import Contact, Contacts
+from gateway.messaging.conversations import Conversations
 from gateway.messaging.delivery import problem_of, reason_code, reason_text
+from gateway.ports import Clock
 from gateway.rules.pin import PinDecision
 from gateway.rules.reply_route import reply_route
 from gateway.rules.secure import decide_outbound, describe
-from gateway.security.access import REASON_MAX, in_scope
-from gateway.storage.recent import FLOOR_MARGIN, oid_at, oid_time
+from gateway.security.access import REASON_MAX, BreakGlass, in_scope
+from gateway.security.audit import AuditLog
+from gateway.security.links import Links
 from gateway.storage.store import Doc
+from gateway.tenancy.staff import Staff
 from portal import attachments
-from portal.staff.common import STAFF, Deps, form_fields, redirect
-from portal.staff.contacts import pin_action
+from portal.staff.common import STAFF, Shell, form_fields, redirect
+from portal.staff.contacts import ContactAccess
 from portal.staff.inbox import fmt_time
 from portal.staff.policy import ANY_STAFF, policy
 
@@ -110,9 +116,20 @@ def link_state(link: Doc, now: datetime, thread_locked: bool = False) -> str:
 
 
 class ThreadPages:
-    def __init__(self, deps: Deps) -> None:
-        self.d = deps
-        self.s = deps.s
+    def __init__(self, shell: Shell, access: ContactAccess, *, conversations: Conversations, contacts: Contacts,
+                 links: Links, break_glass: BreakGlass, attachments: Attachments, audit: AuditLog, staff: Staff,
+                 clock: Clock, on_queued: Callable[[], None]) -> None:
+        self.d = shell
+        self.access = access
+        self.conversations = conversations
+        self.contacts = contacts
+        self.links = links
+        self.grants = break_glass
+        self.files = attachments
+        self.audit = audit
+        self.staff = staff
+        self.clock = clock
+        self.on_queued = on_queued
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -130,7 +147,7 @@ class ThreadPages:
         ctx = request[STAFF]
         tid = request.match_info["id"]
         try:
-            return await self.s.conversations.get_thread(ctx.org.id, tid)
+            return await self.conversations.get_thread(ctx.org.id, tid)
         except NotFound:
             raise await self.d.deny(request, "thread", tid) from None
 
@@ -144,7 +161,7 @@ class ThreadPages:
         thread = await self._lookup(request)
         if in_scope(ctx.org.policy, ctx.member, thread):
             return thread
-        grant = await self.s.break_glass.active(ctx.org.id, ctx.member.id, thread["_id"])
+        grant = await self.grants.active(ctx.org.id, ctx.member.id, thread["_id"])
         if grant is None:
             raise await self._refuse(request, thread)
         request[EMERGENCY] = grant
@@ -153,7 +170,7 @@ class ThreadPages:
     async def _refuse(self, request: web.Request, thread: Doc) -> web.HTTPException:
         """Audit the out-of-scope request; return the 403 (the break-glass page) to raise."""
         ctx = request[STAFF]
-        await self.s.audit.append(ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=self.d.ip(request),
+        await self.audit.append(ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=self.d.ip(request),
                                   thread_id=thread["_id"],
                                   detail={"object": "thread", "reason": "scope", "route": request.path[:200]})
         page = await self._break_glass_page(request, thread, status=403)
@@ -163,7 +180,7 @@ class ThreadPages:
     async def _refuse_assign(self, request: web.Request, thread: Doc) -> web.HTTPException:
         """Audit an assignment attempted under a break-glass grant; return the 403 to raise."""
         ctx = request[STAFF]
-        await self.s.audit.append(ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=self.d.ip(request),
+        await self.audit.append(ctx.org.id, "authz.deny", ctx.actor, outcome="denied", ip=self.d.ip(request),
                                   thread_id=thread["_id"], detail={"object": "thread", "reason": "breakglass_assign",
                                                                    "route": request.path[:200]})
         page = await self.d.page(request, "staff/break_glass_assign.html", status=403, thread_id=thread["_id"])
@@ -184,18 +201,18 @@ class ThreadPages:
         thread = await self._lookup(request)
         url = f"/staff/threads/{thread['_id']}"
         if in_scope(ctx.org.policy, ctx.member, thread) or \
-                await self.s.break_glass.active(ctx.org.id, ctx.member.id, thread["_id"]):
+                await self.grants.active(ctx.org.id, ctx.member.id, thread["_id"]):
             return redirect(url)  # open to them already: no emergency, no grant
         reason = (await form_fields(request)).get("reason", "")
         try:
-            await self.s.break_glass.grant(ctx.org, ctx.actor, thread, reason, ip=self.d.ip(request))
+            await self.grants.grant(ctx.org, ctx.actor, thread, reason, ip=self.d.ip(request))
         except ValidationError as err:
             return await self._break_glass_page(request, thread, status=422, reason=reason[:REASON_MAX * 2],
                                                 error=err.message)
         return redirect(url)
 
     async def _contact(self, request: web.Request, thread: Doc) -> Contact:
-        return await self.s.contacts.get(request[STAFF].org.id, thread["contact_id"])
+        return await self.contacts.get(request[STAFF].org.id, thread["contact_id"])
 
     # -- view -------------------------------------------------------------------------------
     @policy(*ANY_STAFF)
@@ -213,12 +230,14 @@ class ThreadPages:
         # The reads that need only the thread go out together (each is a round trip to the
         # database; the page waits for the slowest instead of their sum).
         (contact, info), docs, links, staff, activity_entries, pin_locked = await asyncio.gather(
-            self.s.contacts.get_revealed(org.id, thread["contact_id"], ("name", "phone", "email")),
-            self.s.conversations.latest_messages(org.id, thread["_id"], limit=MESSAGES + 1, before=before),
-            self._links(org.id, thread["_id"]),
-            self.d.staff.directory(org.id),
-            self._activity_entries(org.id, thread["_id"]),
-            self.s.links.thread_locked_for(org.id, thread["_id"], thread["contact_id"]),
+            self.contacts.get_revealed(org.id, thread["contact_id"], ("name", "phone", "email")),
+            self.conversations.latest_messages(org.id, thread["_id"], limit=MESSAGES + 1, before=before),
+            self.links.newest_in_thread(org.id, thread["_id"], LINKS),
+            self.staff.directory(org.id),
+            # Thread-level activity only: not the thread's message events and staff reads, whose
+            # number grows with every message and every view.
+            self.audit.thread_actions(org.id, thread["_id"], list(THREAD_LABELS), AUDIT_LIMIT),
+            self.links.thread_locked_for(org.id, thread["_id"], thread["contact_id"]),
         )
         earlier = docs[1]["_id"] if len(docs) > MESSAGES else None
         docs = docs[-MESSAGES:]
@@ -226,14 +245,14 @@ class ThreadPages:
         ids = [d["_id"] for d in docs]
         # Then those that need the messages; the view is audited before the page goes out.
         message_entries, files, _ = await asyncio.gather(
-            self._message_entries(org.id, ids),
-            attachments.for_messages(self.s.attachments, org.id, attachments.may_have_files(docs)),
-            self.s.conversations.mark_read(org.id, thread["_id"], ctx.actor, self.d.ip(request), count=len(docs),
+            self.audit.for_messages(org.id, ids, AUDIT_LIMIT),
+            attachments.for_messages(self.files, org.id, attachments.may_have_files(docs)),
+            self.conversations.mark_read(org.id, thread["_id"], ctx.actor, self.d.ip(request), count=len(docs),
                                            unread=int(thread.get("unread_staff") or 0),
                                            grant_id=grant["_id"] if grant else None),
         )
         timeline, activity = self._timeline(docs, [*message_entries, *activity_entries], emails, org.zone)
-        now = self.s.clock.now()
+        now = self.clock.now()
         name = info.get("name") or contact.phone_hint or contact.email_hint or "Contact"
         messages = [{
             "id": d["_id"], "text": d["text"], "inbound": d["direction"] == "inbound",
@@ -255,7 +274,7 @@ class ThreadPages:
         } for lk in links]
         # What the reply box starts at, by the same rule the send will apply (gateway/rules/secure.py).
         secure_now = decide_outbound(org.policy, message=draft_secure, thread_secure=bool(thread.get("secure")))
-        pin = self.s.conversations.pin_in_force(org, thread, contact)
+        pin = self.conversations.pin_in_force(org, thread, contact)
         return await self.d.page(
             request, "staff/thread.html", status=status, thread=thread, contact=contact, info=info, name=name,
             messages=messages, links=link_rows, staff=[m for m in staff if not m.disabled],
@@ -270,34 +289,12 @@ class ThreadPages:
             delivery_problem=problem_of(thread),
         )
 
-    async def _links(self, org_id: str, thread_id: str) -> list[Doc]:
-        """The thread's newest links (ids are ObjectId hex: one window of (org_id, thread_id, _id))."""
-        created = oid_time(thread_id)
-        return await self.s.conversations.recent.newest(
-            self.s.store.links, {"org_id": org_id, "thread_id": thread_id}, "_id", limit=LINKS, order=[("_id", -1)],
-            key=("links", thread_id), now=datetime.now(UTC), floor=created - FLOOR_MARGIN if created else None,
-            bound=oid_at, at_of=lambda d: oid_time(d["_id"]) or datetime.now(UTC),
-        )
-
     @staticmethod
     def _author(d: Doc, emails: dict[str, str]) -> str:
         author = d.get("author") or {}
         if author.get("kind") == "staff":
             return emails.get(author.get("id") or "", "Staff")
         return {"api": "Integration (API)", "system": "System"}.get(author.get("kind", ""), "Staff")
-
-    async def _message_entries(self, org_id: str, ids: list[str]) -> list[Doc]:
-        """Audit entries naming the messages shown: (org_id, message_id, seq), one lookup each."""
-        if not ids:
-            return []
-        return await self.s.store.audit.find({"org_id": org_id, "message_id": {"$in": ids}}).sort(
-            "seq", 1).limit(AUDIT_LIMIT).to_list(None)
-
-    async def _activity_entries(self, org_id: str, thread_id: str) -> list[Doc]:
-        """Thread-level activity only, by (org_id, thread_id, action, seq): not the thread's message
-        events and staff reads, whose number grows with every message and every view."""
-        query = {"org_id": org_id, "thread_id": thread_id, "action": {"$in": list(THREAD_LABELS)}}
-        return await self.s.store.audit.find(query).sort("seq", -1).limit(AUDIT_LIMIT).to_list(None)
 
     def _timeline(self, docs: list[Doc], audit_entries: list[Doc], emails: dict[str, str], zone: tzinfo
                   ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
@@ -358,11 +355,11 @@ class ThreadPages:
         ctx = request[STAFF]
         thread = await self._thread(request)
         aid = request.match_info["attachment_id"]
-        doc = await self.s.attachments.find(ctx.org.id, thread["_id"], aid)
+        doc = await self.files.find(ctx.org.id, thread["_id"], aid)
         if doc is None:
             raise await self.d.deny(request, "attachment", aid)
-        response = await attachments.download(self.s.attachments, doc)
-        await self.s.audit.append(ctx.org.id, "attachment.viewed", ctx.actor, ip=self.d.ip(request),
+        response = await attachments.download(self.files, doc)
+        await self.audit.append(ctx.org.id, "attachment.viewed", ctx.actor, ip=self.d.ip(request),
                                   thread_id=thread["_id"], message_id=doc["message_id"],
                                   contact_id=thread["contact_id"], detail={"attachment_id": doc["_id"]})
         return response
@@ -379,7 +376,7 @@ class ThreadPages:
         chosen = form.get("secure") == "1"
         confirmed = form.get("confirm_sensitive") == "1"
         try:
-            sent = await self.s.conversations.reply_staff(ctx.org, thread["_id"], body=body, actor=ctx.actor,
+            sent = await self.conversations.reply_staff(ctx.org, thread["_id"], body=body, actor=ctx.actor,
                                                           secure=chosen, allow_sensitive=confirmed)
         except SensitiveContent as err:
             return await self._render(request, thread, status=422, draft=body, warning=err.kinds, draft_secure=False)
@@ -390,7 +387,7 @@ class ThreadPages:
             channel = "SMS" if err.args and err.args[0] == "sms" else "email"
             return await self._render(request, thread, status=422, draft=body, draft_secure=chosen,
                                       error=f"This contact has opted out of {channel}.")
-        self.d.on_queued()
+        self.on_queued()
         return redirect(f"/staff/threads/{thread['_id']}#m-{sent.message['_id']}")
 
     # -- thread actions -----------------------------------------------------------------------
@@ -411,12 +408,12 @@ class ThreadPages:
             assignee = None
         else:
             try:
-                if not is_id(value) or (await self.d.staff.get(ctx.org.id, value)).disabled:
+                if not is_id(value) or (await self.staff.get(ctx.org.id, value)).disabled:
                     raise NotFound("staff")
             except NotFound:
                 raise await self.d.deny(request, "staff", value) from None
             assignee = value
-        updated = await self.s.conversations.assign(ctx.org.id, thread["_id"], assignee, ctx.actor)
+        updated = await self.conversations.assign(ctx.org.id, thread["_id"], assignee, ctx.actor)
         if not in_scope(ctx.org.policy, ctx.member, updated):
             return redirect("/staff/")  # handed to a colleague: no longer theirs to open
         return redirect(f"/staff/threads/{thread['_id']}")
@@ -426,7 +423,7 @@ class ThreadPages:
         ctx = request[STAFF]
         thread = await self._thread(request)
         value = (await form_fields(request)).get("status", "")
-        await self.s.conversations.set_status(ctx.org.id, thread["_id"], value, ctx.actor)
+        await self.conversations.set_status(ctx.org.id, thread["_id"], value, ctx.actor)
         return redirect(f"/staff/threads/{thread['_id']}")
 
     @policy(*ANY_STAFF)
@@ -436,14 +433,13 @@ class ThreadPages:
         link_id, action = request.match_info["link_id"], request.match_info["action"]
         if action not in ("unlock", "revoke", "reissue"):
             raise web.HTTPNotFound()
-        link = await self.s.store.links.find_one({"_id": link_id, "org_id": ctx.org.id, "thread_id": thread["_id"]}
-                                                 ) if is_id(link_id) else None
+        link = await self.links.in_thread(ctx.org.id, thread["_id"], link_id) if is_id(link_id) else None
         if link is None:
             raise await self.d.deny(request, "link", link_id)
         if action == "unlock":
-            await self.s.links.unlock(ctx.org.id, link_id, ctx.actor)
+            await self.links.unlock(ctx.org.id, link_id, ctx.actor)
         elif action == "revoke":
-            await self.s.links.revoke(ctx.org.id, link_id, ctx.actor)
+            await self.links.revoke(ctx.org.id, link_id, ctx.actor)
         else:
             await self._reissue(request, thread, link)
         return redirect(f"/staff/threads/{thread['_id']}#links")
@@ -454,26 +450,26 @@ class ThreadPages:
         contact = await self._contact(request, thread)
         # Asked before the old link is revoked: a refused re-issue leaves the client what they had.
         channel = reply_route(contact, thread_channel=thread.get("channel")).channel
-        permission = await self.s.conversations.notice_permission(ctx.org, contact, thread["_id"], channel)
+        permission = await self.conversations.notice_permission(ctx.org, contact, thread["_id"], channel)
         if permission.reason == "pin_required":
             raise ValidationError("link", PIN_REQUIRED + " No new link was sent", code="pin_required")
-        if self.s.links.usable(link):
-            await self.s.links.revoke(ctx.org.id, link["_id"], ctx.actor)
-        new_id = await self.s.conversations.send_link_notice(
+        if self.links.usable(link):
+            await self.links.revoke(ctx.org.id, link["_id"], ctx.actor)
+        new_id = await self.conversations.send_link_notice(
             ctx.org, contact, thread["_id"], channel=channel, template="link_renewal",
             message_id=link.get("message_id"))
         if new_id is None:
             raise ValidationError("link", f"the contact has opted out of {channel}; no new link was sent")
-        await self.s.audit.append(ctx.org.id, "link.reissued", ctx.actor, ip=self.d.ip(request),
+        await self.audit.append(ctx.org.id, "link.reissued", ctx.actor, ip=self.d.ip(request),
                                   thread_id=thread["_id"], link_id=new_id, message_id=link.get("message_id"),
                                   contact_id=contact.id, detail={"replaces": link["_id"]})
-        self.d.on_queued()
+        self.on_queued()
 
     @policy(*ANY_STAFF)
     async def pin(self, request: web.Request) -> web.Response:
         thread = await self._thread(request)
         contact = await self._contact(request, thread)
-        generated = await pin_action(self.d, request, contact, await form_fields(request), thread=thread)
+        generated = await self.access.pin_action(request, contact, await form_fields(request), thread=thread)
         if generated:
             return await self._render(request, thread, generated_pin=generated)
         return redirect(f"/staff/threads/{thread['_id']}#pin")

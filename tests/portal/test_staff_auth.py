@@ -8,10 +8,11 @@ from dataclasses import replace
 import pyotp
 from aiohttp import web
 
+from gateway.runtime.app import staff_collaborators
 from gateway.security.staff_auth import DEFAULT_RULES, LoginThrottle
 from gateway.tenancy.orgs import Orgs
 from gateway.tenancy.staff import Staff
-from portal.staff.common import Deps
+from portal.staff import staff_shell
 from tests.portal.test_staff_support import (
     COOKIE,
     PASSWORD,
@@ -57,10 +58,10 @@ async def test_login_success_redirects_to_inbox_with_a_strict_httponly_cookie(gw
 async def test_https_gateway_uses_a_host_prefixed_secure_cookie(gw):
     config = gw.services.config
     https = replace(config, server=replace(config.server, public_url="https://hushlink.example"))
-    deps = Deps(replace(gw.services, config=https), lambda: None)
-    assert deps.cookie == "__Host-hl_staff" and deps.secure_cookie is True
+    shell = staff_shell(staff_collaborators(replace(gw.services, config=https), gw.runtime.delivery))
+    assert shell.cookie == "__Host-hl_staff" and shell.secure_cookie is True
     response = web.Response()
-    deps.set_cookie(response, "value")
+    shell.set_cookie(response, "value")
     raw = response.cookies["__Host-hl_staff"].output(header="")
     assert raw.strip().startswith("__Host-hl_staff=value;")
     for attribute in ("HttpOnly", "Path=/", "SameSite=Strict", "Secure"):

@@ -7,8 +7,8 @@ import json
 
 from aiohttp import web
 
-from portal.staff.auth import StaffAuth
-from portal.staff.common import Deps
+from gateway.runtime.app import staff_collaborators
+from portal.staff import staff_auth, staff_shell
 from portal.staff.live import LiveUpdates
 from portal.staff.policy import staff_guard
 from tests.portal.test_staff_support import COOKIE, signed_in
@@ -68,10 +68,11 @@ async def test_stream_does_not_extend_the_idle_timeout(gw):
 
 
 async def _poll_app(gw, aiohttp_client, **kw):
-    deps = Deps(gw.services, lambda: None)
-    auth = StaffAuth(deps)
-    app = web.Application(middlewares=[staff_guard(deps, auth.context)])
-    LiveUpdates(deps, change_streams=False, **kw).add_routes(app)
+    c = staff_collaborators(gw.services, gw.runtime.delivery)
+    shell = staff_shell(c)
+    app = web.Application(middlewares=[staff_guard(shell, c.audit, staff_auth(c, shell).context)])
+    LiveUpdates(shell, queries=c.queries, break_glass=c.break_glass, sessions=c.sessions, clock=c.clock,
+                change_streams=False, **kw).add_routes(app)
     return await aiohttp_client(app)
 
 

@@ -7,10 +7,10 @@ import pytest
 from aiohttp import web
 
 from gateway.ids import new_id
+from gateway.runtime.app import staff_collaborators
 from gateway.security.api_keys import ApiKeys
 from gateway.security.audit import SYSTEM
-from portal.staff import PREFIX
-from portal.staff.common import Deps
+from portal.staff import PREFIX, staff_shell
 from portal.staff.policy import policy, policy_of, staff_guard, unguarded_routes
 from tests.portal.test_staff_support import Browser, audit_entries, csrf_of, make_staff, signed_in
 from tests.support.harness import CLIENT_PHONE
@@ -45,7 +45,7 @@ async def test_every_staff_route_declares_a_policy(gw):
 
 async def test_guard_refuses_a_route_without_policy(gw, aiohttp_client):
     """A route someone forgot to annotate is refused, even for a signed-in admin."""
-    deps = Deps(gw.services, lambda: None)
+    shell = staff_shell(staff_collaborators(gw.services, gw.runtime.delivery))
 
     async def ctx_loader(request, touch):
         raise AssertionError("never consulted for an unannotated route")
@@ -57,7 +57,7 @@ async def test_guard_refuses_a_route_without_policy(gw, aiohttp_client):
     async def declared(request):
         return web.Response(text="ok")
 
-    app = web.Application(middlewares=[staff_guard(deps, ctx_loader)])
+    app = web.Application(middlewares=[staff_guard(shell, gw.services.audit, ctx_loader)])
     app.router.add_get("/forgot", forgot)
     async def sign_in_page(request):
         return web.Response(text="public page")
