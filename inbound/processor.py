@@ -4,10 +4,11 @@ Leases live in MongoDB (gateway/storage/leases.py; the event reads and writes in
 gateway/storage/intake.py), so any number of worker processes can run this. A
 handler must be idempotent: a crash after any step re-runs the whole event safely.
 
-Under backlog the worker hands over whole batches. A handler with a `batch` method processes the
-common case of a batch in bulk and returns what it finished plus the events it leaves to the
-one-by-one path (anything unusual); those, and a whole batch whose bulk step failed, then run
-exactly as single events would (every step is idempotent, so re-running part of a batch is safe).
+Under backlog the worker hands over whole batches; a single event is a batch of one and takes
+the same path. A handler with a `batch` method processes the common case in bulk and returns what
+it finished plus the events it leaves to its per-event path (anything unusual); those, and a whole
+batch whose bulk step failed, then run one by one (every step is idempotent, so re-running part of
+a batch is safe).
 
 One sender's events are handled in the order they arrived (by `received_at`, then by id: ids are
 ObjectIds, which one process makes in increasing order), whichever worker claims them: a "YES"
@@ -128,7 +129,7 @@ class InboundProcessor:
     async def _process_kind(self, kind: str, group: list[Doc]) -> None:
         batch = self._batch_handlers.get(kind)
         rest = group
-        if batch is not None and len(group) > 1:
+        if batch is not None:  # a single event is a batch of one: the same path
             try:
                 done, rest = await batch(group)
             except Exception as err:  # the one-by-one path re-runs each and accounts for its failure

@@ -487,3 +487,38 @@ async def test_a_bug_met_by_one_document_does_not_stop_the_worker(store: Store, 
     finally:
         stop.set()
         await task
+
+
+class BothPaths:
+    """A handler that records which of its paths ran: every event is done by `batch`."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.single = 0
+
+    async def __call__(self, event: Doc) -> str:
+        self.single += 1
+        return "done"
+
+    async def batch(self, events: list[Doc]) -> tuple[list[object], list[Doc]]:
+        self.batches.append(len(events))
+        return [e["_id"] for e in events], []
+
+
+async def test_a_single_event_is_a_batch_of_one(
+        mongo_uri: str, store: Store, config: Config, keyring: Keyring, clock: FrozenClock) -> None:
+    """One code path per operation (issue 9): a lone reply goes through the same bulk step as a
+    backlog, not a separate single-event path."""
+    counted = Counted(mongo_uri, store, config, keyring, clock)
+    try:
+        s = counted.services
+        org = await s.orgs.create("Single Clinic", ORG_NUMBER)
+        handler = BothPaths()
+        processor = InboundProcessor(InboundEventQueue(s.store), s.clock, {"sms": handler}, owner="test")  # type: ignore[dict-item]
+        await counted.accept(org.id, SENDERS[0], "Just one reply")
+        assert await processor.run_once() == 1
+        assert handler.batches == [1] and handler.single == 0
+        event = await s.store.inbound_events.find_one({})
+        assert event is not None and event["state"] == "done" and "payload" not in event
+    finally:
+        await counted.client.close()
