@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import UpdateOne
@@ -135,8 +135,12 @@ class Send:
 class Delivery:
     """Applies provider statuses to messages and keeps each thread's failure mark."""
 
-    def __init__(self, store: Store, contacts: Contacts, audit: AuditLog, clock: Clock) -> None:
+    def __init__(self, store: Store, contacts: Contacts, audit: AuditLog, clock: Clock, *,
+                 keep_done_days: int) -> None:
         self._store = store
+        # A stored callback is removed this long after it arrived (TTL on expire_at,
+        # gateway/storage/store.py), the same window as the outbox job it names ([outbox] keep_done_days).
+        self._keep_events = timedelta(days=keep_done_days)
         self._contacts = contacts
         self._audit = audit
         self._clock = clock
@@ -173,7 +177,7 @@ class Delivery:
         try:
             await self._store.delivery_events.insert_one({
                 "_id": new_id(), "provider_id": provider_id, "status": status,
-                "error_code": error_code, "at": now,
+                "error_code": error_code, "at": now, "expire_at": now + self._keep_events,
             })
         except DuplicateKeyError:
             # Twilio repeats callbacks; the first one counted. Applying is idempotent, so apply

@@ -111,7 +111,8 @@ def build_dispatcher(s: Services, sms: SmsSender, email: EmailSender | None = No
     return OutboxDispatcher(
         outbox=s.outbox, orgs=s.orgs, contacts=s.contacts, staff=s.staff,
         conversations=s.conversations, audit=s.audit,
-        delivery=delivery or Delivery(s.store, s.contacts, s.audit, s.clock), clock=s.clock,
+        delivery=delivery or Delivery(s.store, s.contacts, s.audit, s.clock,
+                                      keep_done_days=cfg.outbox.keep_done_days), clock=s.clock,
         sms=sms, email=email, settings=settings, owner=owner, rng=rng, before_work=before_work)
 
 
@@ -142,7 +143,7 @@ def build_runtime(services: Services, *, sms: SmsSender | None = None, email: Em
                                     starttls=mail.starttls, timeout=mail.timeout_seconds, dkim=dkim)
     elif isinstance(email, SandboxEmailSender):
         sandbox_mail = email
-    delivery = Delivery(s.store, s.contacts, s.audit, s.clock)
+    delivery = Delivery(s.store, s.contacts, s.audit, s.clock, keep_done_days=s.config.outbox.keep_done_days)
     files = IncomingFiles(s.store, s.vault)
     handlers = {
         "sms": SmsReplyHandler(events, s.orgs, s.contacts, s.conversations, s.outbox, s.audit,

@@ -91,8 +91,12 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("provider_id", ASCENDING)]),
         IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0),
     ],
+    # Provider status callbacks, kept to recognise a repeated one and to replay those that beat the
+    # dispatcher's write of the provider id: removed [outbox] keep_done_days after they arrived
+    # (expire_at, gateway/messaging/delivery.py), like the jobs they name.
     "delivery_events": [
         IndexModel([("provider_id", ASCENDING), ("status", ASCENDING)], unique=True),
+        IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0),
     ],
     "audit": [
         IndexModel([("org_id", ASCENDING), ("seq", ASCENDING)], unique=True),

@@ -76,7 +76,8 @@ async def test_a_refused_send_marks_the_thread_and_staff_can_dismiss_it_audited(
     sent = await gw.api_send(body="Reminder", secure=False)
     await gw.drain()
     assert (await _thread(gw, sent["thread_id"]))["delivery_problem"]["reason_code"] == "cannot_receive_sms"
-    delivery = Delivery(gw.store, gw.services.contacts, gw.services.audit, gw.clock)
+    delivery = Delivery(gw.store, gw.services.contacts, gw.services.audit, gw.clock,
+                        keep_done_days=gw.services.config.outbox.keep_done_days)
     staff = Actor("staff", "a" * 24)
     assert await delivery.dismiss(gw.org.id, sent["thread_id"], staff) is True
     assert "delivery_problem" not in await _thread(gw, sent["thread_id"])

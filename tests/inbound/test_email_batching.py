@@ -158,8 +158,10 @@ class CountedEmail(Counted):
     def __init__(self, *args: object) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
         s = self.services
+        delivery = Delivery(s.store, s.contacts, s.audit, s.clock, keep_done_days=s.config.outbox.keep_done_days)
         handler = EmailReplyHandler(self.events, s.orgs, s.contacts, s.conversations, s.reply_tokens, s.audit,
-                                    Delivery(s.store, s.contacts, s.audit, s.clock), IncomingFiles(s.store, s.vault),
+                                    delivery,
+                                    IncomingFiles(s.store, s.vault),
                                     ReplyContext(s.store))
         self.processor = InboundProcessor(InboundEventQueue(s.store), s.clock, {"email": handler}, owner="test")  # type: ignore[dict-item]
         self.scopes: list[tuple[str, str]] = []  # (token hash, the contact's address)

@@ -62,3 +62,16 @@ async def test_a_shorter_window_from_config_is_used(gw: Gateway) -> None:
     assert await build_dispatcher(services, gw.runtime.sms, owner="short").run_once() == 1
     job = await gw.store.outbox.find_one({})
     assert job is not None and job["expire_at"] == gw.clock.now() + timedelta(days=3)
+
+
+async def test_stored_status_callbacks_expire_after_the_window(gw: Gateway) -> None:
+    """A provider's status callbacks are kept to recognise repeats and to replay early ones, not
+    for ever: each carries expire_at (arrival + the window) under a TTL index."""
+    assert (await _ttl_fields(gw.store.delivery_events)).get("expire_at") == 0
+    await gw.api_send(body="Reminder", secure=False)
+    await gw.drain()
+    job = await gw.store.outbox.find_one({})
+    assert job is not None and job["provider_id"]
+    await gw.runtime.delivery.record(job["provider_id"], "delivered", None)
+    event = await gw.store.delivery_events.find_one({"provider_id": job["provider_id"]})
+    assert event is not None and event["expire_at"] == gw.clock.now() + KEEP
