@@ -91,10 +91,7 @@ SERVICES_MODULE = "gateway.runtime.services"
 KNOWN_COLLECTION_USERS: frozenset[str] = frozenset()
 # Files outside gateway/runtime/ that still import the Services bag. Remove a file when its classes
 # take explicit collaborators.
-KNOWN_SERVICES_IMPORTERS: frozenset[str] = frozenset({
-    "gateway/compliance/retention.py",
-    "gateway/compliance/subject_data.py",
-})
+KNOWN_SERVICES_IMPORTERS: frozenset[str] = frozenset()
 
 
 def _collection_names() -> frozenset[str]:

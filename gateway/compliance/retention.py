@@ -22,11 +22,11 @@ from datetime import datetime, timedelta
 
 from pymongo.errors import PyMongoError
 
-from gateway.runtime.services import Services
-from gateway.security.audit import SYSTEM
+from gateway.ports import Clock
+from gateway.security.audit import SYSTEM, AuditLog
 from gateway.storage.recent import oid_at
-from gateway.storage.store import Doc
-from gateway.tenancy.orgs import Org
+from gateway.storage.store import Doc, Store
+from gateway.tenancy.orgs import Org, Orgs
 
 logger = logging.getLogger(__name__)
 
@@ -34,71 +34,80 @@ RUN_SECONDS = 3600
 THREADS_PER_READ = 200
 
 
-async def purge_org(s: Services, org: Org) -> dict[str, int]:
-    """Remove the content the org's policy no longer keeps; returns what was removed."""
-    removed = {"messages": 0, "attachments": 0}
-    if org.policy.retention_days <= 0:
+class Retention:
+    """The purge of content past each org's retention_days (see the module docstring)."""
+
+    def __init__(self, store: Store, orgs: Orgs, audit: AuditLog, clock: Clock) -> None:
+        self._store = store
+        self._orgs = orgs
+        self._audit = audit
+        self._clock = clock
+
+    async def purge_org(self, org: Org) -> dict[str, int]:
+        """Remove the content the org's policy no longer keeps; returns what was removed."""
+        removed = {"messages": 0, "attachments": 0}
+        if org.policy.retention_days <= 0:
+            return removed
+        now = self._clock.now()
+        cutoff = now - timedelta(days=org.policy.retention_days)
+        bound = oid_at(cutoff)
+        batch: list[Doc] = []
+        async for thread in self._store.threads.find({"org_id": org.id},
+                                                     projection={"contact_id": 1, "purged_before": 1}):
+            if thread.get("purged_before", "") < bound:
+                batch.append(thread)
+            if len(batch) >= THREADS_PER_READ:
+                await self._purge_threads(org.id, batch, bound, now, removed)
+                batch = []
+        await self._purge_threads(org.id, batch, bound, now, removed)
+        if removed["messages"]:
+            await self._audit.append(org.id, "retention.purged", SYSTEM, detail={
+                **removed, "older_than": cutoff.isoformat(timespec="seconds"), "days": org.policy.retention_days})
         return removed
-    now = s.clock.now()
-    cutoff = now - timedelta(days=org.policy.retention_days)
-    bound = oid_at(cutoff)
-    batch: list[Doc] = []
-    async for thread in s.store.threads.find({"org_id": org.id}, projection={"contact_id": 1, "purged_before": 1}):
-        if thread.get("purged_before", "") < bound:
-            batch.append(thread)
-        if len(batch) >= THREADS_PER_READ:
-            await _purge_threads(s, org.id, batch, bound, now, removed)
-            batch = []
-    await _purge_threads(s, org.id, batch, bound, now, removed)
-    if removed["messages"]:
-        await s.audit.append(org.id, "retention.purged", SYSTEM, detail={
-            **removed, "older_than": cutoff.isoformat(timespec="seconds"), "days": org.policy.retention_days})
-    return removed
 
+    async def _purge_threads(self, org_id: str, threads: list[Doc], bound: str, now: datetime,
+                             removed: dict[str, int]) -> None:
+        if not threads:
+            return
+        store = self._store
+        held = {d["_id"] async for d in store.contacts.find(
+            {"org_id": org_id, "_id": {"$in": [t["contact_id"] for t in threads]}, "legal_hold": {"$ne": None}},
+            projection={"_id": 1})}
+        for thread in threads:
+            if thread["contact_id"] in held:
+                continue
+            old = [m async for m in store.messages.find(
+                {"org_id": org_id, "thread_id": thread["_id"],
+                 "_id": {"$gte": thread.get("purged_before", ""), "$lt": bound}},
+                projection={"direction": 1, "status": 1, "files": 1, "body": 1})]
+            if any(m.get("status") == "queued" for m in old):
+                continue  # a send still needs its text: the thread waits for a later run
+            content = [m["_id"] for m in old if "body" in m]
+            if content:
+                await store.messages.update_many({"org_id": org_id, "_id": {"$in": content}},
+                                                 {"$unset": {"body": ""}, "$set": {"purged_at": now}})
+                removed["messages"] += len(content)
+            files = [m["_id"] for m in old if m.get("direction") == "inbound" and m.get("files", 1)]
+            if files:
+                res = await store.attachments.delete_many({"org_id": org_id, "message_id": {"$in": files}})
+                removed["attachments"] += res.deleted_count
+            await store.threads.update_one({"_id": thread["_id"], "org_id": org_id},
+                                           {"$set": {"purged_before": bound}})
 
-async def _purge_threads(s: Services, org_id: str, threads: list[Doc], bound: str, now: datetime,
-                         removed: dict[str, int]) -> None:
-    if not threads:
-        return
-    held = {d["_id"] async for d in s.store.contacts.find(
-        {"org_id": org_id, "_id": {"$in": [t["contact_id"] for t in threads]}, "legal_hold": {"$ne": None}},
-        projection={"_id": 1})}
-    for thread in threads:
-        if thread["contact_id"] in held:
-            continue
-        old = [m async for m in s.store.messages.find(
-            {"org_id": org_id, "thread_id": thread["_id"],
-             "_id": {"$gte": thread.get("purged_before", ""), "$lt": bound}},
-            projection={"direction": 1, "status": 1, "files": 1, "body": 1})]
-        if any(m.get("status") == "queued" for m in old):
-            continue  # a send still needs its text: the thread waits for a later run
-        content = [m["_id"] for m in old if "body" in m]
-        if content:
-            await s.store.messages.update_many({"org_id": org_id, "_id": {"$in": content}},
-                                               {"$unset": {"body": ""}, "$set": {"purged_at": now}})
-            removed["messages"] += len(content)
-        files = [m["_id"] for m in old if m.get("direction") == "inbound" and m.get("files", 1)]
-        if files:
-            res = await s.store.attachments.delete_many({"org_id": org_id, "message_id": {"$in": files}})
-            removed["attachments"] += res.deleted_count
-        await s.store.threads.update_one({"_id": thread["_id"], "org_id": org_id}, {"$set": {"purged_before": bound}})
+    async def purge_all(self) -> dict[str, dict[str, int]]:
+        return {org.id: await self.purge_org(org) for org in await self._orgs.all() if org.policy.retention_days > 0}
 
-
-async def purge_all(s: Services) -> dict[str, dict[str, int]]:
-    return {org.id: await purge_org(s, org) for org in await s.orgs.all() if org.policy.retention_days > 0}
-
-
-async def run(s: Services, stop: asyncio.Event) -> None:
-    """Purge every org now and then every RUN_SECONDS, until stopped."""
-    while not stop.is_set():
-        try:
-            await purge_all(s)
-        except PyMongoError as err:
-            logger.warning("retention: database unavailable; next run later", extra={"fields": {
-                "error": type(err).__name__}})
-        except Exception:  # a bug must not end the loop for good
-            logger.exception("retention run failed")
-        try:
-            await asyncio.wait_for(stop.wait(), RUN_SECONDS)
-        except TimeoutError:
-            pass
+    async def run(self, stop: asyncio.Event) -> None:
+        """Purge every org now and then every RUN_SECONDS, until stopped."""
+        while not stop.is_set():
+            try:
+                await self.purge_all()
+            except PyMongoError as err:
+                logger.warning("retention: database unavailable; next run later", extra={"fields": {
+                    "error": type(err).__name__}})
+            except Exception:  # a bug must not end the loop for good
+                logger.exception("retention run failed")
+            try:
+                await asyncio.wait_for(stop.wait(), RUN_SECONDS)
+            except TimeoutError:
+                pass

@@ -352,7 +352,7 @@ class Contacts:
 
         Destroys the contact's data key (nothing it sealed, fields or messages, opens again), drops
         what identifies the person outside the seal (sealed fields, hints, blind indexes, PIN hash),
-        deletes its reply tokens and client sessions and revokes its links. Each step is repeatable,
+        deletes its reply tokens, client sessions and PIN guards, and revokes its links. Each step is repeatable,
         and erased_at is set last, conditionally: a call cut short is completed by the next one, and
         once erased a call returns False and changes nothing.
         """
@@ -368,6 +368,9 @@ class Contacts:
         await self._store.sessions.delete_many({"org_id": org_id, "kind": "client", "contact_id": contact_id})
         await self._store.links.update_many({"org_id": org_id, "contact_id": contact_id, "revoked_at": None},
                                             {"$set": {"revoked_at": now}})
+        # The per-thread PIN guards (gateway/security/links.py) keyed by the contact: with every link
+        # revoked they guard nothing, and they would outlive the person's record.
+        await self._store.link_guards.delete_many({"org_id": org_id, "contact_id": contact_id})
         res = await self._store.contacts.update_one(
             {"_id": contact_id, "org_id": org_id, "erased_at": None},
             {"$set": {"erased_at": now, "phone_bidx": NO_VALUE + contact_id, "email_bidx": NO_VALUE + contact_id},

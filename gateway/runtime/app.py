@@ -16,12 +16,9 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
-from gateway.compliance import retention
-from gateway.compliance.subject_data import export_contact
 from gateway.errors import ConfigError
 from gateway.messaging.alerts import StoredStaffAlerts
 from gateway.messaging.consent import StaffConsent
@@ -167,17 +164,14 @@ def build_runtime(services: Services, *, sms: SmsSender | None = None, email: Em
 def staff_collaborators(s: Services, delivery: Delivery) -> StaffCollaborators:
     """The domain services the staff portal calls (portal/staff/__init__.py hands each handler its own)."""
     alerts = StoredStaffAlerts(s.store, s.clock)  # the admins' banner reads the stored alerts
-
-    async def export(org_id: str, contact_id: str) -> dict[str, Any]:
-        return await export_contact(s, org_id, contact_id)
-
     return StaffCollaborators(
         orgs=s.orgs, staff=s.staff, sessions=s.sessions, audit=s.audit, contacts=s.contacts,
         conversations=s.conversations, links=s.links, break_glass=s.break_glass, attachments=s.attachments,
         consent=StaffConsent(s.store, s.vault, s.contacts, s.audit, s.clock), delivery=delivery,
         org_settings=OrgSettings(s.orgs, s.staff, s.sessions, s.audit), totp=Totp(s.store, s.vault, s.clock),
         throttle=LoginThrottle(s.store, s.clock), setup_tokens=SetupTokens(s.store, s.clock),
-        api_keys=ApiKeys(s.store, s.clock), alerts=alerts, queries=InboxQueries(s.store), export_contact=export,
+        api_keys=ApiKeys(s.store, s.clock), alerts=alerts, queries=InboxQueries(s.store),
+        export_contact=s.subject_data.export_contact,
         clock=s.clock, secret=s.sealer.keyring.mac_key, public_url=s.public_url, https=s.config.server.is_https,
         trusted_proxies=s.config.server.trusted_proxies,
     )
@@ -302,7 +296,7 @@ def _workers(rt: Runtime):  # type: ignore[no-untyped-def]
         tasks = [
             asyncio.create_task(rt.processor.run(rt.stop, workers), name="inbound-processor"),
             asyncio.create_task(rt.dispatcher.run(rt.stop, workers), name="outbox-dispatcher"),
-            asyncio.create_task(retention.run(rt.services, rt.stop), name="retention"),
+            asyncio.create_task(rt.services.retention.run(rt.stop), name="retention"),
         ]
         yield
         rt.stop.set()

@@ -218,17 +218,13 @@ async def admin(config: Config, args: argparse.Namespace) -> int:
                    f"user {args.user} (role {role_name(config.database.name)}, in admin): connect the gateway "
                    f"with it, authSource=admin")
         elif args.command == "purge-expired":
-            from gateway.compliance import retention
-
             orgs = [await s.orgs.get(args.org)] if args.org else await s.orgs.all()
-            purged = {org.id: await retention.purge_org(s, org) for org in orgs}
+            purged = {org.id: await s.retention.purge_org(org) for org in orgs}
             _print(args, purged, "\n".join(f"{k}: {v['messages']} messages, {v['attachments']} attachments"
                                            for k, v in purged.items()))
         elif args.command == "export-contact":
-            from gateway.compliance.subject_data import export_contact
-
             org = await s.orgs.get(args.org)
-            data = await export_contact(s, org.id, args.contact)
+            data = await s.subject_data.export_contact(org.id, args.contact)
             await s.audit.append(org.id, "contact.exported", Actor("system", "cli"), contact_id=args.contact)
             text = json.dumps(data, indent=2, ensure_ascii=False)
             if args.output:

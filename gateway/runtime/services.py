@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.compliance.retention import Retention
+from gateway.compliance.subject_data import SubjectData
 from gateway.messaging.alerts import StoredStaffAlerts
 from gateway.messaging.attachments import Attachments
 from gateway.messaging.contacts import Contacts
@@ -42,6 +44,8 @@ class Services:
     break_glass: BreakGlass
     staff: Staff
     attachments: Attachments
+    retention: Retention
+    subject_data: SubjectData
 
     @property
     def public_url(self) -> str:
@@ -68,11 +72,15 @@ def build_services(config: Config, store: Store, keyring: Keyring, clock: Clock,
     # Alerts are mailed through the outbox: every runtime has a mail sender (the SMTP relay, or the
     # sandbox shown at /sandbox when smtp.host is empty: gateway/runtime/app.py build_runtime).
     alerts = alerts if alerts is not None else StoredStaffAlerts(store, clock, outbox=outbox, staff=staff)
+    orgs = Orgs(store, clock)
+    conversations = Conversations(store, vault, contacts, links, outbox, audit, clock, reply_tokens)
     return Services(
         config=config, clock=clock, store=store, sealer=sealer, vault=vault, audit=audit,
-        orgs=Orgs(store, clock), contacts=contacts, links=links, sessions=Sessions(store, clock),
+        orgs=orgs, contacts=contacts, links=links, sessions=Sessions(store, clock),
         outbox=outbox, reply_tokens=reply_tokens, alerts=alerts,
         break_glass=BreakGlass(store, vault, audit, alerts, clock), staff=staff,
         attachments=Attachments(store, vault),
-        conversations=Conversations(store, vault, contacts, links, outbox, audit, clock, reply_tokens),
+        conversations=conversations,
+        retention=Retention(store, orgs, audit, clock),
+        subject_data=SubjectData(store, orgs, contacts, conversations, vault, clock),
     )

@@ -135,12 +135,14 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     # Staff alerts (gateway.messaging.alerts): the admins' banner counts the org's open ones.
     "alerts": [IndexModel([("org_id", ASCENDING), ("reviewed", ASCENDING), ("_id", DESCENDING)])],
+    # The per-thread PIN guards (gateway/security/links.py, looked up by _id) of one contact: their
+    # erasure deletes them and the subject export lists them (gateway/compliance/subject_data.py).
+    "link_guards": [IndexModel([("org_id", ASCENDING), ("contact_id", ASCENDING)])],
 }
 
 
-# Every collection the gateway uses: those with indexes, and these (looked up by _id only;
-# link_guards: the per-thread PIN counter and renewal cap, gateway/security/links.py).
-COLLECTIONS = frozenset(INDEXES) | {"keys", "orgs", "audit_heads", "link_guards"}
+# Every collection the gateway uses: those with indexes, and these (looked up by _id only).
+COLLECTIONS = frozenset(INDEXES) | {"keys", "orgs", "audit_heads"}
 # The audit log lives in a database of its own, "<name>_audit": the gateway's database user may only
 # append to it (gateway/storage/db_roles.py), and a database, unlike a collection, is a boundary that every
 # server enforces for a role's privileges (SecantusDB matches custom-role privileges by database).

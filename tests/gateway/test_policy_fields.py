@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.compliance import retention
 from gateway.tenancy.orgs import OrgPolicy
 from tests.portal.test_break_glass import break_glass, scene
 from tests.portal.test_client_portal import PIN, WRONG, open_session, post_open, renew, send_secure, thread_page
@@ -159,10 +158,10 @@ async def retention_days(gw: Gateway) -> None:
         resp = await gw.client.get(f"/api/v1/threads/{sent['thread_id']}/messages", headers=gw.auth())
         return [m["body"] for m in (await resp.json())["messages"]]
 
-    await retention.purge_all(gw.services)  # what serve runs every hour
+    await gw.services.retention.purge_all()  # what serve runs every hour
     assert await bodies() == ["Your results are ready."]  # 0 (the default) keeps content
     await _set(gw, retention_days=30)
-    await retention.purge_all(gw.services)
+    await gw.services.retention.purge_all()
     assert await bodies() == [None]
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from gateway.compliance import retention
 from gateway.errors import ValidationError
 from gateway.messaging.incoming_files import IncomingFile, seal_attachments
 from gateway.storage.recent import oid_at
@@ -76,7 +75,7 @@ async def bodies(gw: Gateway, thread_id: str) -> list[str | None]:
 async def test_content_past_retention_is_removed_and_the_records_stay(gw: Gateway) -> None:
     ids = await aged_conversations(gw)
     before = await gw.store.messages.count_documents({"org_id": gw.org.id})
-    removed = await retention.purge_org(gw.services, await gw.services.orgs.get(gw.org.id))
+    removed = await gw.services.retention.purge_org(await gw.services.orgs.get(gw.org.id))
     assert removed == {"messages": 2, "attachments": 1}
 
     # The old text and the photo are gone from the database; the newer message is intact.
@@ -110,13 +109,13 @@ async def test_content_past_retention_is_removed_and_the_records_stay(gw: Gatewa
 async def test_a_later_run_reads_only_what_aged_since(gw: Gateway) -> None:
     ids = await aged_conversations(gw)
     org = await gw.services.orgs.get(gw.org.id)
-    await retention.purge_org(gw.services, org)
+    await gw.services.retention.purge_org(org)
     mark = (await gw.store.threads.find_one({"_id": ids["thread"]}))["purged_before"]
-    assert await retention.purge_org(gw.services, org) == {"messages": 0, "attachments": 0}
+    assert await gw.services.retention.purge_org(org) == {"messages": 0, "attachments": 0}
     assert len(await audit_entries(gw, "retention.purged")) == 1  # nothing removed: no entry
     # Another 40 days: today's message ages out too, and the thread's mark moves on.
     gw.clock.advance(days=40)
-    assert await retention.purge_org(gw.services, org) == {"messages": 1, "attachments": 0}
+    assert await gw.services.retention.purge_org(org) == {"messages": 1, "attachments": 0}
     assert await bodies(gw, ids["thread"]) == [None, None, None]
     assert (await gw.store.threads.find_one({"_id": ids["thread"]}))["purged_before"] > mark
     assert await bodies(gw, ids["held_thread"]) == [HELD_SECRET, "canary-r6f2 held, today"]
@@ -128,7 +127,7 @@ async def test_a_send_still_queued_keeps_its_text(gw: Gateway) -> None:
     sent = await gw.api_send(to={"phone": CLIENT_PHONE}, body=OLD_SECRET, secure=True)  # not drained: queued
     await asyncio.sleep(1.1)
     gw.clock.advance(days=40)
-    assert await retention.purge_org(gw.services, await gw.services.orgs.get(gw.org.id)) == {
+    assert await gw.services.retention.purge_org(await gw.services.orgs.get(gw.org.id)) == {
         "messages": 0, "attachments": 0}
     assert await bodies(gw, sent["thread_id"]) == [OLD_SECRET]
 
@@ -138,7 +137,7 @@ async def test_no_retention_keeps_everything(gw: Gateway) -> None:
     sent = await gw.api_send(to={"phone": CLIENT_PHONE}, body=OLD_SECRET, secure=True)
     await gw.drain()
     gw.clock.advance(days=4000)
-    assert await retention.purge_all(gw.services) == {}
+    assert await gw.services.retention.purge_all() == {}
     assert await bodies(gw, sent["thread_id"]) == [OLD_SECRET]
 
 

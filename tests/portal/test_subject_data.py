@@ -13,7 +13,10 @@ from typing import Any
 
 import jsonschema
 
+from gateway.messaging.consent import StaffConsent
+from gateway.security.audit import Actor
 from tests.inbound.test_mms import send_mms
+from tests.portal.test_client_portal import WRONG, csrf_of, post_open, send_secure
 from tests.portal.test_staff_support import audit_entries, signed_in
 from tests.support.harness import CLIENT_PHONE, Gateway, point_cli_at, run_cli
 
@@ -154,9 +157,8 @@ async def test_a_legal_hold_blocks_erasure_until_it_is_released(gw: Gateway) -> 
 async def test_an_erased_subject_exports_what_is_left_and_nothing_opens(gw: Gateway) -> None:
     ids = await two_subjects(gw)
     assert await gw.services.contacts.erase(gw.org.id, ids["a"])
-    from gateway.compliance.subject_data import export_contact
 
-    data = await export_contact(gw.services, gw.org.id, ids["a"])
+    data = await gw.services.subject_data.export_contact(gw.org.id, ids["a"])
     validate_export(data)
     assert data["contact"]["erased_at"] and data["contact"]["name"] is None and data["contact"]["phone"] is None
     assert data["messages"] and all(m["body"] is None for m in data["messages"])
@@ -177,3 +179,55 @@ async def test_the_cli_writes_the_export_to_a_file_only_its_owner_can_read(gw: G
     assert [e["actor"] for e in await audit_entries(gw, "contact.exported")] == [{"kind": "system", "id": "cli"}]
     assert await run_cli(["admin", "export-contact", "--org", gw.org.id, "--contact", "0" * 24]) == 1
 
+
+
+CONSENT_NOTE = "canary-c3n0 client phoned from the hospital, asked to pause texts"
+
+
+async def guessed_and_noted(gw: Gateway) -> dict[str, Any]:
+    """Contact A: a secure message whose link took two wrong PINs, and a staff opt-out with a note;
+    contact B: a wrong PIN on a link of their own."""
+    a, token_a = await send_secure(gw)
+    b, _ = await send_secure(gw, to={"phone": B_PHONE})
+    token_b = gw.last_link_token(B_PHONE)
+    for token, tries in ((token_a, 2), (token_b, 1)):
+        csrf = csrf_of(await (await gw.client.get(f"/s/{token}")).text())
+        for _ in range(tries):
+            assert (await post_open(gw, token, csrf, pin=WRONG)).status == 401
+    s = gw.services
+    contact_a = await s.contacts.by_phone(gw.org.id, CLIENT_PHONE)
+    contact_b = await s.contacts.by_phone(gw.org.id, B_PHONE)
+    assert contact_a is not None and contact_b is not None
+    consent = StaffConsent(gw.store, s.vault, s.contacts, s.audit, s.clock)
+    assert await consent.change(contact_a, channel="sms", state="opted_out", reason="other", note=CONSENT_NOTE,
+                                actor=Actor("staff", "a" * 24))
+    return {"a": contact_a.id, "b": contact_b.id, "a_thread": a["thread_id"], "b_thread": b["thread_id"]}
+
+
+async def test_the_export_shows_the_pin_guard_counters_and_the_staff_consent_notes(gw: Gateway) -> None:
+    ids = await guessed_and_noted(gw)
+    data = await gw.services.subject_data.export_contact(gw.org.id, ids["a"])
+    validate_export(data)
+    assert data["link_guards"] == [{"thread_id": ids["a_thread"], "pin_failures": 2, "locked_at": None,
+                                    "renewals": 0, "renewals_since": None}]
+    (note,) = data["contact"]["consent_notes"]
+    assert (note["channel"], note["state"], note["reason"], note["by"], note["note"]) == (
+        "sms", "opted_out", "other", "a" * 24, CONSENT_NOTE)
+    assert ids["b_thread"] not in json.dumps(data)
+
+
+async def test_erasure_deletes_the_contacts_pin_guards_and_the_notes_no_longer_open(gw: Gateway) -> None:
+    ids = await guessed_and_noted(gw)
+    assert await gw.store.link_guards.count_documents({"org_id": gw.org.id, "contact_id": ids["a"]}) == 1
+    assert await gw.services.contacts.erase(gw.org.id, ids["a"])
+
+    assert await gw.store.link_guards.count_documents({"contact_id": ids["a"]}) == 0
+    # The other contact's guard still counts their wrong PIN.
+    (other,) = await gw.store.link_guards.find({"contact_id": ids["b"]}).to_list(None)
+    assert other["failures"] == 1
+    data = await gw.services.subject_data.export_contact(gw.org.id, ids["a"])
+    validate_export(data)
+    assert data["link_guards"] == []
+    (note,) = data["contact"]["consent_notes"]
+    assert note["note"] is None and note["reason"] == "other"
+    assert CONSENT_NOTE not in json.dumps(data)
