@@ -8,7 +8,9 @@ from datetime import datetime
 
 from pymongo.errors import DuplicateKeyError
 
+from gateway.ids import ContactId, MessageId, OrgId, ThreadId
 from gateway.messaging.contacts import Contact, Contacts
+from gateway.messaging.records import Message, stored
 from gateway.messaging.threads import CHANNELS, NEUTRAL_PREVIEW, Threads, inbound_activity
 from gateway.ports import Clock
 from gateway.rules.secure import SecureSource
@@ -53,9 +55,9 @@ class InboundRecorder:
         if thread is None:
             thread = await self._threads.thread_for(org.id, contact.id, channel)
         now = self._clock.now()
-        message = await self._inbound_doc(org, contact, thread, now, message_id=message_id, channel=channel,
-                                          body=body, provider_id=provider_id, secure=secure, flags=flags,
-                                          author_kind=author_kind, files=files, secure_source=secure_source)
+        message = stored(await self._inbound_doc(
+            org, contact, thread, now, message_id=message_id, channel=channel, body=body, provider_id=provider_id,
+            secure=secure, flags=flags, author_kind=author_kind, files=files, secure_source=secure_source))
         try:
             await self._store.messages.insert_one(message)
         except DuplicateKeyError:
@@ -79,10 +81,10 @@ class InboundRecorder:
         if not items:
             return []
         now = self._clock.now()
-        messages = [await self._inbound_doc(org, it.contact, it.thread, now, message_id=it.message_id,
-                                            channel=channel, body=it.body, provider_id=it.provider_id,
-                                            secure=it.secure, flags=it.flags, author_kind="contact",
-                                            secure_source=it.secure_source)
+        messages = [stored(await self._inbound_doc(org, it.contact, it.thread, now, message_id=it.message_id,
+                                                   channel=channel, body=it.body, provider_id=it.provider_id,
+                                                   secure=it.secure, flags=it.flags, author_kind="contact",
+                                                   secure_source=it.secure_source))
                     for it in items]
         # A message stored before (its id is the event's) is one an earlier run recorded.
         new = await insert_new(self._store.messages, messages)
@@ -106,9 +108,10 @@ class InboundRecorder:
         self, org: Org, contact: Contact, thread: Doc, now: datetime, *, message_id: str, channel: str, body: str,
         provider_id: str | None, secure: bool, flags: list[str] | None, author_kind: str, files: int = 0,
         secure_source: SecureSource | None = None,
-    ) -> Doc:
+    ) -> Message:
         return {
-            "_id": message_id, "org_id": org.id, "thread_id": thread["_id"], "contact_id": contact.id,
+            "_id": MessageId(message_id), "org_id": OrgId(org.id), "thread_id": ThreadId(thread["_id"]),
+            "contact_id": ContactId(contact.id),
             "direction": "inbound", "channel": channel, "author": {"kind": author_kind, "id": contact.id},
             "secure": secure, "secure_source": secure_source or "thread",
             "body": await self._vault.seal(contact.dek_id, org.id, "messages", message_id, "body", body),

@@ -11,9 +11,10 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from gateway.errors import Conflict, OptedOut, PinRequired, ValidationError
-from gateway.ids import new_id
+from gateway.ids import ContactId, MessageId, OrgId, ThreadId, new_id
 from gateway.messaging.contacts import Contact, Contacts
 from gateway.messaging.outbox import Outbox
+from gateway.messaging.records import Message, stored
 from gateway.messaging.reply_tokens import ReplyTokens
 from gateway.messaging.threads import CHANNELS, NEUTRAL_PREVIEW, Threads
 from gateway.ports import Clock
@@ -141,18 +142,19 @@ class Sender:
         check_standard_content(text, decision, org.policy, allow_sensitive=allow_sensitive)
         thread = found if found is not None else await self._threads.thread_for(org.id, contact.id, channel)
         now = self._clock.now()
-        mid = new_id()
-        message: Doc = {
-            "_id": mid, "org_id": org.id, "thread_id": thread["_id"], "contact_id": contact.id,
+        mid = MessageId(new_id())
+        message: Message = {
+            "_id": mid, "org_id": OrgId(org.id), "thread_id": ThreadId(thread["_id"]),
+            "contact_id": ContactId(contact.id),
             "direction": "outbound", "channel": channel, "author": {"kind": actor.kind, "id": actor.id},
             "secure": is_secure, "secure_source": decision.source,
             "body": await self._vault.seal(contact.dek_id, org.id, "messages", mid, "body", text),
             "preview": NEUTRAL_PREVIEW["outbound"], "status": "queued",
             "status_history": [{"status": "queued", "at": now}], "provider_id": None,
             "link_id": None, "created_at": now,
+            # Unique per org; a placeholder when absent (gateway/storage/store.py: no partial indexes).
+            "idempotency_key": "k:" + idempotency_key if idempotency_key is not None else "none:" + mid,
         }
-        # Unique per org; a placeholder when absent (gateway/storage/store.py: no partial indexes).
-        message["idempotency_key"] = "k:" + idempotency_key if idempotency_key is not None else "none:" + mid
         link_doc, token = None, None
         if pin_rule is not None:
             link_doc, token = self._links.new(
@@ -179,7 +181,7 @@ class Sender:
         for attempt in range(TXN_ATTEMPTS):
             try:
                 async with self._store.transaction() as session:
-                    await self._store.messages.insert_one(message, session=session)
+                    await self._store.messages.insert_one(stored(message), session=session)
                     if link_doc is not None:
                         await self._links.insert(link_doc, session=session)
                     if reply_doc is not None:
@@ -205,7 +207,7 @@ class Sender:
                                  contact_id=contact.id, link_id=message["link_id"],
                                  detail={"secure": is_secure, "secure_source": decision.source, "channel": channel})
         thread.update(thread_update["$set"])
-        return Sent(message, thread, message["link_id"])
+        return Sent(stored(message), thread, message["link_id"])
 
     async def reply_staff(
         self, org: Org, thread_id: str, *, body: str, actor: Actor, secure: bool | None = None,

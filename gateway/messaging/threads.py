@@ -12,7 +12,8 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
 from gateway.errors import NotFound, ValidationError
-from gateway.ids import is_id, new_id
+from gateway.ids import ContactId, OrgId, ThreadId, is_id, new_id
+from gateway.messaging.records import Thread, stored
 from gateway.ports import Clock
 from gateway.security.audit import Actor, AuditLog
 from gateway.storage.recent import FLOOR_MARGIN, Recent, oid_time
@@ -26,9 +27,9 @@ NEUTRAL_PREVIEW = {"inbound": "New reply", "outbound": "Message sent"}
 AssigneeFilter = str | None | bool | tuple[str | None, ...]
 
 
-def new_thread(org_id: str, contact_id: str, channel: str, now: datetime) -> Doc:
-    return {"_id": new_id(), "org_id": org_id, "contact_id": contact_id, "secure": False, "status": "open",
-            "assignee": None, "created_at": now, "last_activity_at": now, "unread_staff": 0,
+def new_thread(org_id: str, contact_id: str, channel: str, now: datetime) -> Thread:
+    return {"_id": ThreadId(new_id()), "org_id": OrgId(org_id), "contact_id": ContactId(contact_id), "secure": False,
+            "status": "open", "assignee": None, "created_at": now, "last_activity_at": now, "unread_staff": 0,
             "preview": "", "channel": channel}
 
 
@@ -63,7 +64,7 @@ class Threads:
         doc = await self.of_contact(org_id, contact_id)
         if doc is not None:
             return doc
-        doc = new_thread(org_id, contact_id, channel, self._clock.now())
+        doc = stored(new_thread(org_id, contact_id, channel, self._clock.now()))
         try:
             await self._store.threads.insert_one(doc)
         except DuplicateKeyError:  # created concurrently; the stored one wins
@@ -85,7 +86,7 @@ class Threads:
         if not missing:
             return found
         now = self._clock.now()
-        docs = [new_thread(org_id, cid, channel, now) for cid in missing]
+        docs = [stored(new_thread(org_id, cid, channel, now)) for cid in missing]
         inserted = await insert_new(self._store.threads, docs)
         lost = {d["contact_id"] for d, new in zip(docs, inserted, strict=True) if not new}
         found.update({d["contact_id"]: d for d in docs if d["contact_id"] not in lost})
