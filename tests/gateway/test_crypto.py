@@ -122,7 +122,7 @@ def test_link_tokens_are_256_bit_random_and_unique():
 
 
 def test_token_module_uses_the_os_csprng_only():
-    source = Path(__file__).resolve().parents[2] / "gateway" / "tokens.py"
+    source = Path(__file__).resolve().parents[2] / "gateway" / "security" / "tokens.py"
     imported: set[str] = set()
     for node in ast.walk(ast.parse(source.read_text())):
         if isinstance(node, ast.Import):
