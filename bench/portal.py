@@ -437,11 +437,11 @@ async def wait_for(session: aiohttp.ClientSession, url: str) -> None:
 async def newest_message(env: dict[str, str], thread: dict[str, Any]) -> str:
     from pymongo import AsyncMongoClient
 
-    state = Path(env["HUSHLINK_SERVER__DATA_DIR"]) / "embedded-db.json"
-    import json
+    from gateway.runtime.embedded import EmbeddedDatabase
 
-    port = json.loads(state.read_text())["port"]
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true")
+    uri = EmbeddedDatabase(Path(env["HUSHLINK_SERVER__DATA_DIR"])).state_uri()  # with serve's credentials (--auth)
+    assert uri is not None, "no embedded database is running"
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
     try:
         docs = await client.hushlink.messages.find({"org_id": thread["org_id"], "thread_id": thread["_id"]},
                                                    projection={"_id": 1}).to_list(None)
