@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -34,6 +34,7 @@ from gateway.messaging.delivery import Delivery
 from gateway.messaging.outbox import DEAD, FAILED, TRACKED_KINDS, Outbox
 from gateway.messaging.unsubscribe import unsubscribe_token
 from gateway.ports import Clock, EmailSender, OutgoingEmail, SmsSender
+from gateway.runtime.config import OutboxConfig
 from gateway.security.audit import Actor, AuditLog, Pending
 from gateway.storage.store import Doc
 from gateway.tenancy.orgs import Org, Orgs
@@ -76,13 +77,7 @@ class DispatchSettings:
     from_address: str = ""  # [smtp] from_address; an org's own email_from comes first
     reply_domain: str = ""  # [inbound_smtp] reply_domain; an org's own reply_domain comes first
     bounces_to_reply: bool = True  # [smtp] return_path = "reply": the envelope sender is the reply address
-    max_attempts: int = 8
-    base_backoff_seconds: float = 2.0
-    max_backoff_seconds: float = 600.0
-    lease_seconds: float = 60.0
-    poll_seconds: float = 1.0
-    sms_per_second: float = 10.0
-    keep_done_days: int = 30
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)  # [outbox]: attempts, backoff, lease, pacing, TTL
 
 
 # What a job's recipient lookup found: whom to send to, or the error the job fails with.
@@ -126,13 +121,13 @@ class OutboxDispatcher:
         self._owner = owner
         self._rng = rng or random.Random()
         self._cfg = settings
-        self._pacer = Pacer(settings.sms_per_second)
+        self._pacer = Pacer(settings.outbox.sms_per_second)
         # Finished jobs are removed this long after (TTL on expire_at, gateway/storage/store.py). Nothing
         # needs them later but a provider's late status callback (hours), which finds its job by
         # provider id; deterministic job ids guard re-runs of an event only while it is processed.
-        self._keep_done = timedelta(days=settings.keep_done_days)
-        self.worker = outbox.lease_worker(owner=owner, lease_seconds=settings.lease_seconds,
-                                          poll_seconds=settings.poll_seconds, name="outbox dispatcher",
+        self._keep_done = timedelta(days=settings.outbox.keep_done_days)
+        self.worker = outbox.lease_worker(owner=owner, lease_seconds=settings.outbox.lease_seconds,
+                                          poll_seconds=settings.outbox.poll_seconds, name="outbox dispatcher",
                                           handle_batch=self.deliver_batch, before_work=before_work)
         self.wake = self.worker.wake
         outbox.listeners.append(self.worker.notify)
@@ -143,7 +138,8 @@ class OutboxDispatcher:
 
     def backoff(self, attempts: int) -> float:
         """Capped exponential backoff with equal jitter: half fixed, half random."""
-        ceiling = min(self._cfg.max_backoff_seconds, self._cfg.base_backoff_seconds * 2.0 ** (attempts - 1))
+        retry = self._cfg.outbox
+        ceiling = min(retry.max_backoff_seconds, retry.base_backoff_seconds * 2.0 ** (attempts - 1))
         return float(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
 
     async def claim(self) -> Doc | None:
@@ -228,7 +224,7 @@ class OutboxDispatcher:
         keeping = asyncio.Lock()
         waiting = {job["_id"]: job for job in jobs}  # not sent yet: still needs its lease
         sent: list[tuple[Doc, str]] = []  # sent, not recorded yet
-        half_lease = timedelta(seconds=self._cfg.lease_seconds / 2)
+        half_lease = timedelta(seconds=self._cfg.outbox.lease_seconds / 2)
         renew_at = self._clock.now() + half_lease
 
         async def keep_leases() -> None:
@@ -456,7 +452,7 @@ class OutboxDispatcher:
 
     async def _retry_or_give_up(self, job: Doc, err: ProviderTransient) -> None:
         attempts = int(job["attempts"])
-        if attempts >= self._cfg.max_attempts:
+        if attempts >= self._cfg.outbox.max_attempts:
             await self._fail(job, DEAD, err.code or "transient", f"gave up after {attempts} attempts: {err}")
             return
         delay = self.backoff(attempts)

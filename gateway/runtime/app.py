@@ -101,10 +101,7 @@ def build_dispatcher(s: Services, sms: SmsSender, email: EmailSender | None = No
     cfg = s.config
     settings = DispatchSettings(
         public_url=s.public_url, from_address=cfg.smtp.from_address, reply_domain=cfg.inbound_smtp.reply_domain,
-        bounces_to_reply=cfg.smtp.return_path == "reply", max_attempts=cfg.outbox.max_attempts,
-        base_backoff_seconds=cfg.outbox.base_backoff_seconds, max_backoff_seconds=cfg.outbox.max_backoff_seconds,
-        lease_seconds=cfg.outbox.lease_seconds, poll_seconds=cfg.outbox.poll_seconds,
-        sms_per_second=cfg.outbox.sms_per_second, keep_done_days=cfg.outbox.keep_done_days)
+        bounces_to_reply=cfg.smtp.return_path == "reply", outbox=cfg.outbox)
     return OutboxDispatcher(
         outbox=s.outbox, orgs=s.orgs, contacts=s.contacts, staff=s.staff,
         conversations=s.conversations, audit=s.audit,
