@@ -18,11 +18,9 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-# The reply-address format lives in the core (the SMTP listener parses it too); reply_address and
-# parse_reply_address stay importable from here for the senders.
+# The reply-address format lives in the core (gateway/messaging/reply_address.py): the SMTP
+# listener parses what the senders build.
 from gateway.messaging.reply_address import check_domain
-from gateway.messaging.reply_address import parse_reply_address as parse_reply_address
-from gateway.messaging.reply_address import reply_address as reply_address
 
 SUBJECTS = {
     "secure_notice": "New secure message from {org}",

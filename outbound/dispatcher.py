@@ -32,6 +32,7 @@ from gateway.messaging.contacts import Contact, Contacts
 from gateway.messaging.conversations import Conversations
 from gateway.messaging.delivery import Delivery
 from gateway.messaging.outbox import DEAD, FAILED, TRACKED_KINDS, Outbox
+from gateway.messaging.reply_address import reply_address
 from gateway.messaging.unsubscribe import unsubscribe_token
 from gateway.ports import Clock, EmailSender, OutgoingEmail, SmsSender
 from gateway.runtime.config import OutboxConfig
@@ -46,7 +47,6 @@ from outbound.compose_email import (
     make_message_id,
     render_email,
     render_staff_alert,
-    reply_address,
 )
 from outbound.compose_email import LINK_TEMPLATES as EMAIL_LINK_TEMPLATES
 

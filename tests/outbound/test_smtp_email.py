@@ -25,15 +25,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import ConfigError, ProviderPermanent, ProviderTransient, ValidationError
+from gateway.messaging.reply_address import parse_reply_address, reply_address
 from gateway.ports import EmailSender, OutgoingEmail
 from gateway.security.tokens import new_token
 from outbound.compose_email import (
     LINK_TEMPLATES,
     clean_org_name,
     make_message_id,
-    parse_reply_address,
     render_email,
-    reply_address,
 )
 from outbound.smtp_email import DkimSigner, SmtpEmailSender, build_message
 from tests.support.smtp_sink import SmtpSink, make_self_signed_cert, trusting_context
