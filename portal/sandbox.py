@@ -38,7 +38,7 @@ class SandboxMailbox(Protocol):
 
 
 class EventIntake(Protocol):
-    async def accept(
+    async def store_event(
         self, *, provider: str, provider_id: str, org_id: str | None, kind: str,
         payload: dict[str, Any] | None = None, raw: bytes | None = None, state: str = "pending",
         meta: dict[str, Any] | None = None, sender: str | None = None,
@@ -92,7 +92,7 @@ class SandboxPortal:
         sid = "SM" + secrets.token_hex(16)
         if self._sms is not None:
             await self._sms.record_reply(from_number=frm, to_number=to, body=body)
-        await self._events.accept(
+        await self._events.store_event(
             provider="sandbox", provider_id=sid, org_id=org.id if org else None, kind="sms",
             payload={"MessageSid": sid, "From": frm, "To": to, "Body": body, "NumMedia": "0"},
             state="pending" if org else "unroutable",
@@ -119,7 +119,7 @@ class SandboxPortal:
         mail["Subject"] = "Re: " + fields.get("subject", "")[:200]
         mail["Message-ID"] = make_msgid(domain="sandbox.invalid")
         mail.set_content(body)
-        await self._events.accept(
+        await self._events.store_event(
             provider="sandbox-mail", provider_id=mail["Message-ID"], org_id=scope["org_id"], kind="email",
             raw=bytes(mail), payload={"mail_from": mail["From"], "token_hash": token_hash(token or "")},
             sender=f"contact:{scope['contact_id']}",

@@ -145,8 +145,8 @@ class EventIntake:
         self._intake = GroupInsert(store.inbound_events)
         self._lull_seconds = lull_seconds
         self._burst_seconds = burst_seconds
-        self._in_flight = 0  # accept() calls not finished
-        self._last_activity = float("-inf")  # event loop time an accept() last began or ended
+        self._in_flight = 0  # store_event() calls not finished
+        self._last_activity = float("-inf")  # event loop time a store_event() last began or ended
         self._burst_began = float("-inf")  # ...and when the first one after a lull began
         # Called with an event id and document once it is stored: the local processor's fast path.
         self.listeners: list[Callable[[str, Doc], None]] = []
@@ -172,9 +172,6 @@ class EventIntake:
         finally:
             self._in_flight -= 1
             self._last_activity = loop.time()
-
-    # The name the sandbox page's role for this object uses (portal/sandbox.py EventIntake).
-    accept = store_event
 
     async def _store_event(
         self, *, provider: str, provider_id: str, org_id: str | None, kind: str, payload: dict[str, Any] | None,

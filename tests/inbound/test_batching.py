@@ -228,7 +228,7 @@ class Counted:
     async def accept(self, org_id: str, phone: str, body: str) -> None:
         params = inbound_sms_params(frm=phone, to=ORG_NUMBER, body=body, account_sid="AC" + "0" * 32,
                                     sid=new_sid("SM"))
-        await self.events.accept(provider="twilio", provider_id=params["MessageSid"], org_id=org_id,
+        await self.events.store_event(provider="twilio", provider_id=params["MessageSid"], org_id=org_id,
                                  kind="sms", payload=params)
 
     async def process(self) -> tuple[int, list[str]]:
@@ -316,12 +316,12 @@ async def test_concurrent_deliveries_share_inserts_and_keep_their_own_outcome(gw
     events: EventIntake = gw.runtime.events
     params: list[dict[str, Any]] = [gw.sms_params(body=f"hi {i}", sid=new_sid("SM")) for i in range(20)]
     params.append(dict(params[3]))  # Twilio retried one while the first delivery was in flight
-    results = await asyncio.gather(*(events.accept(
+    results = await asyncio.gather(*(events.store_event(
         provider="twilio", provider_id=p["MessageSid"], org_id=gw.org.id, kind="sms", payload=p) for p in params))
     assert sum(new for _, new in results) == 20
     assert results[3][0] == results[20][0] and results[3][1] != results[20][1]
     assert await gw.store.inbound_events.count_documents({}) == 20
-    again = await events.accept(provider="twilio", provider_id=params[0]["MessageSid"], org_id=gw.org.id,
+    again = await events.store_event(provider="twilio", provider_id=params[0]["MessageSid"], org_id=gw.org.id,
                                 kind="sms", payload=params[0])
     assert again == (results[0][0], False)
     await gw.drain()

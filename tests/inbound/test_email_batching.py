@@ -183,7 +183,7 @@ class CountedEmail(Counted):
         self.sent += 1
         raw = simple_reply("reply@x.test", f"Reply number {i}: see you Tuesday.", frm=address,
                            message_id=f"<m{self.sent}@client.test>").as_bytes()
-        await self.events.accept(provider="smtp", provider_id=f"m{self.sent}|{digest}", org_id=org_id,
+        await self.events.store_event(provider="smtp", provider_id=f"m{self.sent}|{digest}", org_id=org_id,
                                  kind="email", raw=raw, payload={"mail_from": address, "token_hash": digest})
 
 

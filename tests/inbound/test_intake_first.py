@@ -22,7 +22,7 @@ def intake(gw: Gateway, *, lull: float, burst: float) -> EventIntake:
 
 
 async def _deliver(events: EventIntake, gw: Gateway, n: int) -> None:
-    await events.accept(provider="test", provider_id=f"burst-{n}", org_id=gw.org.id, kind="sms",
+    await events.store_event(provider="test", provider_id=f"burst-{n}", org_id=gw.org.id, kind="sms",
                         payload={"Body": f"burst {n}"}, state="unroutable")
 
 
