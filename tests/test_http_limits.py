@@ -58,18 +58,23 @@ async def trickle(writer: asyncio.StreamWriter, until: asyncio.Event) -> None:
         await asyncio.sleep(0.2)
 
 
+async def closed_while_trickling(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+    """Seconds until the server closes a connection whose head keeps trickling in a header at a time."""
+    done = asyncio.Event()
+    sender = asyncio.create_task(trickle(writer, done))
+    try:
+        return await closed_after(reader, 5.0)
+    finally:
+        done.set()
+        await sender
+        writer.close()
+
+
 async def test_a_request_head_that_trickles_in_is_cut_at_the_header_timeout(gw):
     async with listening(gw, header_timeout=1.0, keepalive_timeout=10.0) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: hushlink.test\r\n")
-        done = asyncio.Event()
-        sender = asyncio.create_task(trickle(writer, done))
-        try:
-            waited = await closed_after(reader, 5.0)
-        finally:
-            done.set()
-            await sender
-            writer.close()
+        waited = await closed_while_trickling(reader, writer)
         assert 0.8 <= waited < 2.5  # the header timeout, not the 10 s keep-alive limit
 
 
@@ -101,14 +106,7 @@ async def test_a_slow_head_after_an_idle_spell_is_timed_from_its_first_byte(gw):
         await read_response(reader)
         await asyncio.sleep(0.5)
         writer.write(b"GET /healthz HTTP/1.1\r\n")
-        done = asyncio.Event()
-        sender = asyncio.create_task(trickle(writer, done))
-        try:
-            waited = await closed_after(reader, 5.0)
-        finally:
-            done.set()
-            await sender
-            writer.close()
+        waited = await closed_while_trickling(reader, writer)
         assert 0.8 <= waited < 2.5
 
 
